@@ -1,0 +1,184 @@
+//! The Redis backend, through redis-rs's `ConnectionManager` (one multiplexed connection,
+//! reconnecting by itself). Commands are plain (MGET, SET, MSET), so a Redis restart
+//! loses no script cache, and every key of one call shares the tenant's hash tag, so the
+//! same commands work on Redis Cluster. It never retries on a request path: timeouts and
+//! the circuit breaker are applied by the cache layer above.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Value;
+
+use super::{EntrySlot, RawLookup};
+use crate::entry::Entry;
+use crate::error::BackendError;
+use crate::generation::Generation;
+use crate::key::CacheKey;
+
+pub(crate) struct RedisBackend {
+    manager: ConnectionManager,
+    url_for_logs: String,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.url_for_logs)
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// Creates the backend without connecting: the first command connects, and a lost
+    /// connection is re-established on the next command after an I/O error.
+    pub(crate) fn new(
+        url: &str,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(response_timeout))
+            // One quick attempt per reconnection; the circuit breaker paces the rest.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisBackend {
+            manager,
+            url_for_logs: crate::config::redact(url),
+        })
+    }
+
+    pub(crate) fn url_for_logs(&self) -> &str {
+        &self.url_for_logs
+    }
+
+    pub(crate) async fn lookup(&self, key: &CacheKey) -> Result<RawLookup, BackendError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&key.generation_keys).arg(&key.entry_key);
+        let values: Vec<Value> = cmd.query_async(&mut self.manager.clone()).await?;
+        if values.len() != key.generation_keys.len() + 1 {
+            return Err(BackendError::Refused(format!(
+                "MGET returned {} values for {} keys",
+                values.len(),
+                key.generation_keys.len() + 1
+            )));
+        }
+        let mut values = values.into_iter();
+        let generations = values
+            .by_ref()
+            .take(key.generation_keys.len())
+            .map(|v| bulk(v).and_then(|b| Generation::from_bytes(&b)))
+            .collect();
+        let entry = match values.next().map(bulk_or_nil) {
+            Some(Ok(None)) | None => EntrySlot::Absent,
+            Some(Ok(Some(raw))) => match Entry::decode(raw) {
+                Ok(entry) => EntrySlot::Present(Arc::new(entry)),
+                Err(_) => EntrySlot::Corrupt,
+            },
+            Some(Err(())) => EntrySlot::Corrupt,
+        };
+        Ok(RawLookup { generations, entry })
+    }
+
+    pub(crate) async fn init_generations(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Generation>, BackendError> {
+        let mut pipe = redis::pipe();
+        let fresh: Vec<Generation> = keys.iter().map(|_| Generation::fresh()).collect();
+        for (key, token) in keys.iter().zip(&fresh) {
+            pipe.cmd("SET")
+                .arg(*key)
+                .arg(token.as_str())
+                .arg("NX")
+                .ignore();
+            pipe.cmd("GET").arg(*key);
+        }
+        let values: Vec<Value> = pipe.query_async(&mut self.manager.clone()).await?;
+        Ok(values
+            .into_iter()
+            .zip(fresh)
+            // A key evicted between our SET and GET: use the token we tried to set;
+            // whatever is set next differs from it, so nothing stale can match.
+            .map(|(value, ours)| {
+                bulk(value)
+                    .and_then(|b| Generation::from_bytes(&b))
+                    .unwrap_or(ours)
+            })
+            .collect())
+    }
+
+    pub(crate) async fn store(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        ttl: Duration,
+    ) -> Result<(), BackendError> {
+        let ttl_ms = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        redis::cmd("SET")
+            .arg(&key.entry_key)
+            .arg(entry.encode().as_ref())
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async::<()>(&mut self.manager.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn bump(&self, generation_keys: &[String]) -> Result<(), BackendError> {
+        if generation_keys.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("MSET");
+        for key in generation_keys {
+            cmd.arg(key).arg(Generation::fresh().as_str());
+        }
+        cmd.query_async::<()>(&mut self.manager.clone()).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn try_lease(
+        &self,
+        lease_key: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let ttl_ms = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        let reply: Value = redis::cmd("SET")
+            .arg(lease_key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.manager.clone())
+            .await?;
+        Ok(!matches!(reply, Value::Nil))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), BackendError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.manager.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+fn bulk(value: Value) -> Option<Bytes> {
+    match value {
+        Value::BulkString(bytes) => Some(Bytes::from(bytes)),
+        _ => None,
+    }
+}
+
+/// `Ok(None)` for nil, `Err` for a value of the wrong type (a list under an entry key).
+fn bulk_or_nil(value: Value) -> Result<Option<Bytes>, ()> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(Bytes::from(bytes))),
+        _ => Err(()),
+    }
+}

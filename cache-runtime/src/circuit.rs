@@ -1,0 +1,156 @@
+//! The circuit breaker in front of Redis.
+//!
+//! After `threshold` consecutive failures the circuit opens: Redis is not tried and
+//! requests are served uncached at their uncached latency. When the back-off has passed,
+//! one request is let through as a probe; its success closes the circuit, its failure
+//! reopens it with the back-off doubled (up to 30 s). State changes are logged once and
+//! counted. Lock-free: the closed path is a single atomic load.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+use crate::stats::CircuitSnapshot;
+
+const MAX_OPEN: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub(crate) struct Circuit {
+    threshold: u32,
+    base_open: Duration,
+    epoch: Instant,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the circuit is open; 0 when closed.
+    open_until: AtomicU64,
+    current_open_ms: AtomicU64,
+    probing: AtomicBool,
+}
+
+/// Whether a request may try Redis now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permit {
+    Closed,
+    Probe,
+    Denied,
+}
+
+impl Circuit {
+    pub(crate) fn new(threshold: u32, base_open: Duration) -> Self {
+        Circuit {
+            threshold: threshold.max(1),
+            base_open: base_open.max(Duration::from_millis(1)),
+            epoch: Instant::now(),
+            consecutive_failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            current_open_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // Starts at 1 so that 0 can mean "closed".
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    pub(crate) fn permit(&self) -> Permit {
+        let until = self.open_until.load(Acquire);
+        if until == 0 {
+            return Permit::Closed;
+        }
+        if self.now_ms() < until {
+            return Permit::Denied;
+        }
+        match self.probing.compare_exchange(false, true, AcqRel, Acquire) {
+            Ok(_) => Permit::Probe,
+            Err(_) => Permit::Denied,
+        }
+    }
+
+    pub(crate) fn on_success(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        if self.open_until.load(Acquire) != 0 && self.open_until.swap(0, AcqRel) != 0 {
+            self.current_open_ms.store(0, Relaxed);
+            self.probing.store(false, Release);
+            tracing::info!(target: "api_cache", "Redis answers again: circuit closed, caching resumes");
+        }
+    }
+
+    /// Records a failure; returns true when this failure opened the circuit.
+    pub(crate) fn on_failure(&self, was_probe: bool) -> bool {
+        let failures = self.consecutive_failures.fetch_add(1, AcqRel) + 1;
+        if was_probe {
+            let next = (self.current_open_ms.load(Relaxed) * 2).clamp(
+                self.base_open.as_millis() as u64,
+                MAX_OPEN.as_millis() as u64,
+            );
+            self.current_open_ms.store(next, Relaxed);
+            self.open_until.store(self.now_ms() + next, Release);
+            self.probing.store(false, Release);
+            tracing::debug!(target: "api_cache", open_for_ms = next, "probe failed: circuit stays open");
+            return false;
+        }
+        if failures >= self.threshold && self.open_until.load(Acquire) == 0 {
+            let open_ms = self.base_open.as_millis() as u64;
+            let opened = self
+                .open_until
+                .compare_exchange(0, self.now_ms() + open_ms, AcqRel, Acquire)
+                .is_ok();
+            if opened {
+                self.current_open_ms.store(open_ms, Relaxed);
+                tracing::warn!(
+                    target: "api_cache",
+                    failures,
+                    open_for_ms = open_ms,
+                    "Redis failing: circuit opened, serving uncached"
+                );
+            }
+            return opened;
+        }
+        false
+    }
+
+    pub(crate) fn snapshot(&self) -> CircuitSnapshot {
+        let until = self.open_until.load(Acquire);
+        if until == 0 {
+            CircuitSnapshot::Closed
+        } else if self.probing.load(Acquire) || self.now_ms() >= until {
+            CircuitSnapshot::HalfOpen
+        } else {
+            CircuitSnapshot::Open
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_and_probes_after_backoff() {
+        let circuit = Circuit::new(3, Duration::from_millis(20));
+        assert!(!circuit.on_failure(false));
+        assert!(!circuit.on_failure(false));
+        assert!(circuit.on_failure(false));
+        assert_eq!(circuit.permit(), Permit::Denied);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while circuit.permit() == Permit::Denied {
+            assert!(Instant::now() < deadline, "never half-opened");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The permit that left the loop was the probe; nobody else gets one meanwhile.
+        assert_eq!(circuit.permit(), Permit::Denied);
+        circuit.on_success();
+        assert_eq!(circuit.permit(), Permit::Closed);
+        assert_eq!(circuit.snapshot(), CircuitSnapshot::Closed);
+    }
+
+    #[test]
+    fn success_resets_the_failure_count() {
+        let circuit = Circuit::new(2, Duration::from_secs(10));
+        circuit.on_failure(false);
+        circuit.on_success();
+        assert!(!circuit.on_failure(false));
+        assert_eq!(circuit.permit(), Permit::Closed);
+    }
+}

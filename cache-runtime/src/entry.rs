@@ -1,0 +1,258 @@
+//! Stored entries and their wire format.
+//!
+//! A Redis value is `b"AC"`, a format version byte, then: the key digest (16 bytes, so a
+//! value planted under another key or by another handler is recognised), stored-at and
+//! TTL in milliseconds (u64 LE), the computation time in milliseconds (u32 LE, for early
+//! refresh), the generations (count u8, each u16 LE length + bytes), the HTTP status
+//! (u16 LE), the headers (count u16 LE, each name u16 LE length + bytes, value u32 LE
+//! length + bytes), and the body as the rest. Anything that does not decode exactly is
+//! [`Corrupt`] and is treated as a miss, then overwritten. The in-memory backend keeps
+//! entries decoded. This module never performs I/O.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::generation::Generation;
+
+const MAGIC: &[u8; 2] = b"AC";
+const VERSION: u8 = 1;
+
+/// A stored value that cannot be ours: wrong magic, version, length or field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stored value is corrupt or not written by this version of api-cache")]
+pub struct Corrupt;
+
+/// What a cache entry holds: an HTTP response (status, headers, body bytes exactly as
+/// first sent) or, for cached plain functions, a serialized value as the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedResponse {
+    /// The response status.
+    pub status: StatusCode,
+    /// The stored headers (content type and other representation headers).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body, byte for byte.
+    pub body: Bytes,
+}
+
+impl CachedResponse {
+    /// A `200 OK` with this body and no headers.
+    ///
+    /// ```
+    /// let response = cache_runtime::CachedResponse::ok("hello");
+    /// assert_eq!(response.status, http::StatusCode::OK);
+    /// ```
+    pub fn ok(body: impl Into<Bytes>) -> Self {
+        CachedResponse {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// Approximate bytes this response occupies.
+    pub fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 16)
+                .sum::<usize>()
+    }
+}
+
+/// One cached response with what guards it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub(crate) digest: [u8; 16],
+    pub(crate) generations: Vec<Generation>,
+    pub(crate) stored_at_ms: u64,
+    pub(crate) ttl_ms: u64,
+    pub(crate) compute_ms: u32,
+    pub(crate) response: CachedResponse,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Entry {
+    /// The stored response.
+    pub fn response(&self) -> &CachedResponse {
+        &self.response
+    }
+
+    /// How long ago the entry was stored.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.stored_at_ms))
+    }
+
+    /// Its time to live.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    /// How long its computation took.
+    pub fn compute_time(&self) -> Duration {
+        Duration::from_millis(u64::from(self.compute_ms))
+    }
+
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        self.stored_at_ms.saturating_add(self.ttl_ms)
+    }
+
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_at_ms()
+    }
+
+    pub(crate) fn encode(&self) -> Bytes {
+        let response = &self.response;
+        let mut out = BytesMut::with_capacity(64 + response.weight());
+        out.put_slice(MAGIC);
+        out.put_u8(VERSION);
+        out.put_slice(&self.digest);
+        out.put_u64_le(self.stored_at_ms);
+        out.put_u64_le(self.ttl_ms);
+        out.put_u32_le(self.compute_ms);
+        out.put_u8(self.generations.len() as u8);
+        for generation in &self.generations {
+            out.put_u16_le(generation.as_bytes().len() as u16);
+            out.put_slice(generation.as_bytes());
+        }
+        out.put_u16_le(response.status.as_u16());
+        out.put_u16_le(response.headers.len() as u16);
+        for (name, value) in &response.headers {
+            out.put_u16_le(name.as_str().len() as u16);
+            out.put_slice(name.as_str().as_bytes());
+            out.put_u32_le(value.len() as u32);
+            out.put_slice(value.as_bytes());
+        }
+        out.put_slice(&response.body);
+        out.freeze()
+    }
+
+    /// Decodes a stored value; the body is a zero-copy slice of `raw`.
+    pub(crate) fn decode(raw: Bytes) -> Result<Entry, Corrupt> {
+        let mut buf = raw.clone();
+        if buf.remaining() < 3 || &buf[..2] != MAGIC || buf[2] != VERSION {
+            return Err(Corrupt);
+        }
+        buf.advance(3);
+        let digest = take_array::<16>(&mut buf)?;
+        let stored_at_ms = take_u64(&mut buf)?;
+        let ttl_ms = take_u64(&mut buf)?;
+        let compute_ms = take_u32(&mut buf)?;
+        let count = take_u8(&mut buf)?;
+        let mut generations = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let len = take_u16(&mut buf)? as usize;
+            let bytes = take_bytes(&mut buf, len)?;
+            generations.push(Generation::from_bytes(&bytes).ok_or(Corrupt)?);
+        }
+        let status = StatusCode::from_u16(take_u16(&mut buf)?).map_err(|_| Corrupt)?;
+        let header_count = take_u16(&mut buf)?;
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let len = take_u16(&mut buf)? as usize;
+            let name = HeaderName::from_bytes(&take_bytes(&mut buf, len)?).map_err(|_| Corrupt)?;
+            let len = take_u32(&mut buf)? as usize;
+            let value =
+                HeaderValue::from_maybe_shared(take_bytes(&mut buf, len)?).map_err(|_| Corrupt)?;
+            headers.push((name, value));
+        }
+        Ok(Entry {
+            digest,
+            generations,
+            stored_at_ms,
+            ttl_ms,
+            compute_ms,
+            response: CachedResponse {
+                status,
+                headers,
+                body: buf,
+            },
+        })
+    }
+}
+
+fn take_bytes(buf: &mut Bytes, len: usize) -> Result<Bytes, Corrupt> {
+    if buf.remaining() < len {
+        return Err(Corrupt);
+    }
+    Ok(buf.split_to(len))
+}
+
+fn take_array<const N: usize>(buf: &mut Bytes) -> Result<[u8; N], Corrupt> {
+    let bytes = take_bytes(buf, N)?;
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+fn take_u8(buf: &mut Bytes) -> Result<u8, Corrupt> {
+    Ok(take_array::<1>(buf)?[0])
+}
+
+fn take_u16(buf: &mut Bytes) -> Result<u16, Corrupt> {
+    take_array::<2>(buf).map(u16::from_le_bytes)
+}
+
+fn take_u32(buf: &mut Bytes) -> Result<u32, Corrupt> {
+    take_array::<4>(buf).map(u32::from_le_bytes)
+}
+
+fn take_u64(buf: &mut Bytes) -> Result<u64, Corrupt> {
+    take_array::<8>(buf).map(u64::from_le_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Entry {
+        Entry {
+            digest: [7; 16],
+            generations: vec![Generation::fresh(), Generation::fresh()],
+            stored_at_ms: 1_700_000_000_000,
+            ttl_ms: 300_000,
+            compute_ms: 42,
+            response: CachedResponse {
+                status: StatusCode::CREATED,
+                headers: vec![(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body: Bytes::from_static(b"{\"a\":1}"),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let entry = sample();
+        let decoded = Entry::decode(entry.encode()).unwrap();
+        assert_eq!(decoded.response, entry.response);
+        assert_eq!(decoded.generations, entry.generations);
+        assert_eq!(decoded.digest, entry.digest);
+        assert_eq!(decoded.compute_ms, 42);
+    }
+
+    #[test]
+    fn every_truncation_is_corrupt_not_a_panic() {
+        let encoded = sample().encode();
+        let header_len = encoded.len() - 7;
+        for len in 0..header_len {
+            assert_eq!(
+                Entry::decode(encoded.slice(..len)).err(),
+                Some(Corrupt),
+                "len {len}"
+            );
+        }
+        assert!(Entry::decode(Bytes::from_static(b"{\"json\":true}")).is_err());
+        assert!(Entry::decode(Bytes::from_static(b"AC\x02rest")).is_err());
+    }
+}

@@ -1,0 +1,435 @@
+//! The axum side: the extractor `#[cached]`/`#[invalidates]` prepend to a handler, and
+//! the functions their generated code calls. Here a request becomes a key, a handler's
+//! output becomes a stored response (body buffered up to the size bound, never lost),
+//! and outcomes become `X-Cache`, `X-Cache-Age` and `Cache-Control` headers. A cache
+//! fault never turns into an error response here.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Uri};
+use http_body_util::BodyExt;
+
+use crate::__private::{InvalidationSpec, RouteSpec, ScopeArg, VaryPart};
+use crate::cache::{BypassReason, Cache, Resolved};
+use crate::entry::{CachedResponse, Entry};
+use crate::key::Tenant;
+use crate::scope::CacheScope;
+use crate::stats::Outcome;
+
+/// `X-Cache`: `HIT`, `MISS` or `BYPASS`.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// `X-Cache-Age`: seconds since the served entry was stored (hits only).
+pub const X_CACHE_AGE: HeaderName = HeaderName::from_static("x-cache-age");
+/// `X-Cache-Invalidated`: the resources a successful mutation invalidated.
+pub const X_CACHE_INVALIDATED: HeaderName = HeaderName::from_static("x-cache-invalidated");
+
+/// What the cache needs from a request, taken before the handler's own extractors.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    cache: Option<Cache>,
+    method: Method,
+    uri: Uri,
+    scope: Option<CacheScope>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestContext {
+            cache: parts.extensions.get::<Cache>().cloned(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            scope: parts.extensions.get::<CacheScope>().cloned(),
+        })
+    }
+}
+
+impl RequestContext {
+    fn cache(&self) -> Cache {
+        self.cache
+            .clone()
+            .unwrap_or_else(|| Cache::global().clone())
+    }
+}
+
+/// A handler's result, converted to a response, and whether it was an `Err`.
+#[derive(Debug)]
+pub struct HandlerOutput {
+    response: Response,
+    failed: bool,
+}
+
+impl HandlerOutput {
+    /// From a handler returning `Result`: an `Err` is never cached and never invalidates.
+    pub fn from_result<T: IntoResponse, E: IntoResponse>(result: Result<T, E>) -> Self {
+        match result {
+            Ok(value) => HandlerOutput {
+                response: value.into_response(),
+                failed: false,
+            },
+            Err(err) => HandlerOutput {
+                response: err.into_response(),
+                failed: true,
+            },
+        }
+    }
+
+    /// From a handler returning any response: its status decides.
+    pub fn from_response<R: IntoResponse>(response: R) -> Self {
+        HandlerOutput {
+            response: response.into_response(),
+            failed: false,
+        }
+    }
+
+    fn succeeded(&self) -> bool {
+        !self.failed && self.response.status().is_success()
+    }
+}
+
+fn resolve_scope(
+    arg: ScopeArg,
+    ctx: &RequestContext,
+) -> Result<(Option<CacheScope>, bool), BypassReason> {
+    match arg {
+        ScopeArg::Global => Ok((ctx.scope.clone(), true)),
+        ScopeArg::FromRequest => ctx
+            .scope
+            .clone()
+            .map(|s| (Some(s), false))
+            .ok_or(BypassReason::NoScope),
+        ScopeArg::Explicit(scope) => scope.map(|s| (Some(s), false)).ok_or(BypassReason::NoScope),
+    }
+}
+
+/// The body of every `#[cached]` handler: see the crate docs for the semantics.
+pub async fn serve_cached<F>(
+    ctx: RequestContext,
+    headers: Option<HeaderMap>,
+    spec: &'static RouteSpec,
+    scope: ScopeArg,
+    handler: F,
+) -> Response
+where
+    F: Future<Output = HandlerOutput>,
+{
+    let cache = ctx.cache();
+    cache.note_ttl(spec.resource, spec.ttl_secs);
+    let started = std::time::Instant::now();
+    let key = match build_key(&cache, &ctx, headers.as_ref(), spec, scope) {
+        Ok(key) => key,
+        Err(reason) => {
+            let response = bypass(&cache, spec.resource, handler).await;
+            log_lookup(spec, Outcome::Bypass, Some(reason), None, started.elapsed());
+            return with_outcome(response, Outcome::Bypass);
+        }
+    };
+    let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
+    let max_bytes = cache.config().max_entry_bytes;
+    let compute = async move {
+        let output = handler.await;
+        cacheable(output, spec, max_bytes).await
+    };
+    match cache.resolve(&key, ttl, compute).await {
+        Resolved::Entry { entry, .. } => {
+            log_lookup(
+                spec,
+                Outcome::Hit,
+                None,
+                Some(entry.age()),
+                started.elapsed(),
+            );
+            hit_response(&entry, spec.ttl_secs)
+        }
+        Resolved::Computed {
+            value,
+            outcome,
+            bypass,
+            stored,
+        } => {
+            log_lookup(spec, outcome, bypass, None, started.elapsed());
+            let mut response = with_outcome(value, outcome);
+            if stored {
+                set_cache_control(&mut response, spec.ttl_secs);
+            }
+            response
+        }
+    }
+}
+
+fn build_key(
+    cache: &Cache,
+    ctx: &RequestContext,
+    headers: Option<&HeaderMap>,
+    spec: &'static RouteSpec,
+    scope: ScopeArg,
+) -> Result<crate::key::CacheKey, BypassReason> {
+    if spec.skip_cache {
+        return Err(BypassReason::SkipCache);
+    }
+    if ctx.method != Method::GET && ctx.method != Method::HEAD {
+        return Err(BypassReason::Method);
+    }
+    let (scope, global) = resolve_scope(scope, ctx)?;
+    let tenant = match (&scope, global) {
+        (_, true) => Tenant::Global,
+        (Some(scope), false) => Tenant::Scoped(scope.tenant()),
+        (None, false) => return Err(BypassReason::NoScope),
+    };
+    // Resource and tag names were validated at compile time; an error here would be a
+    // macro bug, and the safe answer is to serve uncached.
+    let mut builder = cache
+        .key(tenant, spec.resource)
+        .map_err(|_| BypassReason::SkipCache)?;
+    for tag in spec.tags {
+        builder = builder.tag(tag).map_err(|_| BypassReason::SkipCache)?;
+    }
+    builder = builder.request(ctx.method.as_str(), ctx.uri.path(), ctx.uri.query());
+    for part in spec.vary {
+        match part {
+            VaryPart::User => {
+                let user = scope
+                    .as_ref()
+                    .and_then(CacheScope::user)
+                    .ok_or(BypassReason::NoUser)?;
+                builder = builder.part("vary:user", user);
+            }
+            VaryPart::Header(name) => {
+                let mut value = Vec::new();
+                if let Some(headers) = headers {
+                    for (i, v) in headers.get_all(*name).iter().enumerate() {
+                        if i > 0 {
+                            value.push(b',');
+                        }
+                        value.extend_from_slice(v.as_bytes());
+                    }
+                    if !headers.contains_key(*name) {
+                        value = b"\0absent".to_vec();
+                    }
+                }
+                builder = builder.part_bytes(name, &value);
+            }
+        }
+    }
+    Ok(builder.part("fingerprint", spec.fingerprint).build())
+}
+
+async fn bypass<F: Future<Output = HandlerOutput>>(
+    cache: &Cache,
+    resource: &str,
+    handler: F,
+) -> Response {
+    let started = std::time::Instant::now();
+    cache.record(Some(resource), crate::stats::Event::Bypass);
+    let output = handler.await;
+    cache.record_handler_time(resource, started.elapsed());
+    output.response
+}
+
+/// Splits a handler's output into the response to send and, when it may be stored, its
+/// cacheable form. The body is buffered up to `max_bytes`; a longer (or failing) body is
+/// passed through whole and not stored.
+async fn cacheable(
+    output: HandlerOutput,
+    spec: &RouteSpec,
+    max_bytes: usize,
+) -> (Response, Option<CachedResponse>) {
+    let storable_status = if spec.cache_only_success {
+        output.response.status().is_success()
+    } else {
+        !output.response.status().is_server_error()
+    };
+    let headers = output.response.headers();
+    let forbidden = headers.contains_key(header::SET_COOKIE)
+        || headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.to_ascii_lowercase().contains("no-store"))
+                .unwrap_or(true)
+        });
+    if output.failed || !storable_status || forbidden {
+        return (output.response, None);
+    }
+    let (parts, body) = output.response.into_parts();
+    match buffer_body(body, max_bytes).await {
+        Ok(bytes) => {
+            let stored_headers = parts
+                .headers
+                .iter()
+                .filter(|(name, _)| is_stored_header(name))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            let cached = CachedResponse {
+                status: parts.status,
+                headers: stored_headers,
+                body: bytes.clone(),
+            };
+            (Response::from_parts(parts, Body::from(bytes)), Some(cached))
+        }
+        Err(body) => (Response::from_parts(parts, body), None),
+    }
+}
+
+/// Headers that describe the representation and are replayed on hits.
+fn is_stored_header(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "date"
+            | "set-cookie"
+            | "cache-control"
+            | "x-cache"
+            | "x-cache-age"
+            | "keep-alive"
+    )
+}
+
+/// Collects the body if it fits in `max_bytes`; otherwise returns a body that replays
+/// what was read and then the rest, so nothing is lost.
+async fn buffer_body(body: Body, max_bytes: usize) -> Result<Bytes, Body> {
+    let mut body = body;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len();
+                    chunks.push(data);
+                    if total > max_bytes {
+                        let replay = futures_util::stream::iter(
+                            chunks.into_iter().map(Ok::<_, axum::Error>),
+                        );
+                        return Err(Body::from_stream(replay.chain(body.into_data_stream())));
+                    }
+                }
+            }
+            Some(Err(err)) => {
+                let replay =
+                    futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>));
+                let failure = futures_util::stream::once(async move { Err::<Bytes, _>(err) });
+                return Err(Body::from_stream(replay.chain(failure)));
+            }
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(total);
+            for chunk in chunks {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    })
+}
+
+fn hit_response(entry: &Entry, ttl_secs: u32) -> Response {
+    let stored = entry.response();
+    let mut response = Response::new(Body::from(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    let headers = response.headers_mut();
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
+    headers.insert(X_CACHE_AGE, HeaderValue::from(entry.age().as_secs()));
+    set_cache_control(&mut response, ttl_secs);
+    response
+}
+
+fn with_outcome(mut response: Response, outcome: Outcome) -> Response {
+    response
+        .headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
+    response
+}
+
+fn set_cache_control(response: &mut Response, ttl_secs: u32) {
+    let value = format!("private, max-age={ttl_secs}");
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+}
+
+fn log_lookup(
+    spec: &RouteSpec,
+    outcome: Outcome,
+    bypass: Option<BypassReason>,
+    age: Option<Duration>,
+    elapsed: Duration,
+) {
+    tracing::debug!(
+        target: "api_cache",
+        resource = spec.resource,
+        handler = spec.function,
+        outcome = outcome.as_str(),
+        bypass = bypass.map(BypassReason::as_str),
+        age_s = age.map(|a| a.as_secs()),
+        elapsed_us = elapsed.as_micros() as u64,
+        "cache lookup"
+    );
+}
+
+/// The body of every `#[invalidates]` handler: run it; on success invalidate the listed
+/// resources for the request's tenant before the response leaves.
+pub async fn serve_invalidating<F>(
+    ctx: RequestContext,
+    spec: &'static InvalidationSpec,
+    scope: ScopeArg,
+    handler: F,
+) -> Response
+where
+    F: Future<Output = HandlerOutput>,
+{
+    let output = handler.await;
+    if !output.succeeded() {
+        return output.response;
+    }
+    let cache = ctx.cache();
+    let mut response = output.response;
+    let tenant_scope = resolve_scope(scope, &ctx);
+    let result = match &tenant_scope {
+        Ok((_, true)) => {
+            cache
+                .invalidate_scoped(Tenant::Global, spec.resources)
+                .await
+        }
+        Ok((Some(scope), false)) => {
+            cache
+                .invalidate_scoped(Tenant::Scoped(scope.tenant()), spec.resources)
+                .await
+        }
+        _ => {
+            // Nothing of an unscoped request is cached, but the data it changed may be
+            // cached for its tenant: that is an app misconfiguration worth shouting about.
+            tracing::error!(
+                target: "api_cache",
+                handler = spec.function,
+                resources = ?spec.resources,
+                "successful mutation without a tenant scope: nothing was invalidated"
+            );
+            return response;
+        }
+    };
+    // A deferred invalidation is remembered and redelivered; the mutation succeeded and
+    // its response stands.
+    let _ = result;
+    if let Ok(value) = HeaderValue::from_str(&spec.resources.join(",")) {
+        response.headers_mut().insert(X_CACHE_INVALIDATED, value);
+    }
+    response
+}

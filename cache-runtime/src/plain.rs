@@ -1,0 +1,122 @@
+//! Cached plain async functions (`#[cached(..., key = (a, b), scope = ...)]`): the key is
+//! the serde JSON encoding of the key tuple, the value round-trips through serde JSON.
+//! They use the process-wide cache ([`Cache::global`]). A value that no longer decodes
+//! (its type changed) is a miss, never an error.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::__private::{RouteSpec, ScopeArg};
+use crate::cache::{Cache, Resolved};
+use crate::entry::CachedResponse;
+use crate::key::{CacheKey, Tenant};
+use crate::stats::Event;
+
+fn plain_key<K: Serialize + ?Sized>(
+    cache: &Cache,
+    spec: &RouteSpec,
+    scope: &ScopeArg,
+    key: &K,
+) -> Option<CacheKey> {
+    if spec.skip_cache {
+        return None;
+    }
+    let scope = match scope {
+        ScopeArg::Global => None,
+        ScopeArg::Explicit(Some(scope)) => Some(scope),
+        ScopeArg::Explicit(None) | ScopeArg::FromRequest => return None,
+    };
+    let tenant = scope.map_or(Tenant::Global, |s| Tenant::Scoped(s.tenant()));
+    let encoded = serde_json::to_vec(key).ok()?;
+    let mut builder = cache.key(tenant, spec.resource).ok()?;
+    for tag in spec.tags {
+        builder = builder.tag(tag).ok()?;
+    }
+    Some(
+        builder
+            .part_bytes("args", &encoded)
+            .part("function", spec.function)
+            .part("fingerprint", spec.fingerprint)
+            .build(),
+    )
+}
+
+/// A cached function returning a plain value.
+pub async fn cached_value<K, T, F>(
+    spec: &'static RouteSpec,
+    scope: ScopeArg,
+    key: &K,
+    compute: F,
+) -> T
+where
+    K: Serialize + ?Sized,
+    T: Serialize + DeserializeOwned,
+    F: Future<Output = T>,
+{
+    let cache = Cache::global();
+    let Some(cache_key) = plain_key(cache, spec, &scope, key) else {
+        cache.record(Some(spec.resource), Event::Bypass);
+        return compute.await;
+    };
+    let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
+    let compute = async move {
+        let value = compute.await;
+        let stored = serde_json::to_vec(&value).ok().map(CachedResponse::ok);
+        (value, stored)
+    };
+    match cache.resolve(&cache_key, ttl, compute).await {
+        Resolved::Computed { value, .. } => value,
+        Resolved::Entry { entry, compute } => {
+            match serde_json::from_slice(&entry.response().body) {
+                Ok(value) => value,
+                Err(_) => {
+                    cache.record(Some(spec.resource), Event::Corrupt);
+                    compute.await.0
+                }
+            }
+        }
+    }
+}
+
+/// A cached function returning `Result`: only `Ok` values are stored.
+pub async fn cached_result<K, T, E, F>(
+    spec: &'static RouteSpec,
+    scope: ScopeArg,
+    key: &K,
+    compute: F,
+) -> Result<T, E>
+where
+    K: Serialize + ?Sized,
+    T: Serialize + DeserializeOwned,
+    F: Future<Output = Result<T, E>>,
+{
+    let cache = Cache::global();
+    let Some(cache_key) = plain_key(cache, spec, &scope, key) else {
+        cache.record(Some(spec.resource), Event::Bypass);
+        return compute.await;
+    };
+    let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
+    let compute = async move {
+        let result = compute.await;
+        let stored = match &result {
+            Ok(value) => serde_json::to_vec(value).ok().map(CachedResponse::ok),
+            Err(_) => None,
+        };
+        (result, stored)
+    };
+    match cache.resolve(&cache_key, ttl, compute).await {
+        Resolved::Computed { value, .. } => value,
+        Resolved::Entry { entry, compute } => {
+            match serde_json::from_slice(&entry.response().body) {
+                Ok(value) => Ok(value),
+                Err(_) => {
+                    cache.record(Some(spec.resource), Event::Corrupt);
+                    compute.await.0
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Counters and latency histograms, in total and per resource, like the reference's
+//! `getCacheStats()` / `getCacheHitRate()`. Recording is a few relaxed atomic adds; a
+//! [`StatsSnapshot`] is a consistent-enough copy that serializes with serde. This module
+//! never blocks on I/O and never fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What a lookup ended in, as reported in `X-Cache` and counted in stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// Served from the cache; the handler did not run.
+    Hit,
+    /// Not in the cache (or stale); the handler ran.
+    Miss,
+    /// Not looked up: no scope, caching switched off, a pending invalidation, an open
+    /// circuit, or a method other than GET/HEAD. The handler ran.
+    Bypass,
+}
+
+impl Outcome {
+    /// The `X-Cache` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "HIT",
+            Outcome::Miss => "MISS",
+            Outcome::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn record(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    fn snapshot(&self) -> LatencySnapshot {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let count = counts.iter().sum::<u64>();
+        let quantile = |q: f64| -> f64 {
+            if count == 0 {
+                return 0.0;
+            }
+            let rank = q * count as f64;
+            let mut seen = 0u64;
+            for (i, c) in counts.iter().enumerate() {
+                if *c > 0 && (seen + c) as f64 >= rank {
+                    let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+                    let upper = LATENCY_BUCKETS.get(i).copied().unwrap_or(lower * 2.0);
+                    let within = (rank - seen as f64) / *c as f64;
+                    return lower + (upper - lower) * within.clamp(0.0, 1.0);
+                }
+                seen += c;
+            }
+            LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1]
+        };
+        LatencySnapshot {
+            count,
+            sum_seconds: self.sum_nanos.load(Relaxed) as f64 / 1e9,
+            p50_seconds: quantile(0.50),
+            p95_seconds: quantile(0.95),
+            p99_seconds: quantile(0.99),
+            bucket_counts: counts,
+        }
+    }
+}
+
+/// A latency histogram's summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencySnapshot {
+    /// Observations.
+    pub count: u64,
+    /// Sum of observations, seconds.
+    pub sum_seconds: f64,
+    /// Estimated median, seconds.
+    pub p50_seconds: f64,
+    /// Estimated 95th percentile, seconds.
+    pub p95_seconds: f64,
+    /// Estimated 99th percentile, seconds.
+    pub p99_seconds: f64,
+    /// Non-cumulative counts per bucket of [`LATENCY_BUCKETS`], then +Inf.
+    pub bucket_counts: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+    errors: AtomicU64,
+    invalidations: AtomicU64,
+    stores: AtomicU64,
+    not_stored: AtomicU64,
+    coalesced: AtomicU64,
+    early_refreshes: AtomicU64,
+    corrupt: AtomicU64,
+}
+
+/// Counter values.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// Answered from the cache (including coalesced misses).
+    pub hits: u64,
+    /// Looked up and not found (or stale): the handler ran.
+    pub misses: u64,
+    /// Served uncached without a lookup.
+    pub bypasses: u64,
+    /// Store faults (timeouts, connection errors, refused writes, corrupt values).
+    pub errors: u64,
+    /// Invalidations requested (each resource of each call counts once).
+    pub invalidations: u64,
+    /// Responses written to the store.
+    pub stores: u64,
+    /// Responses not stored: errors, non-2xx, `Set-Cookie`, `no-store`, oversized.
+    pub not_stored: u64,
+    /// Misses answered by another request's computation (single flight); also in `hits`.
+    pub coalesced: u64,
+    /// Hits recomputed early (XFetch); also in `misses`.
+    pub early_refreshes: u64,
+    /// Stored values that did not decode or belonged to another key; also in `errors`.
+    pub corrupt: u64,
+}
+
+impl CounterSnapshot {
+    /// Hits as a percentage of lookups (hits + misses), 0 when there were none.
+    pub fn hit_rate(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 * 100.0 / lookups as f64
+        }
+    }
+}
+
+impl Counters {
+    fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            bypasses: self.bypasses.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            invalidations: self.invalidations.load(Relaxed),
+            stores: self.stores.load(Relaxed),
+            not_stored: self.not_stored.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            early_refreshes: self.early_refreshes.load(Relaxed),
+            corrupt: self.corrupt.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ResourceStats {
+    counters: Counters,
+    lookup: Histogram,
+    handler: Histogram,
+    ttl_secs: AtomicU64,
+}
+
+/// Every counter of one cache handle.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    totals: Counters,
+    lookup: Histogram,
+    handler: Histogram,
+    resources: RwLock<HashMap<String, Arc<ResourceStats>>>,
+    circuit_opened: AtomicU64,
+}
+
+/// What to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Hit,
+    Miss,
+    Bypass,
+    Error,
+    Invalidation,
+    Store,
+    NotStored,
+    Coalesced,
+    EarlyRefresh,
+    Corrupt,
+}
+
+impl Counters {
+    fn add(&self, event: Event) {
+        let counter = match event {
+            Event::Hit => &self.hits,
+            Event::Miss => &self.misses,
+            Event::Bypass => &self.bypasses,
+            Event::Error => &self.errors,
+            Event::Invalidation => &self.invalidations,
+            Event::Store => &self.stores,
+            Event::NotStored => &self.not_stored,
+            Event::Coalesced => &self.coalesced,
+            Event::EarlyRefresh => &self.early_refreshes,
+            Event::Corrupt => &self.corrupt,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+impl Stats {
+    fn resource(&self, resource: &str) -> Arc<ResourceStats> {
+        if let Ok(map) = self.resources.read() {
+            if let Some(stats) = map.get(resource) {
+                return stats.clone();
+            }
+        }
+        match self.resources.write() {
+            Ok(mut map) => map.entry(resource.to_owned()).or_default().clone(),
+            // A poisoned lock only means another thread panicked mid-insert; counting
+            // into a detached record loses that one observation and nothing else.
+            Err(_) => Arc::default(),
+        }
+    }
+
+    pub(crate) fn record(&self, resource: Option<&str>, event: Event) {
+        self.totals.add(event);
+        if let Some(resource) = resource {
+            self.resource(resource).counters.add(event);
+        }
+    }
+
+    pub(crate) fn record_lookup_time(&self, resource: &str, elapsed: Duration) {
+        self.lookup.record(elapsed);
+        self.resource(resource).lookup.record(elapsed);
+    }
+
+    pub(crate) fn record_handler_time(&self, resource: &str, elapsed: Duration) {
+        self.handler.record(elapsed);
+        self.resource(resource).handler.record(elapsed);
+    }
+
+    pub(crate) fn note_ttl(&self, resource: &str, ttl_secs: u32) {
+        self.resource(resource)
+            .ttl_secs
+            .store(u64::from(ttl_secs), Relaxed);
+    }
+
+    pub(crate) fn record_circuit_opened(&self) {
+        self.circuit_opened.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(
+        &self,
+        circuit: CircuitSnapshot,
+        pending_invalidations: usize,
+    ) -> StatsSnapshot {
+        let resources = self
+            .resources
+            .read()
+            .map(|map| {
+                map.iter()
+                    .map(|(name, stats)| {
+                        let counters = stats.counters.snapshot();
+                        let ttl = stats.ttl_secs.load(Relaxed);
+                        (
+                            name.clone(),
+                            ResourceSnapshot {
+                                hit_rate: counters.hit_rate(),
+                                counters,
+                                ttl_secs: (ttl > 0).then_some(ttl),
+                                lookup: stats.lookup.snapshot(),
+                                handler: stats.handler.snapshot(),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let totals = self.totals.snapshot();
+        StatsSnapshot {
+            hit_rate: totals.hit_rate(),
+            totals,
+            lookup: self.lookup.snapshot(),
+            handler: self.handler.snapshot(),
+            resources,
+            circuit,
+            circuit_opened: self.circuit_opened.load(Relaxed),
+            pending_invalidations,
+        }
+    }
+}
+
+/// The circuit breaker's state, as reported in stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitSnapshot {
+    /// Redis is tried on every request.
+    Closed,
+    /// Redis is not tried; requests are served uncached.
+    Open,
+    /// One probe request is trying Redis.
+    HalfOpen,
+    /// The in-memory backend has no circuit.
+    NotApplicable,
+}
+
+/// One resource's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceSnapshot {
+    /// Its counters.
+    #[serde(flatten)]
+    pub counters: CounterSnapshot,
+    /// Hits as a percentage of lookups.
+    pub hit_rate: f64,
+    /// The TTL its routes use (the last one seen), seconds.
+    pub ttl_secs: Option<u64>,
+    /// Time spent looking up (hits and misses).
+    pub lookup: LatencySnapshot,
+    /// Time the handler ran on misses and bypasses.
+    pub handler: LatencySnapshot,
+}
+
+/// A copy of every figure of one cache handle; serializes with serde.
+///
+/// ```
+/// use cache_runtime::{Cache, CacheConfig};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let cache = Cache::new(CacheConfig::default()).await.unwrap();
+/// let stats = cache.stats();
+/// assert_eq!(stats.totals.hits, 0);
+/// assert_eq!(cache.hit_rate(), 0.0);
+/// let json = serde_json::to_string(&stats).unwrap();
+/// assert!(json.contains("\"hit_rate\""));
+/// # });
+/// ```
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    /// Counters over all resources.
+    pub totals: CounterSnapshot,
+    /// Hits as a percentage of lookups, over all resources.
+    pub hit_rate: f64,
+    /// Lookup latency over all resources.
+    pub lookup: LatencySnapshot,
+    /// Handler latency over all resources.
+    pub handler: LatencySnapshot,
+    /// Per resource, by name.
+    pub resources: BTreeMap<String, ResourceSnapshot>,
+    /// The circuit breaker's state now.
+    pub circuit: CircuitSnapshot,
+    /// How many times the circuit has opened.
+    pub circuit_opened: u64,
+    /// Invalidations waiting to be delivered to Redis.
+    pub pending_invalidations: usize,
+}
