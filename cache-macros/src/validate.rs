@@ -1,0 +1,479 @@
+//! What the arguments mean, and the rules they must follow.
+//!
+//! Turns the options as written into the specs `expand` generates code from. Every rule of
+//! the attribute grammar lives here: resource names, TTLs and presets, `vary` parts, scope
+//! and key, and that the function is async. A broken rule is recorded (at the token it is
+//! about) and a placeholder value is used, so one pass reports every mistake; a spec is only
+//! expanded when no error was recorded.
+
+use proc_macro2::Span;
+use quote::ToTokens;
+use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr};
+
+use crate::attr::Set;
+use crate::errors::Errors;
+use crate::parse::{CachedArgs, InvalidatesArgs};
+
+/// The TTLs of resources that need no `ttl = N` (the reference rollout's presets).
+pub(crate) const PRESET_TTLS: &[(&str, u32)] = &[
+    ("conversations", 30),
+    ("contacts", 300),
+    ("templates", 1800),
+    ("analytics", 600),
+    ("campaigns", 300),
+    ("organization", 900),
+];
+
+/// A validated `#[cached(...)]`.
+pub(crate) struct CachedSpec {
+    pub(crate) resource: String,
+    pub(crate) ttl_secs: u32,
+    pub(crate) tags: Vec<String>,
+    pub(crate) vary: Vec<VaryPart>,
+    pub(crate) scope: Scope,
+    pub(crate) skip_cache: bool,
+    pub(crate) cache_only_success: bool,
+    /// `key = (...)`: a plain function keyed by these expressions instead of a handler.
+    pub(crate) key: Option<Vec<Expr>>,
+}
+
+/// A validated `#[invalidates(...)]`.
+pub(crate) struct InvalidatesSpec {
+    pub(crate) resources: Vec<String>,
+    pub(crate) scope: Scope,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum VaryPart {
+    User,
+    /// A lower-case header name.
+    Header(String),
+}
+
+pub(crate) enum Scope {
+    FromRequest,
+    Global,
+    Explicit(Expr),
+}
+
+impl CachedSpec {
+    /// `true` when any `vary` part needs the request headers.
+    pub(crate) fn varies_by_header(&self) -> bool {
+        self.vary
+            .iter()
+            .any(|part| matches!(part, VaryPart::Header(_)))
+    }
+}
+
+pub(crate) fn cached(args: CachedArgs, function: &ItemFn, errors: &mut Errors) -> CachedSpec {
+    async_function(function, "cached", errors);
+
+    let resource = match args.resource.get() {
+        Some(set) => string_literal(&set.value, "resource = \"templates\"", errors)
+            .and_then(|name| resource_name(&name, "resource name", errors)),
+        None => {
+            // At the whole attribute: there is no token to point at.
+            errors.at(
+                Span::call_site(),
+                "missing `resource = \"...\"`: name the group this cache belongs to, \
+                 like `resource = \"templates\"`",
+            );
+            None
+        }
+    };
+    let ttl_secs = match (args.ttl.get(), &resource) {
+        (Some(set), _) => ttl(&set.value, errors),
+        (None, Some(name)) => preset_ttl(name, errors),
+        // The missing or broken resource is already reported; a TTL error would be noise.
+        (None, None) => 0,
+    };
+
+    let tags = args
+        .tags
+        .get()
+        .map_or_else(Vec::new, |set| tags(&set.value, errors));
+    let plain_function = args.key.is_set();
+    if !plain_function {
+        not_a_method(
+            function,
+            "`#[cached]` rewrites an axum handler, which cannot take `self`; \
+             to cache a method, key it by its arguments: `key = (...)` with `scope = ...`",
+            errors,
+        );
+    }
+    let key = args.key.get().map(|set| {
+        if !args.scope.is_set() {
+            errors.at(
+                set.keyword,
+                "a cached function with `key` needs `scope`: the tenant its result belongs \
+                 to (`scope = org_id`), or `scope = global` when it is the same for all",
+            );
+        }
+        key_expressions(set.value, errors)
+    });
+    let vary = match args.vary.get() {
+        Some(set) if plain_function => {
+            errors.at(
+                set.keyword,
+                "`vary` reads the request, and a function cached with `key` has none: \
+                 put what the result depends on into `key`",
+            );
+            Vec::new()
+        }
+        Some(set) => vary(&set.value, errors),
+        None => Vec::new(),
+    };
+    let cache_only_success = match args.cache_only_success.get() {
+        Some(set) if plain_function => {
+            errors.at(
+                set.keyword,
+                "`cache_only_success` is about HTTP responses; a function cached with `key` \
+                 never stores an `Err`",
+            );
+            true
+        }
+        Some(set) => set.value.value,
+        None => true,
+    };
+
+    CachedSpec {
+        resource: resource.map(|r| r.value()).unwrap_or_default(),
+        ttl_secs,
+        tags,
+        vary,
+        scope: scope(args.scope.get()),
+        skip_cache: args.skip_cache.get().is_some_and(|set| set.value.value),
+        cache_only_success,
+        key,
+    }
+}
+
+pub(crate) fn invalidates(
+    args: InvalidatesArgs,
+    function: &ItemFn,
+    errors: &mut Errors,
+) -> InvalidatesSpec {
+    async_function(function, "invalidates", errors);
+    not_a_method(
+        function,
+        "`#[invalidates]` rewrites an axum handler, which cannot take `self`",
+        errors,
+    );
+
+    if args.resources.is_empty() && args.rejected == 0 {
+        errors.at(
+            Span::call_site(),
+            "`#[invalidates]` needs the resources it invalidates, \
+             like `#[invalidates(\"contacts\")]`",
+        );
+    }
+    let mut resources: Vec<String> = Vec::new();
+    for literal in &args.resources {
+        let Some(name) = resource_name(literal, "resource name", errors) else {
+            continue;
+        };
+        if resources.contains(&name.value()) {
+            errors.spanned(
+                literal,
+                format_args!("resource \"{}\" is listed twice", name.value()),
+            );
+        } else {
+            resources.push(name.value());
+        }
+    }
+
+    InvalidatesSpec {
+        resources,
+        scope: scope(args.scope.get()),
+    }
+}
+
+fn async_function(function: &ItemFn, attribute: &str, errors: &mut Errors) {
+    if function.sig.asyncness.is_none() {
+        errors.spanned(
+            function.sig.fn_token,
+            format_args!("`#[{attribute}]` applies to async functions only: write `async fn`"),
+        );
+    }
+}
+
+/// The string literal an option's value must be; `example` shows the option written right.
+fn not_a_method(function: &ItemFn, message: &str, errors: &mut Errors) {
+    if let Some(FnArg::Receiver(receiver)) = function.sig.inputs.first() {
+        errors.spanned(receiver, message);
+    }
+}
+
+fn string_literal(value: &Expr, example: &str, errors: &mut Errors) -> Option<LitStr> {
+    if let Expr::Lit(ExprLit {
+        lit: Lit::Str(literal),
+        ..
+    }) = value
+    {
+        return Some(literal.clone());
+    }
+    match value {
+        Expr::Path(path) if path.path.get_ident().is_some() => errors.spanned(
+            value,
+            format_args!(
+                "names are string literals: write `\"{}\"`",
+                path.to_token_stream()
+            ),
+        ),
+        _ => errors.spanned(
+            value,
+            format_args!("expected a string literal, like `{example}`"),
+        ),
+    }
+    None
+}
+
+/// Checks a resource (or tag) name against `[a-z0-9_-]+`; returns it when it passes.
+fn resource_name(literal: &LitStr, what: &str, errors: &mut Errors) -> Option<LitStr> {
+    let name = literal.value();
+    if name.is_empty() {
+        errors.spanned(
+            literal,
+            format_args!(
+                "{what} is empty: use lowercase letters, digits, `_` and `-`, like \"templates\""
+            ),
+        );
+        return None;
+    }
+    let mut invalid: Vec<char> = name.chars().filter(|c| !is_name_char(*c)).collect();
+    if invalid.is_empty() {
+        return Some(literal.clone());
+    }
+    invalid.dedup();
+    let found = invalid
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let suggestion = name.trim().to_lowercase().replace(char::is_whitespace, "_");
+    let hint = if suggestion.chars().all(is_name_char) {
+        format!("; write \"{suggestion}\"")
+    } else {
+        String::new()
+    };
+    errors.spanned(
+        literal,
+        format_args!(
+            "{what} \"{name}\" may contain only lowercase letters, digits, `_` and `-` \
+             (found {found}){hint}"
+        ),
+    );
+    None
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+}
+
+fn ttl(value: &Expr, errors: &mut Errors) -> u32 {
+    const SECONDS: &str = "`ttl` is a whole number of seconds, like `ttl = 300`";
+    let literal = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(literal),
+            ..
+        }) => literal,
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(text),
+            ..
+        }) => {
+            let hint = match text.value().trim().parse::<u64>() {
+                Ok(seconds) => format!(": write `ttl = {seconds}` without quotes"),
+                Err(_) => String::new(),
+            };
+            errors.spanned(value, format_args!("{SECONDS}{hint}"));
+            return 0;
+        }
+        Expr::Lit(_) => {
+            errors.spanned(value, SECONDS);
+            return 0;
+        }
+        _ => {
+            errors.spanned(
+                value,
+                format_args!("{SECONDS}; constants and arithmetic are not evaluated here"),
+            );
+            return 0;
+        }
+    };
+    if !matches!(
+        literal.suffix(),
+        "" | "u8" | "u16" | "u32" | "u64" | "usize"
+    ) {
+        errors.spanned(
+            literal,
+            format_args!(
+                "{SECONDS}, without a unit suffix: write `ttl = {}`",
+                literal.base10_digits()
+            ),
+        );
+        return 0;
+    }
+    match literal.base10_parse::<u64>() {
+        Ok(0) => {
+            errors.spanned(
+                literal,
+                "`ttl = 0` would store entries that are already expired; \
+                 give at least 1 second, or use `skip_cache` to serve this route uncached",
+            );
+            0
+        }
+        Ok(seconds) => u32::try_from(seconds).unwrap_or_else(|_| {
+            errors.spanned(
+                literal,
+                format_args!("`ttl` is too large: at most {} seconds", u32::MAX),
+            );
+            0
+        }),
+        Err(error) => {
+            errors.push(error);
+            0
+        }
+    }
+}
+
+fn preset_ttl(resource: &LitStr, errors: &mut Errors) -> u32 {
+    let name = resource.value();
+    if let Some((_, seconds)) = PRESET_TTLS.iter().find(|(preset, _)| *preset == name) {
+        return *seconds;
+    }
+    let presets = PRESET_TTLS
+        .iter()
+        .map(|(preset, seconds)| format!("{preset} ({seconds}s)"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    errors.spanned(
+        resource,
+        format_args!(
+            "resource \"{name}\" has no preset TTL: add `ttl = <seconds>` \
+             (the presets are {presets})"
+        ),
+    );
+    0
+}
+
+fn tags(value: &Expr, errors: &mut Errors) -> Vec<String> {
+    let Expr::Array(array) = value else {
+        errors.spanned(
+            value,
+            "`tags` is a list of resource names, like `tags = [\"contacts\", \"messages\"]`",
+        );
+        return Vec::new();
+    };
+    let mut tags: Vec<String> = Vec::new();
+    for element in &array.elems {
+        let Some(tag) = string_literal(element, "tags = [\"contacts\"]", errors)
+            .and_then(|literal| resource_name(&literal, "tag", errors))
+        else {
+            continue;
+        };
+        if tags.contains(&tag.value()) {
+            errors.spanned(
+                &tag,
+                format_args!("tag \"{}\" is listed twice", tag.value()),
+            );
+        } else {
+            tags.push(tag.value());
+        }
+    }
+    tags
+}
+
+fn vary(value: &Expr, errors: &mut Errors) -> Vec<VaryPart> {
+    let parts: Vec<&Expr> = match value {
+        Expr::Array(array) => array.elems.iter().collect(),
+        single => vec![single],
+    };
+    let mut vary = Vec::new();
+    for part in parts {
+        let Some(part_value) = vary_part(part, errors) else {
+            continue;
+        };
+        if vary.contains(&part_value) {
+            errors.spanned(part, "this `vary` part is listed twice");
+        } else {
+            vary.push(part_value);
+        }
+    }
+    vary
+}
+
+const VARY_PARTS: &str = "the parts are `user` and `header(\"name\")`";
+
+fn vary_part(part: &Expr, errors: &mut Errors) -> Option<VaryPart> {
+    match part {
+        Expr::Path(path) if path.path.is_ident("user") => Some(VaryPart::User),
+        Expr::Call(call) if is_ident(&call.func, "header") => {
+            let mut args = call.args.iter();
+            match (args.next(), args.next()) {
+                (
+                    Some(Expr::Lit(ExprLit {
+                        lit: Lit::Str(name),
+                        ..
+                    })),
+                    None,
+                ) => header_name(name, errors).map(VaryPart::Header),
+                _ => {
+                    errors.spanned(
+                        part,
+                        "`header` takes one header name as a string, \
+                         like `header(\"accept-language\")`",
+                    );
+                    None
+                }
+            }
+        }
+        _ => {
+            errors.spanned(
+                part,
+                format_args!("unknown `vary` part: {VARY_PARTS}, or a list of them"),
+            );
+            None
+        }
+    }
+}
+
+fn is_ident(expr: &Expr, name: &str) -> bool {
+    matches!(expr, Expr::Path(path) if path.path.is_ident(name))
+}
+
+/// A header name made only of HTTP token characters, lower-cased.
+fn header_name(literal: &LitStr, errors: &mut Errors) -> Option<String> {
+    let name = literal.value();
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(is_token_char) {
+        errors.spanned(
+            literal,
+            format_args!("{name:?} is not a valid HTTP header name"),
+        );
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
+}
+
+fn scope(value: Option<Set<Expr>>) -> Scope {
+    match value {
+        None => Scope::FromRequest,
+        Some(set) if is_ident(&set.value, "global") => Scope::Global,
+        Some(set) => Scope::Explicit(set.value),
+    }
+}
+
+fn key_expressions(value: Expr, errors: &mut Errors) -> Vec<Expr> {
+    match value {
+        Expr::Tuple(tuple) => tuple.elems.into_iter().collect(),
+        Expr::Paren(paren) => vec![*paren.expr],
+        other => {
+            errors.spanned(
+                &other,
+                "`key` is a tuple of the arguments the result depends on, \
+                 like `key = (org_id, query)`",
+            );
+            Vec::new()
+        }
+    }
+}
