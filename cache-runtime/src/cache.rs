@@ -135,6 +135,12 @@ impl MissTicket {
         &self.key
     }
 
+    /// False when the lookup itself failed (Redis unreachable): a result computed under
+    /// this ticket will not be stored, since its generations are unknown.
+    pub fn can_store(&self) -> bool {
+        self.generations.is_some()
+    }
+
     /// True when the entry was valid but chosen for early refresh (XFetch).
     pub fn is_early_refresh(&self) -> bool {
         self.early_refresh

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's main command: builds the demo and runs the rollout report (cache off vs
+# on) on the embedded defaults (SQLite in memory, in-process cache) unless REDIS_URL is
+# set. Extra arguments go to the report (see `--help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null 2>&1 || { echo "cargo (Rust 1.88+) is required" >&2; exit 1; }
+cargo run --release --locked -p examples --bin report -- "$@"

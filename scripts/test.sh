@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: set-up, then every test of the workspace (unit, doc,
+# integration against private redis-servers the tests start themselves, trybuild UI,
+# the demo end to end, the dashboard in headless Chromium), then a build of the
+# benchmarks (they are run by `cargo bench`, not here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+# Tests start their own redis-server; a developer's REDIS_URL must not leak into them.
+unset REDIS_URL
+
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${API_CACHE_TEST_THREADS:-4}"

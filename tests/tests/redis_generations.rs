@@ -1,0 +1,237 @@
+//! Redis-specific guarantees of the runtime (issue 2, DESIGN invariants 2-4): vanished
+//! generations never revive old entries, invalidation is O(1) round trips, a hit is one
+//! round trip, keys of one lookup share a hash slot, and a killed server gives misses
+//! and error counts rather than errors.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cache_runtime::key::{CacheKey, Tenant};
+use cache_runtime::{Cache, CacheConfig, CachedResponse, Lookup};
+use cache_tests::backends::TestBackend;
+
+const LONG: Duration = Duration::from_secs(600);
+
+async fn redis_cache() -> (TestBackend, Cache) {
+    let backend = TestBackend::redis();
+    let cache = backend.cache().await;
+    (backend, cache)
+}
+
+fn key(cache: &Cache, tenant: &str, path: &str) -> CacheKey {
+    cache
+        .key(Tenant::Scoped(tenant), "contacts")
+        .unwrap()
+        .tag("analytics")
+        .unwrap()
+        .request("GET", path, None)
+        .build()
+}
+
+async fn put(cache: &Cache, key: &CacheKey, body: &str) {
+    let Lookup::Miss(ticket) = cache.lookup(key).await else {
+        panic!("expected a miss")
+    };
+    assert!(cache
+        .store(ticket, CachedResponse::ok(body.to_owned()), LONG)
+        .await
+        .unwrap());
+}
+
+async fn is_hit(cache: &Cache, key: &CacheKey) -> bool {
+    matches!(cache.lookup(key).await, Lookup::Hit(_))
+}
+
+/// Calls per command since the last `CONFIG RESETSTAT`.
+fn command_calls(backend: &TestBackend) -> HashMap<String, u64> {
+    let info: String = backend.server().unwrap().cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("cmdstat_")?;
+            let (name, stats) = rest.split_once(':')?;
+            let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .filter(|(name, _)| !(name.starts_with("config") || name.starts_with("info")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_generations_never_revive_old_entries() {
+    let (backend, cache) = redis_cache().await;
+    let server = backend.server().unwrap();
+    let k = key(&cache, "org_1", "/api/contacts");
+    put(&cache, &k, "before").await;
+    assert!(is_hit(&cache, &k).await);
+    // Eviction of the generation keys (allkeys-* policies) while the entry survives.
+    for generation_key in k.generation_keys() {
+        let _: i64 = server.cmd(&["DEL", generation_key]);
+    }
+    assert!(
+        !is_hit(&cache, &k).await,
+        "an entry must not outlive its generation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_and_restored_values_never_revive() {
+    let (backend, cache) = redis_cache().await;
+    let server = backend.server().unwrap();
+    let k = key(&cache, "org_1", "/api/contacts");
+    put(&cache, &k, "before").await;
+    let mut conn = server.connection();
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(k.entry_key())
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    assert!(!is_hit(&cache, &k).await);
+    // Someone restores the old value (a backup, a replica catching up): still a miss,
+    // because the generations were re-created fresh.
+    let _: () = redis::cmd("SET")
+        .arg(k.entry_key())
+        .arg(raw)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        !is_hit(&cache, &k).await,
+        "a restored old entry must not be served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_server_never_revives_old_entries() {
+    let (mut backend, cache) = redis_cache().await;
+    let k = key(&cache, "org_1", "/api/contacts");
+    put(&cache, &k, "before").await;
+    if let TestBackend::Redis(server) = &mut backend {
+        server.restart();
+    }
+    // The first command after the restart may see the dropped connection; the manager
+    // reconnects by itself. Wait for caching to resume, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match cache.lookup(&k).await {
+            Lookup::Miss(ticket) if ticket.can_store() => break,
+            Lookup::Hit(_) => panic!("old entry served after restart"),
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "caching did not resume after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    put(&cache, &k, "after").await;
+    assert!(is_hit(&cache, &k).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_is_one_command_whatever_the_number_of_entries() {
+    let (backend, cache) = redis_cache().await;
+    let server = backend.server().unwrap();
+    let keys: Vec<CacheKey> = (0..500)
+        .map(|i| key(&cache, "org_1", &format!("/api/contacts/{i}")))
+        .collect();
+    for k in &keys {
+        put(&cache, k, "v").await;
+    }
+    let _: () = server.cmd(&["CONFIG", "RESETSTAT"]);
+    cache
+        .invalidate("org_1", &["contacts", "analytics"])
+        .await
+        .unwrap();
+    let calls = command_calls(&backend);
+    assert_eq!(
+        calls,
+        HashMap::from([("mset".to_owned(), 1)]),
+        "one MSET, no KEYS/SCAN/DEL"
+    );
+    for k in keys.iter().take(20) {
+        assert!(!is_hit(&cache, k).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_is_one_command_and_one_slot() {
+    let (backend, cache) = redis_cache().await;
+    let server = backend.server().unwrap();
+    let k = key(&cache, "org_1", "/api/contacts");
+    put(&cache, &k, "v").await;
+    let _: () = server.cmd(&["CONFIG", "RESETSTAT"]);
+    assert!(is_hit(&cache, &k).await);
+    assert_eq!(
+        command_calls(&backend),
+        HashMap::from([("mget".to_owned(), 1)])
+    );
+    // Every key the lookup touched hashes to one cluster slot: Redis Cluster hashes only
+    // the text between the first `{` and the next `}`, so the tags must be equal.
+    let hash_tag = |name: &str| -> String {
+        let open = name.find('{').expect("hash tag");
+        let close = open + name[open..].find('}').expect("closed hash tag");
+        name[open + 1..close].to_owned()
+    };
+    let slots: std::collections::HashSet<String> = k
+        .generation_keys()
+        .iter()
+        .map(|n| hash_tag(n))
+        .chain([hash_tag(k.entry_key())])
+        .collect();
+    assert_eq!(slots.len(), 1, "keys of one lookup span several slots");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_gives_misses_and_error_counts_not_errors() {
+    let (mut backend, _) = redis_cache().await;
+    let config: CacheConfig = backend
+        .config()
+        .with_response_timeout(Duration::from_millis(100))
+        .with_circuit(1000, Duration::from_secs(1));
+    let cache = Cache::new(config).await.unwrap();
+    let k = key(&cache, "org_1", "/api/contacts");
+    put(&cache, &k, "v").await;
+    if let TestBackend::Redis(server) = &mut backend {
+        server.kill();
+    }
+    for _ in 0..5 {
+        match cache.lookup(&k).await {
+            Lookup::Miss(ticket) => {
+                let stored = cache.store(ticket, CachedResponse::ok("x"), LONG).await;
+                assert!(matches!(stored, Ok(false) | Err(_)));
+            }
+            other => panic!("expected a miss, got {other:?}"),
+        }
+    }
+    let stats = cache.stats();
+    assert!(
+        stats.totals.errors >= 5,
+        "errors counted: {:?}",
+        stats.totals
+    );
+    assert!(!cache.is_available().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_available_answers_within_the_timeout() {
+    let (mut backend, cache) = redis_cache().await;
+    assert!(cache.is_available().await);
+    let quick = Cache::new(
+        backend
+            .config()
+            .with_response_timeout(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    if let TestBackend::Redis(server) = &backend {
+        server.pause();
+    }
+    let started = std::time::Instant::now();
+    assert!(!quick.is_available().await);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "is_available hung"
+    );
+    if let TestBackend::Redis(server) = &mut backend {
+        server.resume();
+    }
+}
