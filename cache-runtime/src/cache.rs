@@ -164,6 +164,9 @@ pub(crate) enum Resolved<T, Fut> {
 
 static GLOBAL: OnceLock<Cache> = OnceLock::new();
 
+/// How long a finished flight stays visible after its entry reached Redis.
+const FLIGHT_GRACE: Duration = Duration::from_millis(500);
+
 /// Waits for a flight's leader to publish. A separate function so that the channel's read
 /// guard (not `Send`) never lives across an await of the caller.
 async fn wait_for_flight(
@@ -719,8 +722,13 @@ impl Cache {
                 let cache = self.clone();
                 let key = ticket.key;
                 tokio::spawn(async move {
-                    let _keep_flight_until_stored = guard;
+                    let keep_flight_until_stored = guard;
                     let _ = cache.store_entry(&key, entry, ttl).await;
+                    // A reader whose lookup missed just before the store landed joins the
+                    // flight just after: keep it visible a moment longer so that reader
+                    // is answered from it rather than recomputing.
+                    tokio::time::sleep(FLIGHT_GRACE.min(ttl / 2)).await;
+                    drop(keep_flight_until_stored);
                 });
             } else {
                 let _ = self.store_entry(&ticket.key, entry, ttl).await;
