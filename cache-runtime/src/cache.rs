@@ -167,6 +167,25 @@ static GLOBAL: OnceLock<Cache> = OnceLock::new();
 /// How long a finished flight stays visible after its entry reached Redis.
 const FLIGHT_GRACE: Duration = Duration::from_millis(500);
 
+/// Makes rustls usable for `rediss://`: installs the ring provider as the process default
+/// unless the application installed one already.
+#[cfg(feature = "tls")]
+fn prepare_tls(_url: &str) -> Result<(), ConfigError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is then installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn prepare_tls(url: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::RedisUrl(format!(
+        "{}: rediss:// needs cache-runtime's `tls` feature",
+        crate::config::redact(url)
+    )))
+}
+
 /// Waits for a flight's leader to publish. A separate function so that the channel's read
 /// guard (not `Send`) never lives across an await of the caller.
 async fn wait_for_flight(
@@ -213,6 +232,9 @@ impl Cache {
             Some(url) => {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(ConfigError::NoRuntime);
+                }
+                if url.starts_with("rediss://") {
+                    prepare_tls(url)?;
                 }
                 let backend =
                     RedisBackend::new(url, config.connect_timeout, config.response_timeout)

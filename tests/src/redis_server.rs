@@ -16,6 +16,8 @@ pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// TLS only: the plain port is closed and readiness is checked by the TLS port.
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -29,26 +31,140 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
-    /// Starts a server with extra command-line arguments (e.g. `["--maxmemory", "1mb"]`).
-    pub fn start_with(extra_args: &[&str]) -> RedisServer {
+    /// Starts a server that speaks TLS only, with a fresh certificate for 127.0.0.1 signed
+    /// by a fresh CA (made with the `openssl` command); [`RedisServer::tls_url`] and
+    /// [`RedisServer::certificate`] tell a client how to reach and trust it.
+    pub fn start_tls() -> RedisServer {
         let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("api-cache-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let dir = Self::directory(port);
+        // A throw-away CA and a server certificate it signs (rustls rejects a CA
+        // certificate used as the server's own).
+        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let (cert, key, csr) = (
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            dir.join("server.csr"),
+        );
+        let ext = dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write the certificate extensions");
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl (the README's test command installs it)");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        openssl(&[
+            os("req"),
+            os("-x509"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-days"),
+            os("1"),
+            os("-subj"),
+            os("/CN=api-cache test CA"),
+            os("-keyout"),
+            ca_key.as_os_str(),
+            os("-out"),
+            ca.as_os_str(),
+        ]);
+        openssl(&[
+            os("req"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-subj"),
+            os("/CN=127.0.0.1"),
+            os("-keyout"),
+            key.as_os_str(),
+            os("-out"),
+            csr.as_os_str(),
+        ]);
+        openssl(&[
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            ca.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-days"),
+            os("1"),
+            os("-extfile"),
+            ext.as_os_str(),
+            os("-out"),
+            cert.as_os_str(),
+        ]);
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let tls_args = vec![
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(&cert),
+            "--tls-key-file".to_owned(),
+            path(&key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&ca),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
         let mut server = RedisServer {
             port,
             dir,
             child: None,
+            extra_args: tls_args,
+            tls: true,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `rediss://127.0.0.1:<port>/` for a server from [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+
+    /// The certificate of the CA that signed a TLS server's certificate.
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn directory(port: u16) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("api-cache-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        dir
+    }
+
+    /// Starts a server with extra command-line arguments (e.g. `["--maxmemory", "1mb"]`).
+    pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            dir: Self::directory(port),
+            child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls: false,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
+        let plain_port = if self.tls { 0 } else { self.port };
         let child = Command::new(redis_server_binary())
             .arg("--port")
-            .arg(self.port.to_string())
+            .arg(plain_port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -64,6 +180,14 @@ impl RedisServer {
 
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
+        if self.tls {
+            // No TLS client here: wait for the port to accept connections.
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                assert!(Instant::now() < deadline, "TLS redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
         loop {
             if let Ok(client) = redis::Client::open(self.url()) {
                 if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
