@@ -85,5 +85,5 @@ pub use config::CacheConfig;
 pub use entry::{CachedResponse, Entry};
 pub use error::{BackendError, ConfigError, InvalidationError};
 pub use http_glue::{X_CACHE, X_CACHE_AGE, X_CACHE_INVALIDATED};
-pub use scope::{CacheScope, IntoCacheScope};
+pub use scope::{CacheScope, ToCacheScope};
 pub use stats::{Outcome, StatsSnapshot};
