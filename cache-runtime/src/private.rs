@@ -7,7 +7,7 @@
 pub use crate::http_glue::{serve_cached, serve_invalidating, HandlerOutput, RequestContext};
 pub use crate::plain::{cached_result, cached_value};
 pub use crate::registry::Registration;
-pub use crate::scope::IntoCacheScope;
+pub use crate::scope::ToCacheScope;
 pub use axum::response::Response;
 pub use http::HeaderMap;
 pub use inventory;
@@ -65,6 +65,6 @@ pub enum ScopeArg {
 }
 
 /// Converts the value of a `scope = <expr>` into a scope argument.
-pub fn explicit_scope<T: IntoCacheScope + ?Sized>(value: &T) -> ScopeArg {
-    ScopeArg::Explicit(value.into_cache_scope())
+pub fn explicit_scope<T: ToCacheScope + ?Sized>(value: &T) -> ScopeArg {
+    ScopeArg::Explicit(value.to_cache_scope())
 }

@@ -70,51 +70,51 @@ impl fmt::Debug for CacheScope {
 
 /// Values a `scope = <expr>` may evaluate to: a [`CacheScope`], a tenant id (any
 /// string or integer), or an `Option` of those (`None` means "no scope": bypass).
-pub trait IntoCacheScope {
+pub trait ToCacheScope {
     /// The scope, or `None` when there is none (the request is then served uncached).
-    fn into_cache_scope(&self) -> Option<CacheScope>;
+    fn to_cache_scope(&self) -> Option<CacheScope>;
 }
 
-impl IntoCacheScope for CacheScope {
-    fn into_cache_scope(&self) -> Option<CacheScope> {
+impl ToCacheScope for CacheScope {
+    fn to_cache_scope(&self) -> Option<CacheScope> {
         Some(self.clone())
     }
 }
 
-impl IntoCacheScope for str {
-    fn into_cache_scope(&self) -> Option<CacheScope> {
+impl ToCacheScope for str {
+    fn to_cache_scope(&self) -> Option<CacheScope> {
         (!self.is_empty()).then(|| CacheScope::new(self))
     }
 }
 
-impl IntoCacheScope for String {
-    fn into_cache_scope(&self) -> Option<CacheScope> {
-        self.as_str().into_cache_scope()
+impl ToCacheScope for String {
+    fn to_cache_scope(&self) -> Option<CacheScope> {
+        self.as_str().to_cache_scope()
     }
 }
 
-impl<T: IntoCacheScope + ?Sized> IntoCacheScope for &T {
-    fn into_cache_scope(&self) -> Option<CacheScope> {
-        (**self).into_cache_scope()
+impl<T: ToCacheScope + ?Sized> ToCacheScope for &T {
+    fn to_cache_scope(&self) -> Option<CacheScope> {
+        (**self).to_cache_scope()
     }
 }
 
-impl<T: IntoCacheScope> IntoCacheScope for Option<T> {
-    fn into_cache_scope(&self) -> Option<CacheScope> {
-        self.as_ref().and_then(IntoCacheScope::into_cache_scope)
+impl<T: ToCacheScope> ToCacheScope for Option<T> {
+    fn to_cache_scope(&self) -> Option<CacheScope> {
+        self.as_ref().and_then(ToCacheScope::to_cache_scope)
     }
 }
 
-impl<T: IntoCacheScope + ?Sized> IntoCacheScope for Arc<T> {
-    fn into_cache_scope(&self) -> Option<CacheScope> {
-        (**self).into_cache_scope()
+impl<T: ToCacheScope + ?Sized> ToCacheScope for Arc<T> {
+    fn to_cache_scope(&self) -> Option<CacheScope> {
+        (**self).to_cache_scope()
     }
 }
 
 macro_rules! integer_tenants {
     ($($t:ty),*) => {$(
-        impl IntoCacheScope for $t {
-            fn into_cache_scope(&self) -> Option<CacheScope> {
+        impl ToCacheScope for $t {
+            fn to_cache_scope(&self) -> Option<CacheScope> {
                 Some(CacheScope::new(self.to_string()))
             }
         }
