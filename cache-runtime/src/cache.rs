@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::backend::{memory::MemoryBackend, redis::RedisBackend, Backend, EntrySlot};
-use crate::circuit::{Circuit, Permit};
+use crate::circuit::{Circuit, Permit, ProbeGuard};
 use crate::config::CacheConfig;
 use crate::entry::{now_ms, CachedResponse, Entry};
 use crate::error::{BackendError, ConfigError, InvalidationError};
@@ -416,6 +416,7 @@ impl Cache {
         if permit == Permit::Denied {
             return Err(BackendError::CircuitOpen);
         }
+        let probe = ProbeGuard::new(&self.inner.circuit, permit);
         let timeout = self.inner.config.response_timeout;
         let result = match tokio::time::timeout(timeout, op).await {
             Ok(result) => result,
@@ -429,6 +430,7 @@ impl Cache {
             }
             _ => self.inner.circuit.on_success(),
         }
+        probe.settled();
         result
     }
 

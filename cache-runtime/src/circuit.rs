@@ -33,6 +33,38 @@ pub(crate) enum Permit {
     Denied,
 }
 
+/// Held by a request from its permit until its outcome is recorded. If the request is
+/// dropped in between (a client that disconnected, a caller's own timeout) while it held
+/// the half-open probe, the probe is handed back: otherwise no other request could ever
+/// probe and the circuit would stay open for good.
+#[must_use]
+pub(crate) struct ProbeGuard<'a> {
+    circuit: &'a Circuit,
+    armed: bool,
+}
+
+impl<'a> ProbeGuard<'a> {
+    pub(crate) fn new(circuit: &'a Circuit, permit: Permit) -> Self {
+        ProbeGuard {
+            circuit,
+            armed: permit == Permit::Probe,
+        }
+    }
+
+    /// The outcome was recorded (`on_success` / `on_failure`).
+    pub(crate) fn settled(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.circuit.abandon_probe();
+        }
+    }
+}
+
 impl Circuit {
     pub(crate) fn new(threshold: u32, base_open: Duration) -> Self {
         Circuit {
@@ -110,6 +142,11 @@ impl Circuit {
         false
     }
 
+    fn abandon_probe(&self) {
+        self.probing.store(false, Release);
+        tracing::debug!(target: "api_cache", "probe cancelled before Redis answered: the next request probes");
+    }
+
     pub(crate) fn snapshot(&self) -> CircuitSnapshot {
         let until = self.open_until.load(Acquire);
         if until == 0 {
@@ -143,6 +180,33 @@ mod tests {
         circuit.on_success();
         assert_eq!(circuit.permit(), Permit::Closed);
         assert_eq!(circuit.snapshot(), CircuitSnapshot::Closed);
+    }
+
+    #[test]
+    fn a_dropped_probe_lets_the_next_request_probe() {
+        let circuit = Circuit::new(1, Duration::from_millis(1));
+        assert!(circuit.on_failure(false));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let permit = loop {
+            match circuit.permit() {
+                Permit::Denied => {
+                    assert!(Instant::now() < deadline, "never half-opened");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                permit => break permit,
+            }
+        };
+        assert_eq!(permit, Permit::Probe);
+        drop(ProbeGuard::new(&circuit, permit));
+        assert_eq!(
+            circuit.permit(),
+            Permit::Probe,
+            "the probe was not handed back"
+        );
+        let settled = ProbeGuard::new(&circuit, Permit::Probe);
+        circuit.on_success();
+        settled.settled();
+        assert_eq!(circuit.permit(), Permit::Closed);
     }
 
     #[test]
