@@ -1,0 +1,8 @@
+use cache_runtime::invalidates;
+
+#[invalidates]
+async fn create_template() -> &'static str {
+    "{}"
+}
+
+fn main() {}
