@@ -181,9 +181,9 @@ fn handler(
 
 /// The plain-function form: the signature as written, the body cached under `key`.
 fn plain_function(parts: FunctionParts, declarations: TokenStream, key: &[Expr]) -> TokenStream {
-    // Not `move`: the key borrows arguments that the body may use as well, and the future is
-    // awaited right here, so borrowing them is enough.
-    let body = parts.body_future(TokenStream::new());
+    // The key is encoded (owned) before the body runs, so the body may consume the
+    // arguments the key was made of.
+    let body = parts.body_future(quote!(move));
     let cache = if returns_result(&parts.sig.output) {
         quote!(::cache_runtime::__private::cached_result)
     } else {
@@ -201,8 +201,8 @@ fn plain_function(parts: FunctionParts, declarations: TokenStream, key: &[Expr])
         #vis #sig {
             #(#inner_attrs)*
             #declarations
-            let __cache_key = (#(&(#key),)*);
-            #cache(&__CACHE_SPEC, __cache_scope, &__cache_key, #body).await
+            let __cache_key = ::cache_runtime::__private::encode_key(&(#(&(#key),)*));
+            #cache(&__CACHE_SPEC, __cache_scope, __cache_key, #body).await
         }
     }
 }

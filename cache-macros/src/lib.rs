@@ -50,9 +50,9 @@ use proc_macro::TokenStream;
 /// - `skip_cache`: declare the route but always serve it uncached.
 /// - `cache_only_success = false`: store non-2xx responses too (never an `Err`).
 /// - `key = (arg, ...)`: cache a plain async function (not a handler) under these
-///   arguments; it then needs `scope`, and its value is stored through serde. The key
-///   borrows its arguments while the body runs, so a body that consumes one of them must
-///   work on a clone.
+///   arguments; it then needs `scope`, and its value is stored through serde. The key is
+///   encoded (serde JSON) before the body runs, so the body may consume its arguments; a
+///   key that does not serialize makes the call bypass the cache.
 ///
 /// ```ignore
 /// #[cached(resource = "contacts", ttl = 60, key = (org_id, query), scope = org_id)]

@@ -15,11 +15,18 @@ use crate::entry::CachedResponse;
 use crate::key::{CacheKey, Tenant};
 use crate::stats::Event;
 
-fn plain_key<K: Serialize + ?Sized>(
+/// Encodes a cached function's key arguments before its body runs (so the body may
+/// consume them). `None` when they do not serialize: the call then bypasses the cache
+/// rather than share a key with other calls.
+pub fn encode_key<K: Serialize + ?Sized>(key: &K) -> Option<Vec<u8>> {
+    serde_json::to_vec(key).ok()
+}
+
+fn plain_key(
     cache: &Cache,
     spec: &RouteSpec,
     scope: &ScopeArg,
-    key: &K,
+    key: Option<Vec<u8>>,
 ) -> Option<CacheKey> {
     if spec.skip_cache {
         return None;
@@ -30,7 +37,7 @@ fn plain_key<K: Serialize + ?Sized>(
         ScopeArg::Explicit(None) | ScopeArg::FromRequest => return None,
     };
     let tenant = scope.map_or(Tenant::Global, |s| Tenant::Scoped(s.tenant()));
-    let encoded = serde_json::to_vec(key).ok()?;
+    let encoded = key?;
     let mut builder = cache.key(tenant, spec.resource).ok()?;
     for tag in spec.tags {
         builder = builder.tag(tag).ok()?;
@@ -45,14 +52,13 @@ fn plain_key<K: Serialize + ?Sized>(
 }
 
 /// A cached function returning a plain value.
-pub async fn cached_value<K, T, F>(
+pub async fn cached_value<T, F>(
     spec: &'static RouteSpec,
     scope: ScopeArg,
-    key: &K,
+    key: Option<Vec<u8>>,
     compute: F,
 ) -> T
 where
-    K: Serialize + ?Sized,
     T: Serialize + DeserializeOwned,
     F: Future<Output = T>,
 {
@@ -82,14 +88,13 @@ where
 }
 
 /// A cached function returning `Result`: only `Ok` values are stored.
-pub async fn cached_result<K, T, E, F>(
+pub async fn cached_result<T, E, F>(
     spec: &'static RouteSpec,
     scope: ScopeArg,
-    key: &K,
+    key: Option<Vec<u8>>,
     compute: F,
 ) -> Result<T, E>
 where
-    K: Serialize + ?Sized,
     T: Serialize + DeserializeOwned,
     F: Future<Output = Result<T, E>>,
 {

@@ -5,7 +5,7 @@
 //! import it. It must never panic on a request path.
 
 pub use crate::http_glue::{serve_cached, serve_invalidating, HandlerOutput, RequestContext};
-pub use crate::plain::{cached_result, cached_value};
+pub use crate::plain::{cached_result, cached_value, encode_key};
 pub use crate::registry::Registration;
 pub use crate::scope::ToCacheScope;
 pub use axum::response::Response;

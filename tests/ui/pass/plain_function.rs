@@ -59,6 +59,12 @@ where
         .collect()
 }
 
+/// The body may consume the arguments the key is made of: the key is encoded first.
+#[cached(resource = "contacts", ttl = 60, key = (org_id, query), scope = org_id)]
+async fn consumes_its_key(org_id: i64, query: String) -> Vec<String> {
+    vec![query, org_id.to_string()]
+}
+
 fn main() {
     // Building the futures proves the signatures are unchanged; they are not run here.
     let db = Db;
@@ -66,4 +72,5 @@ fn main() {
     let _count = db.contact_count(1);
     let _totals = platform_totals();
     let _render = render(vec!["welcome"], "t-".to_owned());
+    let _consumes = consumes_its_key(1, "ada".to_owned());
 }
