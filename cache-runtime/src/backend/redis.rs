@@ -90,27 +90,53 @@ impl RedisBackend {
         keys: &[&str],
     ) -> Result<Vec<Generation>, BackendError> {
         let mut pipe = redis::pipe();
+        // Replies are judged one by one: a refused SET (out of memory, read-only replica)
+        // fails the call, while a GET that finds no token of ours is repaired below.
+        pipe.ignore_errors();
         let fresh: Vec<Generation> = keys.iter().map(|_| Generation::fresh()).collect();
         for (key, token) in keys.iter().zip(&fresh) {
-            pipe.cmd("SET")
-                .arg(*key)
-                .arg(token.as_str())
-                .arg("NX")
-                .ignore();
+            pipe.cmd("SET").arg(*key).arg(token.as_str()).arg("NX");
             pipe.cmd("GET").arg(*key);
         }
         let values: Vec<Value> = pipe.query_async(&mut self.manager.clone()).await?;
-        Ok(values
-            .into_iter()
-            .zip(fresh)
-            // A key evicted between our SET and GET: use the token we tried to set;
-            // whatever is set next differs from it, so nothing stale can match.
-            .map(|(value, ours)| {
-                bulk(value)
-                    .and_then(|b| Generation::from_bytes(&b))
-                    .unwrap_or(ours)
-            })
-            .collect())
+        if values.len() != 2 * keys.len() {
+            return Err(BackendError::Refused(format!(
+                "generation init returned {} replies for {} keys",
+                values.len(),
+                keys.len()
+            )));
+        }
+        let mut generations = Vec::with_capacity(keys.len());
+        let mut foreign = redis::pipe();
+        let mut foreign_keys = Vec::new();
+        for ((key, ours), replies) in keys.iter().zip(fresh).zip(values.chunks_exact(2)) {
+            if let Value::ServerError(err) = &replies[0] {
+                return Err(redis::RedisError::from(err.clone()).into());
+            }
+            let current = match &replies[1] {
+                Value::BulkString(bytes) => Generation::from_bytes(bytes),
+                // Evicted between our SET and GET: use the token we tried to set; whatever
+                // is set next differs from it, so nothing stale can match.
+                Value::Nil => Some(ours.clone()),
+                // Another type under the key (WRONGTYPE), or another reply.
+                _ => None,
+            };
+            if current.is_none() {
+                foreign.cmd("SET").arg(*key).arg(ours.as_str()).ignore();
+                foreign_keys.push(*key);
+            }
+            generations.push(current.unwrap_or(ours));
+        }
+        if !foreign_keys.is_empty() {
+            // A value that is no token of ours (planted, corrupted, another program's key)
+            // would make every lookup of these entries miss and never store. It is replaced
+            // by a fresh token: a token never used before can only make entries miss, never
+            // revive one, so overwriting without a condition is safe even if an
+            // invalidation raced with it.
+            foreign.query_async::<()>(&mut self.manager.clone()).await?;
+            tracing::warn!(target: "api_cache", keys = ?foreign_keys, "replaced generation values that were not ours");
+        }
+        Ok(generations)
     }
 
     pub(crate) async fn store(
