@@ -126,7 +126,9 @@ pub struct MissTicket {
     /// `None` when the lookup failed: the result must not be stored.
     generations: Option<Vec<Generation>>,
     started: Instant,
-    early_refresh: bool,
+    /// The still-valid entry when this miss is an early refresh (XFetch): what to serve
+    /// if another request is already refreshing it.
+    refreshing: Option<Arc<Entry>>,
 }
 
 impl MissTicket {
@@ -143,7 +145,7 @@ impl MissTicket {
 
     /// True when the entry was valid but chosen for early refresh (XFetch).
     pub fn is_early_refresh(&self) -> bool {
-        self.early_refresh
+        self.refreshing.is_some()
     }
 }
 
@@ -453,7 +455,12 @@ impl Cache {
         let lookup = self.lookup_uncounted(key).await;
         let event = match &lookup {
             Lookup::Hit(_) => Event::Hit,
-            Lookup::Miss(_) => Event::Miss,
+            Lookup::Miss(ticket) => {
+                if ticket.is_early_refresh() {
+                    self.record(Some(&key.resource), Event::EarlyRefresh);
+                }
+                Event::Miss
+            }
             Lookup::Bypass(_) => Event::Bypass,
         };
         self.record(Some(&key.resource), event);
@@ -465,12 +472,12 @@ impl Cache {
             return Lookup::Bypass(reason);
         }
         let started = Instant::now();
-        let miss = |generations, early_refresh| {
+        let miss = |generations, refreshing| {
             Lookup::Miss(MissTicket {
                 key: key.clone(),
                 generations,
                 started,
-                early_refresh,
+                refreshing,
             })
         };
         let raw = match self.call(self.inner.backend.lookup(key)).await {
@@ -478,14 +485,14 @@ impl Cache {
             Err(BackendError::CircuitOpen) => return Lookup::Bypass(BypassReason::CircuitOpen),
             Err(err) => {
                 self.fault(&key.resource, "lookup", &err);
-                return miss(None, false);
+                return miss(None, None);
             }
         };
         let generations = match self.complete_generations(key, raw.generations).await {
             Ok(generations) => generations,
             Err(err) => {
                 self.fault(&key.resource, "generation init", &err);
-                return miss(None, false);
+                return miss(None, None);
             }
         };
         self.inner
@@ -494,23 +501,24 @@ impl Cache {
         match raw.entry {
             EntrySlot::Present(entry) if entry.digest != key.digest => {
                 self.corrupt(&key.resource, "value stored under another key");
-                miss(Some(generations), false)
+                miss(Some(generations), None)
             }
             EntrySlot::Present(entry)
                 if entry.generations == generations && !entry.is_expired(now_ms()) =>
             {
                 if self.refresh_early(&entry) {
-                    self.record(Some(&key.resource), Event::EarlyRefresh);
-                    miss(Some(generations), true)
+                    // Counted as an early refresh where it is computed, not here: a
+                    // request that finds a refresh already under way is served `entry`.
+                    miss(Some(generations), Some(entry))
                 } else {
                     Lookup::Hit(entry)
                 }
             }
             EntrySlot::Corrupt => {
                 self.corrupt(&key.resource, "value does not decode");
-                miss(Some(generations), false)
+                miss(Some(generations), None)
             }
-            EntrySlot::Present(_) | EntrySlot::Absent => miss(Some(generations), false),
+            EntrySlot::Present(_) | EntrySlot::Absent => miss(Some(generations), None),
         }
     }
 
@@ -674,6 +682,15 @@ impl Cache {
         let guard = match self.inner.flights.join(flight_key) {
             Join::Leader(guard) => guard,
             Join::Follower(receiver) => {
+                if let Some(valid) = &ticket.refreshing {
+                    // Another request of this instance is refreshing this entry (or just
+                    // has): serve its result if published, else the still-valid entry.
+                    // Waiting would turn the hit that XFetch protects into a stall.
+                    let entry = receiver.borrow().clone().flatten();
+                    let entry = entry.unwrap_or_else(|| valid.clone());
+                    self.record(Some(resource), Event::Hit);
+                    return Resolved::Entry { entry, compute };
+                }
                 let shared = wait_for_flight(receiver, self.inner.config.flight_wait).await;
                 if let Some(entry) = shared {
                     self.record(Some(resource), Event::Hit);
@@ -686,12 +703,18 @@ impl Cache {
             }
         };
         if let (Some(lease), true) = (self.inner.config.lease, self.inner.backend.is_remote()) {
-            if let Some(entry) = self.follow_lease(key, generations, lease).await {
-                guard.publish(Some(entry.clone()));
+            let refreshing = ticket.refreshing.as_ref();
+            if let Some(entry) = self.follow_lease(key, generations, lease, refreshing).await {
                 self.record(Some(resource), Event::Hit);
-                self.record(Some(resource), Event::Coalesced);
+                if refreshing.is_none() {
+                    guard.publish(Some(entry.clone()));
+                    self.record(Some(resource), Event::Coalesced);
+                }
                 return Resolved::Entry { entry, compute };
             }
+        }
+        if ticket.refreshing.is_some() {
+            self.record(Some(resource), Event::EarlyRefresh);
         }
         self.compute_and_store(ticket, ttl, compute, Some(guard))
             .await
@@ -767,12 +790,14 @@ impl Cache {
     }
 
     /// With the lease on: take it, or wait (polling) for its holder's entry. Returns the
-    /// entry when another instance produced it in time.
+    /// entry when another instance produced it in time. An early refresh (`refreshing`)
+    /// does not wait: when another instance holds the lease, the valid entry is returned.
     async fn follow_lease(
         &self,
         key: &CacheKey,
         generations: &[Generation],
         lease: Duration,
+        refreshing: Option<&Arc<Entry>>,
     ) -> Option<Arc<Entry>> {
         let lease_key = key.lease_key(&self.inner.config.prefix, generations);
         match self
@@ -783,12 +808,20 @@ impl Cache {
             // Taken by us, or Redis failing: compute.
             _ => return None,
         }
+        if let Some(valid) = refreshing {
+            return Some(valid.clone());
+        }
         let deadline = Instant::now() + lease;
         let poll = (lease / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
         while Instant::now() < deadline {
             tokio::time::sleep(poll).await;
             match self.lookup_uncounted(key).await {
                 Lookup::Hit(entry) => return Some(entry),
+                // A valid entry that drew an early refresh is still a valid entry.
+                Lookup::Miss(MissTicket {
+                    refreshing: Some(entry),
+                    ..
+                }) => return Some(entry),
                 Lookup::Miss(ticket) if ticket.generations.as_deref() == Some(generations) => {
                     continue
                 }
