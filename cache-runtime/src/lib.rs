@@ -69,6 +69,7 @@ pub mod generation;
 mod http_glue;
 pub mod invalidate;
 pub mod key;
+pub mod observe;
 mod pending;
 mod plain;
 pub mod registry;
