@@ -20,6 +20,7 @@ use crate::generation::Generation;
 use crate::key::{self, CacheKey, InvalidResource, KeyBuilder, Tenant};
 use crate::pending::Pending;
 use crate::stats::{CircuitSnapshot, Event, Outcome, Stats, StatsSnapshot};
+use tracing::Instrument;
 
 /// A handle to the cache: cheap to clone, shared by every request.
 ///
@@ -161,6 +162,8 @@ pub(crate) enum Resolved<T, Fut> {
         bypass: Option<BypassReason>,
         /// Whether the result was (or is being) stored.
         stored: bool,
+        /// The lookup itself failed (a store fault): served uncached, counted as an error.
+        lookup_failed: bool,
     },
 }
 
@@ -660,6 +663,7 @@ impl Cache {
                     outcome: Outcome::Bypass,
                     bypass: Some(reason),
                     stored: false,
+                    lookup_failed: false,
                 };
             }
             Lookup::Miss(ticket) => ticket,
@@ -671,6 +675,7 @@ impl Cache {
                 outcome: Outcome::Miss,
                 bypass: None,
                 stored: false,
+                lookup_failed: true,
             };
         };
         let mut flight_key = String::with_capacity(key.entry_key.len() + 32 * generations.len());
@@ -768,9 +773,16 @@ impl Cache {
                 // this instance's readers meanwhile.
                 let cache = self.clone();
                 let key = ticket.key;
+                // Its own root span, linked to the request's: a child would hold the
+                // request's span open until the store lands.
+                let store_span = tracing::debug_span!(target: "api_cache", parent: None, "api_cache_store", resource = %key.resource);
+                store_span.follows_from(tracing::Span::current());
                 tokio::spawn(async move {
                     let keep_flight_until_stored = guard;
-                    let _ = cache.store_entry(&key, entry, ttl).await;
+                    let _ = cache
+                        .store_entry(&key, entry, ttl)
+                        .instrument(store_span)
+                        .await;
                     // A reader whose lookup missed just before the store landed joins the
                     // flight just after: keep it visible a moment longer so that reader
                     // is answered from it rather than recomputing.
@@ -786,6 +798,7 @@ impl Cache {
             outcome: Outcome::Miss,
             bypass: None,
             stored,
+            lookup_failed: false,
         }
     }
 
@@ -887,14 +900,14 @@ impl Cache {
         match self.call(self.inner.backend.bump(&keys)).await {
             Ok(()) => {
                 self.inner.pending.delivered(&keys);
-                tracing::debug!(target: "api_cache", tenant = %tenant_tag, ?resources, elapsed_us = started.elapsed().as_micros() as u64, "invalidated");
+                tracing::debug!(target: "api_cache", tenant = %tenant_tag, resources = %resources.join(","), elapsed_us = started.elapsed().as_micros() as u64, "cache invalidation");
                 Ok(())
             }
             Err(err) => {
                 for resource in resources {
                     self.record(Some(resource), Event::Error);
                 }
-                tracing::warn!(target: "api_cache", tenant = %tenant_tag, ?resources, error = %err, "invalidation deferred: serving these uncached on this instance until Redis takes it");
+                tracing::warn!(target: "api_cache", tenant = %tenant_tag, resources = %resources.join(","), error = %err, "invalidation deferred: serving these uncached on this instance until Redis takes it");
                 self.inner.pending.add(&tenant_tag, &keys);
                 self.ensure_redelivery();
                 Err(InvalidationError::Deferred(err))

@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
@@ -125,39 +125,73 @@ where
 {
     let cache = ctx.cache();
     cache.note_ttl(spec.resource, spec.ttl_secs);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let key = match build_key(&cache, &ctx, headers.as_ref(), spec, scope) {
         Ok(key) => key,
         Err(reason) => {
-            let response = bypass(&cache, spec.resource, handler).await;
-            log_lookup(spec, Outcome::Bypass, Some(reason), None, started.elapsed());
+            let (response, handler_time) = bypass(&cache, spec.resource, handler).await;
+            log_lookup(
+                spec,
+                LookupEvent {
+                    outcome: Outcome::Bypass.as_str(),
+                    reason: Some(reason),
+                    age: None,
+                    lookup: None,
+                    handler: Some(handler_time),
+                },
+            );
             return with_outcome(response, Outcome::Bypass);
         }
     };
     let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
     let max_bytes = cache.config().max_entry_bytes;
     let compute = async move {
+        let handler_started = Instant::now();
         let output = handler.await;
-        cacheable(output, spec, max_bytes).await
+        let (response, cacheable) = cacheable(output, spec, max_bytes).await;
+        (
+            (response, handler_started, handler_started.elapsed()),
+            cacheable,
+        )
     };
     match cache.resolve(&key, ttl, compute).await {
         Resolved::Entry { entry, .. } => {
             log_lookup(
                 spec,
-                Outcome::Hit,
-                None,
-                Some(entry.age()),
-                started.elapsed(),
+                LookupEvent {
+                    outcome: Outcome::Hit.as_str(),
+                    reason: None,
+                    age: Some(entry.age()),
+                    lookup: Some(started.elapsed()),
+                    handler: None,
+                },
             );
             hit_response(&entry, spec.ttl_secs)
         }
         Resolved::Computed {
-            value,
+            value: (value, handler_started, handler_time),
             outcome,
             bypass,
             stored,
+            lookup_failed,
         } => {
-            log_lookup(spec, outcome, bypass, None, started.elapsed());
+            log_lookup(
+                spec,
+                LookupEvent {
+                    outcome: if lookup_failed {
+                        "ERROR"
+                    } else {
+                        outcome.as_str()
+                    },
+                    reason: bypass,
+                    age: None,
+                    // A bypass decided by the cache (switched off, pending invalidation,
+                    // open circuit) looked nothing up.
+                    lookup: (outcome != Outcome::Bypass)
+                        .then(|| handler_started.saturating_duration_since(started)),
+                    handler: Some(handler_time),
+                },
+            );
             let mut response = with_outcome(value, outcome);
             if stored {
                 set_cache_control(&mut response, spec.ttl_secs);
@@ -224,16 +258,18 @@ fn build_key(
     Ok(builder.part("fingerprint", spec.fingerprint).build())
 }
 
+/// Runs the handler uncached; returns its response and how long it ran.
 async fn bypass<F: Future<Output = HandlerOutput>>(
     cache: &Cache,
     resource: &str,
     handler: F,
-) -> Response {
-    let started = std::time::Instant::now();
+) -> (Response, Duration) {
+    let started = Instant::now();
     cache.record(Some(resource), crate::stats::Event::Bypass);
     let output = handler.await;
-    cache.record_handler_time(resource, started.elapsed());
-    output.response
+    let elapsed = started.elapsed();
+    cache.record_handler_time(resource, elapsed);
+    (output.response, elapsed)
 }
 
 /// Splits a handler's output into the response to send and, when it may be stored, its
@@ -365,21 +401,34 @@ fn set_cache_control(response: &mut Response, ttl_secs: u32) {
     }
 }
 
-fn log_lookup(
-    spec: &RouteSpec,
-    outcome: Outcome,
-    bypass: Option<BypassReason>,
+/// What one request of a `#[cached]` route did, for its tracing event.
+struct LookupEvent {
+    /// `HIT`, `MISS`, `BYPASS`, or `ERROR` (the lookup failed; served uncached).
+    outcome: &'static str,
+    reason: Option<BypassReason>,
+    /// The served entry's age (hits).
     age: Option<Duration>,
-    elapsed: Duration,
-) {
+    /// From the request reaching the cache to the entry served or the handler started:
+    /// key, round trip, and any wait for a concurrent computation.
+    lookup: Option<Duration>,
+    /// The handler's run, body buffering included (misses, bypasses, errors).
+    handler: Option<Duration>,
+}
+
+/// The per-lookup event: DEBUG, target `api_cache`, emitted in the caller's span (the
+/// app's request span), so an app can leave `api_cache=debug` on or filter it out.
+/// Field names are documented in `METRICS.md`.
+fn log_lookup(spec: &RouteSpec, event: LookupEvent) {
+    let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
     tracing::debug!(
         target: "api_cache",
         resource = spec.resource,
-        handler = spec.function,
-        outcome = outcome.as_str(),
-        bypass = bypass.map(BypassReason::as_str),
-        age_s = age.map(|a| a.as_secs()),
-        elapsed_us = elapsed.as_micros() as u64,
+        function = spec.function,
+        outcome = event.outcome,
+        reason = event.reason.map(BypassReason::as_str),
+        age_s = event.age.map(|a| a.as_secs()),
+        lookup_us = event.lookup.map(micros),
+        handler_us = event.handler.map(micros),
         "cache lookup"
     );
 }
@@ -418,8 +467,8 @@ where
             // cached for its tenant: that is an app misconfiguration worth shouting about.
             tracing::error!(
                 target: "api_cache",
-                handler = spec.function,
-                resources = ?spec.resources,
+                function = spec.function,
+                resources = %spec.resources.join(","),
                 "successful mutation without a tenant scope: nothing was invalidated"
             );
             return response;
