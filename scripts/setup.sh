@@ -10,6 +10,8 @@ command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${API_CACHE_SKIP_BROWSER:-0}" != "1" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  # Readable text in the dashboard test's screenshot.
+  [ -d /usr/share/fonts/truetype/liberation ] || need+=(fonts-liberation)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
