@@ -1,0 +1,137 @@
+//! The rollout report: the reference's success table for the demo, cache off vs on.
+//!
+//! ```text
+//! cargo run --release -p examples --bin report
+//! cargo run --release -p examples --bin report -- --duration 60 --users 64 --write-share 0.1
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin report
+//! cargo run --release -p examples --bin report -- --url http://127.0.0.1:3000
+//! ```
+//!
+//! Exits 0 when every correctness check held, 1 when one failed, 2 on bad arguments or
+//! when the report could not run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use examples::report::{run_report, ReportConfig};
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "\
+usage: report [options]
+
+Replays a workload against the demo API twice, cache off then cache on (a fresh,
+identically seeded demo each time), prints the reference's success table side by side,
+and writes report.json, report.svg and report.md.
+
+options:
+  --duration SECS      measured length of each run (default 25)
+  --warmup SECS        workload before measuring starts, in each run (default 5)
+  --users N            concurrent virtual users (default 32)
+  --think MS           mean time between a user's requests (default 400)
+  --write-share F      share of requests that are writes, 0-1 (default 0.05)
+  --seed N             seed of the data and the workload (default 42)
+  --scale F            data volume; 1.0 = largest tenant ~40k contacts, ~300k messages (default 1.0)
+  --url URL            use a running demo server instead of in-process ones
+                       (its cache is switched off and on through PUT /debug/cache)
+  --out DIR            output directory (default report-output)
+  --no-output          write no files
+  --quiet              no progress lines
+  -h, --help           this text
+
+environment: REDIS_URL selects Redis for the in-process demo (default: in-memory cache);
+RUST_LOG controls the demo's logs (default: warnings only).";
+
+fn parse_args() -> Result<ReportConfig, String> {
+    let mut config = ReportConfig::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        fn num<T: std::str::FromStr>(name: &str, raw: String) -> Result<T, String> {
+            raw.parse()
+                .map_err(|_| format!("{name}: {raw:?} is not a valid number"))
+        }
+        match arg.as_str() {
+            "--duration" => {
+                config.duration = Duration::from_secs_f64(
+                    num::<f64>("--duration", value("--duration")?)?.max(1.0),
+                )
+            }
+            "--warmup" => {
+                config.warmup =
+                    Duration::from_secs_f64(num::<f64>("--warmup", value("--warmup")?)?.max(0.0))
+            }
+            "--users" => config.users = num::<usize>("--users", value("--users")?)?.max(1),
+            "--think" => config.think = Duration::from_millis(num("--think", value("--think")?)?),
+            "--write-share" => {
+                let share: f64 = num("--write-share", value("--write-share")?)?;
+                if !(0.0..=1.0).contains(&share) {
+                    return Err("--write-share must be between 0 and 1".into());
+                }
+                config.write_share = share;
+            }
+            "--seed" => config.seed = num("--seed", value("--seed")?)?,
+            "--scale" => {
+                let scale: f64 = num("--scale", value("--scale")?)?;
+                if !(scale > 0.0 && scale <= 10.0) {
+                    return Err("--scale must be in (0, 10]".into());
+                }
+                config.scale = scale;
+            }
+            "--url" => config.url = Some(value("--url")?),
+            "--out" => config.out_dir = Some(PathBuf::from(value("--out")?)),
+            "--no-output" => config.out_dir = None,
+            "--quiet" => config.progress = false,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match parse_args() {
+        Ok(config) => config,
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("report: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let out_dir = config.out_dir.clone();
+    let report = match run_report(config).await {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("report: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("\n{}", report.text());
+    if let Some(dir) = out_dir {
+        match report.write(&dir) {
+            Ok(files) => {
+                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                println!("wrote {}", names.join(", "));
+            }
+            Err(err) => {
+                eprintln!("report: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

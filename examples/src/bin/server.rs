@@ -1,0 +1,86 @@
+//! The demo API server alone.
+//!
+//! ```text
+//! cargo run --release -p examples --bin server
+//! PORT=8080 REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin server
+//! ```
+//!
+//! Environment: `PORT` (default 3000; listens on 127.0.0.1), `REDIS_URL` (unset: the
+//! in-memory cache), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume),
+//! `RUST_LOG` (default `info`: one line per request).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+use examples::{start_demo, DemoConfig, SeedConfig};
+use tracing_subscriber::EnvFilter;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(raw) => raw
+            .parse()
+            .map_err(|_| format!("{name}={raw:?} is not a valid value")),
+        Err(_) => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = env_or("PORT", 3000)?;
+    let seed = SeedConfig {
+        seed: env_or("DEMO_SEED", 42)?,
+        scale: env_or("DEMO_SCALE", 1.0)?,
+        ..SeedConfig::default()
+    };
+    let backend = if std::env::var_os("REDIS_URL").is_some() {
+        "Redis (REDIS_URL)"
+    } else {
+        "in-memory (set REDIS_URL for Redis)"
+    };
+    let cache = cache_runtime::Cache::from_env().await?;
+    let config = DemoConfig {
+        seed,
+        ..DemoConfig::default()
+    };
+    let mut demo = start_demo(config, cache, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+    let totals = &demo.seed.totals;
+    tracing::info!(
+        "seeded {} organizations, {} users, {} contacts, {} conversations, {} messages in {:.1}s",
+        demo.seed.organizations.len(),
+        totals.users,
+        totals.contacts,
+        totals.conversations,
+        totals.messages,
+        demo.seed.seconds
+    );
+    tracing::info!("cache: {backend}");
+    tracing::info!("listening on {}", demo.url());
+    tracing::info!(
+        "try: curl -i {}/api/templates -H 'Authorization: Bearer tok_org1_user1'",
+        demo.url()
+    );
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            result?;
+            tracing::info!("shutting down");
+            demo.shutdown().await;
+        }
+        result = demo.wait() => result?,
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The api-cache demo: the reference multi-tenant messaging API (templates, contacts,
+//! analytics dashboard, broadcasts, drip campaigns, conversations, organization
+//! settings, profiles) on an embedded SQLite database seeded at start-up, with every
+//! read `#[cached]` and every mutation `#[invalidates]` per the reference rollout plan.
+//!
+//! The server binary (`--bin server`) and the rollout report (`--bin report`) both start
+//! it through [`start_demo`]; tests do too, on a free port.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use examples::{start_demo, DemoConfig};
+//!
+//! let cache = cache_runtime::Cache::from_env().await?;
+//! let demo = start_demo(DemoConfig::default(), cache, "127.0.0.1:0".parse()?).await?;
+//! println!("listening on {}", demo.url());
+//! demo.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod report;
+pub mod routes;
+pub mod seed;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use cache_runtime::Cache;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use crate::auth::{Auth, Tokens};
+pub use crate::db::{Db, DbError, DbStats};
+pub use crate::error::ApiError;
+pub use crate::routes::resource_of;
+pub use crate::seed::{token, SeedConfig, SeedSummary};
+
+/// What every API handler gets as `State`.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database (with its query counter).
+    pub db: Db,
+}
+
+/// How to build the demo.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// What to seed.
+    pub seed: SeedConfig,
+    /// SQLite connections (concurrent readers). Default 8.
+    pub db_connections: usize,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            seed: SeedConfig::default(),
+            db_connections: 8,
+        }
+    }
+}
+
+/// Failure to start the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Creating or seeding the database failed.
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    /// Binding or serving the socket failed.
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The built application: its router and what it is built on.
+pub struct Demo {
+    /// Serve this.
+    pub router: Router,
+    /// The database and its query counter.
+    pub db: Db,
+    /// The response cache.
+    pub cache: Cache,
+    /// What was seeded.
+    pub seed: Arc<SeedSummary>,
+}
+
+/// Creates and seeds a fresh database and builds the router around `cache`.
+pub async fn build_demo(config: &DemoConfig, cache: Cache) -> Result<Demo, StartupError> {
+    let db = Db::create_temp(config.db_connections)?;
+    let seed_config = config.seed.clone();
+    let summary = db
+        .setup(move |conn| seed::seed(conn, &seed_config, extract::now()))
+        .await?;
+    let seed = Arc::new(summary);
+    let tokens = Tokens::load(&db).await?;
+    let state = AppState { db: db.clone() };
+    let router = routes::router(state, tokens, cache.clone(), Arc::clone(&seed));
+    Ok(Demo {
+        router,
+        db,
+        cache,
+        seed,
+    })
+}
+
+/// A demo serving on a socket. Dropping it stops the server (without waiting).
+pub struct RunningDemo {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The database and its query counter.
+    pub db: Db,
+    /// The response cache.
+    pub cache: Cache,
+    /// What was seeded.
+    pub seed: Arc<SeedSummary>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Builds the demo and serves it on `addr` (port 0: a free port).
+pub async fn start_demo(
+    config: DemoConfig,
+    cache: Cache,
+    addr: SocketAddr,
+) -> Result<RunningDemo, StartupError> {
+    let demo = build_demo(&config, cache).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, demo.router)
+            .with_graceful_shutdown(async move {
+                // Either a stop signal or the handle was dropped: stop in both cases.
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(RunningDemo {
+        addr,
+        db: demo.db,
+        cache: demo.cache,
+        seed: demo.seed,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+impl RunningDemo {
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits for in-flight requests to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "demo server stopped with an error"),
+                Err(err) => tracing::warn!(error = %err, "demo server task failed"),
+            }
+        }
+    }
+
+    /// Waits until the server stops (it stops only on [`RunningDemo::shutdown`] or drop,
+    /// so the server binary waits here for ever).
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        match self.task.as_mut() {
+            Some(task) => {
+                let result = task.await.map_err(std::io::Error::other)?;
+                self.task = None;
+                result
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningDemo {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

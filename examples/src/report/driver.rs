@@ -1,0 +1,459 @@
+//! Runs one phase of the report: virtual users send the workload to a demo over HTTP for
+//! a fixed time, every response is timed and checked, and progress is printed.
+//!
+//! Checks on every response: a JSON body of tenant data whose `organization_id` (at any
+//! depth) is not the caller's is a cross-tenant response; a profile whose user is not the
+//! caller is a cross-user response; a verifying read that does not show the caller's own
+//! write is a read-your-writes violation.
+
+use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::report::workload::{Expectation, Method, Purpose, Request, Route, VirtualUser};
+use crate::seed::OrgSummary;
+
+/// What a response said about the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheOutcome {
+    /// `X-Cache: HIT`
+    Hit,
+    /// `X-Cache: MISS`
+    Miss,
+    /// `X-Cache: BYPASS`
+    Bypass,
+    /// No `X-Cache` header (writes, errors).
+    None,
+}
+
+/// One request's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Milliseconds since the phase started, at send.
+    pub at_ms: u32,
+    /// Route.
+    pub route: Route,
+    /// Method.
+    pub method: Method,
+    /// Why it was sent.
+    pub purpose: Purpose,
+    /// HTTP status; 0 for a transport error.
+    pub status: u16,
+    /// Send to last body byte, microseconds.
+    pub latency_us: u32,
+    /// `X-Cache`.
+    pub cache: CacheOutcome,
+}
+
+/// A failed correctness check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Violation {
+    /// `read_your_writes`, `cross_tenant` or `cross_user`.
+    pub kind: &'static str,
+    /// The request.
+    pub request: String,
+    /// The caller's token.
+    pub token: String,
+    /// What was wrong.
+    pub detail: String,
+    /// `X-Cache` of the response.
+    pub cache: CacheOutcome,
+}
+
+/// Counts of checks made.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CheckCounts {
+    /// Verifying reads checked for read-your-writes.
+    pub read_your_writes: u64,
+    /// JSON bodies checked for a foreign `organization_id`.
+    pub tenant: u64,
+    /// Profiles checked for a foreign user.
+    pub profile: u64,
+}
+
+/// Everything one phase measured.
+pub struct PhaseRun {
+    /// Wall time from the first request to the last response.
+    pub elapsed: Duration,
+    /// Every request.
+    pub samples: Vec<Sample>,
+    /// Failed checks.
+    pub violations: Vec<Violation>,
+    /// Checks made.
+    pub checks: CheckCounts,
+    /// First few unexpected responses (non-2xx or transport errors), for the log.
+    pub unexpected: Vec<String>,
+}
+
+/// How to drive a phase.
+#[derive(Debug, Clone)]
+pub struct DriveConfig {
+    /// Base URL of the demo.
+    pub url: String,
+    /// Concurrent virtual users.
+    pub users: usize,
+    /// Mean think time between a user's requests.
+    pub think: Duration,
+    /// Share of requests that are writes.
+    pub write_share: f64,
+    /// Time before measuring starts (the workload runs; figures ignore it).
+    pub warmup: Duration,
+    /// Measured length, after the warm-up.
+    pub duration: Duration,
+    /// Random seed (the same in every phase, so both replay the same intentions).
+    pub seed: u64,
+    /// Label for progress lines.
+    pub label: String,
+    /// Print progress.
+    pub progress: bool,
+}
+
+struct Shared {
+    client: reqwest::Client,
+    config: DriveConfig,
+    orgs: Vec<OrgSummary>,
+    started: Instant,
+    deadline: Instant,
+    requests: AtomicU64,
+    latency_us: AtomicU64,
+    hits: AtomicU64,
+    lookups: AtomicU64,
+}
+
+struct UserResult {
+    samples: Vec<Sample>,
+    violations: Vec<Violation>,
+    checks: CheckCounts,
+    unexpected: Vec<String>,
+}
+
+/// Runs the workload against `config.url` for `config.duration`.
+pub async fn drive(
+    client: reqwest::Client,
+    config: DriveConfig,
+    orgs: Vec<OrgSummary>,
+    max_seeded_contact: i64,
+) -> PhaseRun {
+    let started = Instant::now();
+    let shared = Arc::new(Shared {
+        client,
+        deadline: started + config.warmup + config.duration,
+        config,
+        orgs,
+        started,
+        requests: AtomicU64::new(0),
+        latency_us: AtomicU64::new(0),
+        hits: AtomicU64::new(0),
+        lookups: AtomicU64::new(0),
+    });
+    let progress = tokio::spawn(progress_loop(Arc::clone(&shared)));
+    let mut tasks = Vec::with_capacity(shared.config.users);
+    for index in 0..shared.config.users {
+        let rng = StdRng::seed_from_u64(
+            shared
+                .config
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(index as u64),
+        );
+        let user = VirtualUser::new(index, rng, max_seeded_contact);
+        tasks.push(tokio::spawn(user_loop(Arc::clone(&shared), user)));
+    }
+    let mut run = PhaseRun {
+        elapsed: Duration::ZERO,
+        samples: Vec::new(),
+        violations: Vec::new(),
+        checks: CheckCounts::default(),
+        unexpected: Vec::new(),
+    };
+    for task in tasks {
+        match task.await {
+            Ok(result) => {
+                run.samples.extend(result.samples);
+                run.violations.extend(result.violations);
+                run.checks.read_your_writes += result.checks.read_your_writes;
+                run.checks.tenant += result.checks.tenant;
+                run.checks.profile += result.checks.profile;
+                run.unexpected.extend(result.unexpected);
+            }
+            Err(err) => run
+                .unexpected
+                .push(format!("virtual user task failed: {err}")),
+        }
+    }
+    run.elapsed = started.elapsed();
+    progress.abort();
+    if shared.config.progress {
+        print_progress(&shared, true);
+    }
+    run.samples.sort_by_key(|s| s.at_ms);
+    run
+}
+
+async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser) -> UserResult {
+    let mut result = UserResult {
+        samples: Vec::new(),
+        violations: Vec::new(),
+        checks: CheckCounts::default(),
+        unexpected: Vec::new(),
+    };
+    // Arrivals follow a schedule (one think time after the previous arrival, not after
+    // the previous response), so a slower server gets the same offered load: a user that
+    // fell behind sends at once until it has caught up.
+    let mean = shared.config.think.as_secs_f64();
+    let mut next_at = Instant::now() + Duration::from_secs_f64(user.rng().random::<f64>() * mean);
+    loop {
+        if next_at >= shared.deadline {
+            break;
+        }
+        tokio::time::sleep_until(next_at.into()).await;
+        if Instant::now() >= shared.deadline {
+            // Arrivals a saturated server could not take in time are not sent late.
+            break;
+        }
+        next_at += think(&mut user, mean);
+        let request = user.next_request(&shared.orgs, shared.config.write_share);
+        let Some(body) = send(&shared, &user, &request, None, &mut result).await else {
+            continue;
+        };
+        if let Some((verify, expectation)) = user.after_success(&request, &body) {
+            if let Some(body) = send(&shared, &user, &verify, Some(&expectation), &mut result).await
+            {
+                user.after_success(&verify, &body);
+            }
+        }
+    }
+    result
+}
+
+fn think(user: &mut VirtualUser, mean_secs: f64) -> Duration {
+    // Exponential think time: -ln(U) * mean.
+    let u: f64 = user.rng().random_range(f64::EPSILON..1.0);
+    Duration::from_secs_f64(-u.ln() * mean_secs)
+}
+
+/// Sends one request, records and checks it; returns the JSON body of a 2xx.
+async fn send(
+    shared: &Shared,
+    user: &VirtualUser,
+    request: &Request,
+    expectation: Option<&Expectation>,
+    result: &mut UserResult,
+) -> Option<Value> {
+    let url = format!("{}{}", shared.config.url, request.path);
+    let builder = match request.method {
+        Method::Get => shared.client.get(&url),
+        Method::Post => shared.client.post(&url),
+        Method::Put => shared.client.put(&url),
+        Method::Delete => shared.client.delete(&url),
+    };
+    let builder = builder.bearer_auth(&user.token);
+    let builder = match &request.body {
+        Some(body) if !body.is_null() => builder.json(body),
+        _ => builder,
+    };
+    let at_ms = shared.started.elapsed().as_millis() as u32;
+    let sent = Instant::now();
+    let outcome = match builder.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let cache = match response
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some("HIT") => CacheOutcome::Hit,
+                Some("MISS") => CacheOutcome::Miss,
+                Some("BYPASS") => CacheOutcome::Bypass,
+                _ => CacheOutcome::None,
+            };
+            response.bytes().await.map(|bytes| (status, cache, bytes))
+        }
+        Err(err) => Err(err),
+    };
+    let latency_us = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    let describe = || format!("{:?} {}", request.method, request.path).to_uppercase();
+    let (status, cache, bytes) = match outcome {
+        Ok(parts) => parts,
+        Err(err) => {
+            result.samples.push(Sample {
+                at_ms,
+                route: request.route,
+                method: request.method,
+                purpose: request.purpose,
+                status: 0,
+                latency_us,
+                cache: CacheOutcome::None,
+            });
+            if result.unexpected.len() < 5 {
+                result.unexpected.push(format!("{}: {err}", describe()));
+            }
+            return None;
+        }
+    };
+    result.samples.push(Sample {
+        at_ms,
+        route: request.route,
+        method: request.method,
+        purpose: request.purpose,
+        status,
+        latency_us,
+        cache,
+    });
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    shared
+        .latency_us
+        .fetch_add(u64::from(latency_us), Ordering::Relaxed);
+    if cache != CacheOutcome::None {
+        shared.lookups.fetch_add(1, Ordering::Relaxed);
+        if cache == CacheOutcome::Hit {
+            shared.hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !(200..300).contains(&status) {
+        if result.unexpected.len() < 5 {
+            result
+                .unexpected
+                .push(format!("{} as {}: {status} {body}", describe(), user.token));
+        }
+        return None;
+    }
+    let mut violation = |kind: &'static str, detail: String| {
+        result.violations.push(Violation {
+            kind,
+            request: describe(),
+            token: user.token.clone(),
+            detail,
+            cache,
+        });
+    };
+    result.checks.tenant += 1;
+    if let Some(foreign) = foreign_organization(&body, user.org) {
+        violation(
+            "cross_tenant",
+            format!(
+                "organization_id {foreign} in a response to organization {}",
+                user.org
+            ),
+        );
+    }
+    if request.route == Route::Profiles && request.method == Method::Get {
+        result.checks.profile += 1;
+        let seen = body.pointer("/user/id").and_then(Value::as_i64);
+        if seen != Some(user.user_id) {
+            violation(
+                "cross_user",
+                format!("profile of user {seen:?} served to user {}", user.user_id),
+            );
+        }
+    }
+    if let Some(expectation) = expectation {
+        result.checks.read_your_writes += 1;
+        if let Err(detail) = expectation.check(&body) {
+            violation("read_your_writes", detail);
+        }
+    }
+    Some(body)
+}
+
+/// The first `organization_id` in `value` (at any depth) that is not `org`.
+pub fn foreign_organization(value: &Value, org: i64) -> Option<i64> {
+    match value {
+        Value::Object(map) => {
+            if let Some(id) = map.get("organization_id").and_then(Value::as_i64) {
+                if id != org {
+                    return Some(id);
+                }
+            }
+            map.values().find_map(|v| foreign_organization(v, org))
+        }
+        Value::Array(items) => items.iter().find_map(|v| foreign_organization(v, org)),
+        _ => None,
+    }
+}
+
+async fn progress_loop(shared: Arc<Shared>) {
+    if !shared.config.progress {
+        return;
+    }
+    let interactive = std::io::stderr().is_terminal();
+    let every = if interactive { 1 } else { 5 };
+    let mut tick = tokio::time::interval(Duration::from_secs(every));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        print_progress(&shared, false);
+    }
+}
+
+fn print_progress(shared: &Shared, last: bool) {
+    let interactive = std::io::stderr().is_terminal();
+    let total = shared.config.warmup + shared.config.duration;
+    let elapsed = shared
+        .started
+        .elapsed()
+        .as_secs_f64()
+        .min(total.as_secs_f64());
+    let requests = shared.requests.load(Ordering::Relaxed);
+    let avg_ms = if requests == 0 {
+        0.0
+    } else {
+        shared.latency_us.load(Ordering::Relaxed) as f64 / requests as f64 / 1000.0
+    };
+    let lookups = shared.lookups.load(Ordering::Relaxed);
+    let hit_rate = if lookups == 0 {
+        0.0
+    } else {
+        shared.hits.load(Ordering::Relaxed) as f64 * 100.0 / lookups as f64
+    };
+    let line = format!(
+        "[{}] {:>4.0}s/{}s{}  {:>6} requests ({:>4.0}/s)  avg {:>7.2} ms  hit rate {:>5.1}%",
+        shared.config.label,
+        elapsed,
+        total.as_secs(),
+        if elapsed < shared.config.warmup.as_secs_f64() {
+            " warm-up"
+        } else {
+            "        "
+        },
+        requests,
+        requests as f64 / elapsed.max(0.001),
+        avg_ms,
+        hit_rate
+    );
+    let mut err = std::io::stderr().lock();
+    let _ = if interactive && !last {
+        write!(err, "\r{line}")
+    } else if interactive {
+        writeln!(err, "\r{line}")
+    } else {
+        writeln!(err, "{line}")
+    };
+    let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::foreign_organization;
+    use serde_json::json;
+
+    #[test]
+    fn finds_another_tenants_id_at_any_depth() {
+        let ok = json!({ "organization_id": 1, "items": [{ "organization_id": 1 }] });
+        assert_eq!(foreign_organization(&ok, 1), None);
+        let nested = json!({ "organization_id": 1, "items": [{ "organization_id": 2 }] });
+        assert_eq!(foreign_organization(&nested, 1), Some(2));
+        assert_eq!(
+            foreign_organization(&json!({ "organization_id": 3 }), 1),
+            Some(3)
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! The rollout report: replays one workload against the demo with the cache off, then
+//! on, and compares them with the reference's success table.
+//!
+//! Each run starts a fresh demo in-process (same seed, so the same data; a fresh cache
+//! under a key prefix of its own, so a shared Redis holds nothing from earlier runs),
+//! or uses a running server (`url`), switching its cache through `PUT /debug/cache`.
+//! The database queries of a run are read from `/debug/db` before and after it.
+//! See [`workload`] for what is replayed and [`driver`] for what is checked.
+
+pub mod chart;
+pub mod driver;
+pub mod summary;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cache_runtime::{Cache, CacheConfig};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::db::DbStats;
+use crate::report::driver::{drive, CheckCounts, DriveConfig, PhaseRun, Violation};
+use crate::report::summary::{phase_figures, PhaseFigures, Second};
+use crate::report::workload::{Route, READ_MIX, WRITE_MIX};
+use crate::seed::{SeedConfig, SeedSummary};
+use crate::{start_demo, DemoConfig, StartupError};
+
+/// What to replay and how.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportConfig {
+    /// Length of the measured part of each run (cache off, cache on).
+    pub duration: Duration,
+    /// Workload before measuring starts, in each run: the figures describe a cache in
+    /// steady state, as in production (the per-second chart shows the warm-up too).
+    pub warmup: Duration,
+    /// Concurrent virtual users.
+    pub users: usize,
+    /// Mean think time between a user's requests.
+    pub think: Duration,
+    /// Share of requests that are writes (0-1).
+    pub write_share: f64,
+    /// Random seed of the data and the workload.
+    pub seed: u64,
+    /// Data volume (1.0: the demo's default).
+    pub scale: f64,
+    /// A running demo to use instead of in-process ones.
+    pub url: Option<String>,
+    /// Where to write report.json, report.svg and report.md (None: nowhere).
+    pub out_dir: Option<PathBuf>,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            duration: Duration::from_secs(25),
+            warmup: Duration::from_secs(5),
+            users: 32,
+            think: Duration::from_millis(400),
+            write_share: 0.05,
+            seed: 42,
+            scale: 1.0,
+            url: None,
+            out_dir: Some(PathBuf::from("report-output")),
+            progress: true,
+        }
+    }
+}
+
+/// Why the report could not run (failed checks are not errors: see [`Report::passed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The cache could not be configured from the environment.
+    #[error("cache configuration: {0}")]
+    Cache(#[from] cache_runtime::ConfigError),
+    /// The in-process demo did not start.
+    #[error("demo: {0}")]
+    Startup(#[from] StartupError),
+    /// A debug endpoint did not answer.
+    #[error("talking to the demo: {0}")]
+    Http(#[from] reqwest::Error),
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Io(#[from] std::io::Error),
+    /// Encoding the output failed.
+    #[error("encoding the output: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One run's outcome.
+#[derive(Debug, Serialize)]
+pub struct PhaseReport {
+    /// `cache off` or `cache on`.
+    pub name: &'static str,
+    /// Whether the cache was on.
+    pub cache_enabled: bool,
+    /// Seconds from the end of the warm-up to the last response.
+    pub elapsed_seconds: f64,
+    /// The figures.
+    pub figures: PhaseFigures,
+    /// Per-second figures.
+    pub timeline: Vec<Second>,
+    /// Checks made.
+    pub checks: CheckCounts,
+    /// Failed checks.
+    pub violations: Vec<Violation>,
+    /// Responses with a 5xx status.
+    pub server_errors: u64,
+    /// Requests that got no response.
+    pub transport_errors: u64,
+    /// Other non-2xx responses.
+    pub client_errors: u64,
+    /// The first few unexpected responses.
+    pub unexpected: Vec<String>,
+    /// The demo's `/debug/cache` after the run.
+    pub cache_stats: Value,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The configuration.
+    pub config: ReportConfig,
+    /// The workload's read weights (percent of reads).
+    pub read_mix: BTreeMap<Route, u32>,
+    /// The workload's write weights (percent of writes).
+    pub write_mix: Vec<(workload::WriteKind, u32)>,
+    /// What the demo was seeded with.
+    pub seed: SeedSummary,
+    /// Cache backend of in-process runs.
+    pub backend: String,
+    /// Cache off, then on.
+    pub phases: Vec<PhaseReport>,
+    /// True when no check failed and nothing answered 5xx or not at all.
+    pub passed: bool,
+}
+
+impl Report {
+    /// Whether every correctness check held.
+    pub fn passed(&self) -> bool {
+        self.passed
+    }
+
+    /// Total violations of one kind over both runs.
+    pub fn violations(&self, kind: &str) -> usize {
+        self.phases
+            .iter()
+            .flat_map(|p| &p.violations)
+            .filter(|v| v.kind == kind)
+            .count()
+    }
+}
+
+fn unique_prefix(label: &str) -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!("report-{}-{millis}-{label}", std::process::id())
+}
+
+async fn run_phase(
+    config: &ReportConfig,
+    client: &reqwest::Client,
+    name: &'static str,
+    enabled: bool,
+) -> Result<(PhaseReport, SeedSummary, String), ReportError> {
+    let mut demo = None;
+    let mut backend = "the server's own".to_owned();
+    let url =
+        match &config.url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let cache_config = CacheConfig::from_env()?
+                    .with_prefix(unique_prefix(if enabled { "on" } else { "off" }));
+                let cache = Cache::new(cache_config).await?;
+                cache.set_enabled(enabled);
+                backend = cache.backend_name().to_owned();
+                let demo_config = DemoConfig {
+                    seed: SeedConfig {
+                        seed: config.seed,
+                        scale: config.scale,
+                        ..SeedConfig::default()
+                    },
+                    ..DemoConfig::default()
+                };
+                if config.progress {
+                    eprintln!("[{name}] seeding a fresh demo database ...");
+                }
+                let running = start_demo(
+                    demo_config,
+                    cache,
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                )
+                .await?;
+                let url = running.url();
+                demo = Some(running);
+                url
+            }
+        };
+    client
+        .put(format!("{url}/debug/cache"))
+        .json(&serde_json::json!({ "enabled": enabled }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let seed: SeedSummary = client
+        .get(format!("{url}/debug/seed"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let db = |client: reqwest::Client, url: String| async move {
+        client
+            .get(format!("{url}/debug/db"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json::<DbStats>()
+            .await
+    };
+    // The measured window's queries: read the counter when the warm-up ends.
+    let before = tokio::spawn({
+        let (client, url, warmup) = (client.clone(), url.clone(), config.warmup);
+        async move {
+            tokio::time::sleep(warmup).await;
+            db(client, url).await
+        }
+    });
+    let drive_config = DriveConfig {
+        url: url.clone(),
+        users: config.users,
+        think: config.think,
+        write_share: config.write_share,
+        warmup: config.warmup,
+        duration: config.duration,
+        seed: config.seed,
+        label: name.to_owned(),
+        progress: config.progress,
+    };
+    let max_seeded_contact = seed.totals.contacts as i64;
+    let run: PhaseRun = drive(
+        client.clone(),
+        drive_config,
+        seed.organizations.clone(),
+        max_seeded_contact,
+    )
+    .await;
+    let after = db(client.clone(), url.clone()).await?;
+    let before = match before.await {
+        Ok(stats) => stats?,
+        Err(err) => return Err(ReportError::Io(std::io::Error::other(err))),
+    };
+    let cache_stats: Value = client
+        .get(format!("{url}/debug/cache"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    if let Some(demo) = demo {
+        demo.shutdown().await;
+    }
+    let warmup_ms = config.warmup.as_millis() as u32;
+    let measured: Vec<_> = run
+        .samples
+        .iter()
+        .filter(|s| s.at_ms >= warmup_ms)
+        .cloned()
+        .collect();
+    let figures = phase_figures(
+        &measured,
+        run.elapsed.saturating_sub(config.warmup),
+        after.queries.saturating_sub(before.queries),
+    );
+    let count =
+        |pred: &dyn Fn(u16) -> bool| run.samples.iter().filter(|s| pred(s.status)).count() as u64;
+    let report = PhaseReport {
+        name,
+        cache_enabled: enabled,
+        elapsed_seconds: run.elapsed.saturating_sub(config.warmup).as_secs_f64(),
+        timeline: summary::timeline(&run.samples),
+        figures,
+        checks: run.checks,
+        server_errors: count(&|s| s >= 500),
+        transport_errors: count(&|s| s == 0),
+        client_errors: count(&|s| (400..500).contains(&s)),
+        violations: run.violations,
+        unexpected: run.unexpected,
+        cache_stats,
+    };
+    Ok((report, seed, backend))
+}
+
+/// Runs the report: cache off, then cache on.
+pub async fn run_report(config: ReportConfig) -> Result<Report, ReportError> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(config.users + 4)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let (off, seed, backend) = run_phase(&config, &client, "cache off", false).await?;
+    let (on, _, _) = run_phase(&config, &client, "cache on", true).await?;
+    let phases = vec![off, on];
+    let passed = phases
+        .iter()
+        .all(|p| p.violations.is_empty() && p.server_errors == 0 && p.transport_errors == 0);
+    Ok(Report {
+        read_mix: READ_MIX.iter().copied().collect(),
+        write_mix: WRITE_MIX.to_vec(),
+        config,
+        seed,
+        backend,
+        phases,
+        passed,
+    })
+}
+
+fn route_ttls(stats: &Value) -> BTreeMap<Route, u64> {
+    let resource = |route: Route| match route {
+        Route::Templates => "templates",
+        Route::Contacts => "contacts",
+        Route::Analytics => "analytics",
+        Route::Broadcast | Route::DripCampaigns => "campaigns",
+        Route::Conversations => "conversations",
+        Route::Organization => "organization",
+        Route::Profiles => "profiles",
+    };
+    Route::ALL
+        .iter()
+        .filter_map(|&route| {
+            stats
+                .pointer(&format!("/resources/{}/ttl_secs", resource(route)))
+                .and_then(Value::as_u64)
+                .map(|ttl| (route, ttl))
+        })
+        .collect()
+}
+
+impl Report {
+    fn workload_line(&self) -> String {
+        let c = &self.config;
+        format!(
+            "{} virtual users, think {} ms, {:.0}% writes, {} s measured per run after {} s warm-up, seed {}, {} organizations / {} messages",
+            c.users,
+            c.think.as_millis(),
+            c.write_share * 100.0,
+            c.duration.as_secs(),
+            c.warmup.as_secs(),
+            c.seed,
+            self.seed.organizations.len(),
+            self.seed.totals.messages
+        )
+    }
+
+    /// The tables and the correctness summary, as printed.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "api-cache rollout report");
+        let _ = writeln!(out, "workload: {}", self.workload_line());
+        let target = match &self.config.url {
+            Some(url) => format!("the server at {url}"),
+            None => format!("a fresh in-process demo per run, {} cache", self.backend),
+        };
+        let _ = writeln!(out, "target:   {target}");
+        let (Some(off), Some(on)) = (self.phases.first(), self.phases.get(1)) else {
+            return out;
+        };
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Success metrics, same workload with the cache off and on"
+        );
+        out.push_str(&summary::success_table(&off.figures, &on.figures));
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Per route");
+        out.push_str(&summary::route_table(
+            &off.figures,
+            &on.figures,
+            &route_ttls(&on.cache_stats),
+        ));
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Correctness (both runs)");
+        let sum = |f: &dyn Fn(&PhaseReport) -> u64| self.phases.iter().map(f).sum::<u64>();
+        let _ = writeln!(
+            out,
+            "  read-your-writes: {} verifying reads after a write, {} violations",
+            sum(&|p| p.checks.read_your_writes),
+            self.violations("read_your_writes")
+        );
+        let _ = writeln!(
+            out,
+            "  cross-tenant:     {} responses checked, {} with another organization's data",
+            sum(&|p| p.checks.tenant),
+            self.violations("cross_tenant")
+        );
+        let _ = writeln!(
+            out,
+            "  cross-user:       {} profiles checked, {} of another user",
+            sum(&|p| p.checks.profile),
+            self.violations("cross_user")
+        );
+        let _ = writeln!(
+            out,
+            "  server errors (5xx): {}, no response: {}, other non-2xx: {}",
+            sum(&|p| p.server_errors),
+            sum(&|p| p.transport_errors),
+            sum(&|p| p.client_errors)
+        );
+        for phase in &self.phases {
+            for v in phase.violations.iter().take(10) {
+                let _ = writeln!(
+                    out,
+                    "  [{}] {} {} as {} (X-Cache {:?}): {}",
+                    phase.name, v.kind, v.request, v.token, v.cache, v.detail
+                );
+            }
+            for u in phase.unexpected.iter().take(5) {
+                let _ = writeln!(out, "  [{}] unexpected: {u}", phase.name);
+            }
+        }
+        let _ = writeln!(out, "RESULT: {}", if self.passed { "PASS" } else { "FAIL" });
+        out
+    }
+
+    /// Writes report.json, report.svg and report.md into `dir`.
+    pub fn write(&self, dir: &std::path::Path) -> Result<Vec<PathBuf>, ReportError> {
+        std::fs::create_dir_all(dir)?;
+        let json = dir.join("report.json");
+        std::fs::write(&json, serde_json::to_vec_pretty(self)?)?;
+        let mut written = vec![json];
+        if let (Some(off), Some(on)) = (self.phases.first(), self.phases.get(1)) {
+            let svg = dir.join("report.svg");
+            let data = chart::ChartData {
+                off: &off.timeline,
+                on: &on.timeline,
+                routes_off: &off.figures.routes,
+                routes_on: &on.figures.routes,
+                warmup_s: self.config.warmup.as_secs_f64(),
+                subtitle: self.workload_line(),
+            };
+            std::fs::write(&svg, chart::render(&data))?;
+            written.push(svg);
+        }
+        let md = dir.join("report.md");
+        std::fs::write(&md, format!("```text\n{}```\n", self.text()))?;
+        written.push(md);
+        Ok(written)
+    }
+}
+
+/// Requests of a phase that were GETs of `route` (for tests and tools).
+pub fn gets_of(phase: &PhaseReport, route: Route) -> u64 {
+    phase
+        .figures
+        .routes
+        .get(&route)
+        .map(|f| f.requests)
+        .unwrap_or(0)
+}
