@@ -131,10 +131,17 @@ impl RedisBackend {
             // A value that is no token of ours (planted, corrupted, another program's key)
             // would make every lookup of these entries miss and never store. It is replaced
             // by a fresh token: a token never used before can only make entries miss, never
-            // revive one, so overwriting without a condition is safe even if an
-            // invalidation raced with it.
+            // revive one. The caller must not store under it, though (see below).
             foreign.query_async::<()>(&mut self.manager.clone()).await?;
             tracing::warn!(target: "api_cache", keys = ?foreign_keys, "replaced generation values that were not ours");
+            // The unconditional SET may have overwritten the token of an invalidation
+            // that raced with it, and this lookup may have started before that
+            // invalidation: what it computes must not be stored under the token it just
+            // wrote. Fail the lookup (served uncached); the next one reads the repaired
+            // key and caches normally.
+            return Err(BackendError::Refused(format!(
+                "generation keys held values that were not ours (repaired): {foreign_keys:?}"
+            )));
         }
         Ok(generations)
     }
