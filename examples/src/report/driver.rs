@@ -279,7 +279,13 @@ async fn send(
         Err(err) => Err(err),
     };
     let latency_us = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-    let describe = || format!("{:?} {}", request.method, request.path).to_uppercase();
+    let describe = || {
+        format!(
+            "{} {}",
+            format!("{:?}", request.method).to_uppercase(),
+            request.path
+        )
+    };
     let (status, cache, bytes) = match outcome {
         Ok(parts) => parts,
         Err(err) => {

@@ -49,6 +49,9 @@ pub struct ReportConfig {
     pub scale: f64,
     /// A running demo to use instead of in-process ones.
     pub url: Option<String>,
+    /// Redis for the in-process demos; `None`: `REDIS_URL` from the environment (and
+    /// the in-memory cache when that is unset too).
+    pub redis_url: Option<String>,
     /// Where to write report.json, report.svg and report.md (None: nowhere).
     pub out_dir: Option<PathBuf>,
     /// Print progress to stderr.
@@ -66,6 +69,7 @@ impl Default for ReportConfig {
             seed: 42,
             scale: 1.0,
             url: None,
+            redis_url: None,
             out_dir: Some(PathBuf::from("report-output")),
             progress: true,
         }
@@ -172,37 +176,39 @@ async fn run_phase(
 ) -> Result<(PhaseReport, SeedSummary, String), ReportError> {
     let mut demo = None;
     let mut backend = "the server's own".to_owned();
-    let url =
-        match &config.url {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => {
-                let cache_config = CacheConfig::from_env()?
-                    .with_prefix(unique_prefix(if enabled { "on" } else { "off" }));
-                let cache = Cache::new(cache_config).await?;
-                cache.set_enabled(enabled);
-                backend = cache.backend_name().to_owned();
-                let demo_config = DemoConfig {
-                    seed: SeedConfig {
-                        seed: config.seed,
-                        scale: config.scale,
-                        ..SeedConfig::default()
-                    },
-                    ..DemoConfig::default()
-                };
-                if config.progress {
-                    eprintln!("[{name}] seeding a fresh demo database ...");
-                }
-                let running = start_demo(
-                    demo_config,
-                    cache,
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                )
-                .await?;
-                let url = running.url();
-                demo = Some(running);
-                url
+    let url = match &config.url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let mut cache_config = CacheConfig::from_env()?
+                .with_prefix(unique_prefix(if enabled { "on" } else { "off" }));
+            if let Some(redis_url) = &config.redis_url {
+                cache_config = cache_config.with_redis_url(redis_url.clone());
             }
-        };
+            let cache = Cache::new(cache_config).await?;
+            cache.set_enabled(enabled);
+            backend = cache.backend_name().to_owned();
+            let demo_config = DemoConfig {
+                seed: SeedConfig {
+                    seed: config.seed,
+                    scale: config.scale,
+                    ..SeedConfig::default()
+                },
+                ..DemoConfig::default()
+            };
+            if config.progress {
+                eprintln!("[{name}] seeding a fresh demo database ...");
+            }
+            let running = start_demo(
+                demo_config,
+                cache,
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            )
+            .await?;
+            let url = running.url();
+            demo = Some(running);
+            url
+        }
+    };
     client
         .put(format!("{url}/debug/cache"))
         .json(&serde_json::json!({ "enabled": enabled }))

@@ -175,8 +175,9 @@ pub fn resource_of(path: &str) -> &'static str {
 
 /// One log line per request, in the reference's format:
 /// `[Cache HIT] templates - 0.4ms (age: 12s) GET /api/templates?page=2 200`.
-/// The outcome is the response's `X-Cache` header; requests without one (mutations,
-/// errors before the cache) are logged as `[METHOD]`.
+/// The outcome is the response's `X-Cache` header; a successful mutation shows what it
+/// invalidated (`X-Cache-Invalidated`); other requests (errors before the cache, debug
+/// routes) are logged as `[METHOD]`.
 async fn access_log(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
@@ -192,16 +193,24 @@ async fn access_log(req: Request, next: Next) -> Response {
     };
     let resource = resource_of(uri.path());
     let status = response.status().as_u16();
-    match (header("x-cache"), header("x-cache-age")) {
-        (Some(outcome), Some(age)) => tracing::info!(
+    match (
+        header("x-cache"),
+        header("x-cache-age"),
+        header("x-cache-invalidated"),
+    ) {
+        (Some(outcome), Some(age), _) => tracing::info!(
             target: "examples::access",
             "[Cache {outcome}] {resource} - {elapsed_ms:.1}ms (age: {age}s) {method} {uri} {status}"
         ),
-        (Some(outcome), None) => tracing::info!(
+        (Some(outcome), None, _) => tracing::info!(
             target: "examples::access",
             "[Cache {outcome}] {resource} - {elapsed_ms:.1}ms {method} {uri} {status}"
         ),
-        (None, _) => tracing::info!(
+        (None, _, Some(invalidated)) => tracing::info!(
+            target: "examples::access",
+            "[Cache INVALIDATED {invalidated}] {resource} - {elapsed_ms:.1}ms {method} {uri} {status}"
+        ),
+        (None, _, None) => tracing::info!(
             target: "examples::access",
             "[{method}] {resource} - {elapsed_ms:.1}ms {uri} {status}"
         ),
