@@ -1,8 +1,10 @@
 //! Test support: a real `redis-server` per test (spawned on a free port, so a test can
-//! kill, pause or restart it), and small helpers to drive an axum router.
+//! kill, pause or restart it), small helpers to drive an axum router, and a cached API
+//! whose correct answers are known (`versioned_api`).
 
 pub mod backends;
 pub mod http;
 pub mod redis_server;
+pub mod versioned_api;
 
 pub use redis_server::RedisServer;
