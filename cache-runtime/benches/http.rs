@@ -1,0 +1,266 @@
+//! HTTP end to end over loopback (BENCHMARKS.md §6): an axum server (its own tokio
+//! runtime) and a load generator (hyper HTTP/1.1 clients, keep-alive, one request in
+//! flight per connection, on a second runtime) in one process; Redis in its own.
+//!
+//! Routes, all answering the same 2 KB of JSON:
+//! - `/static`: the bytes from a static buffer, no cache, no work: the HTTP floor;
+//! - `/uncached`: the route's handler (a simulated 2 ms database query, then the bytes);
+//! - `/cached-memory`, `/cached-redis`: the same handler under `#[cached]`, on the
+//!   in-memory backend and on Redis, measured on hits.
+//!
+//! Each route is loaded in turn for a few seconds, round after round; the figure is
+//! requests per second and the latency percentiles of the measured window.
+//! `API_CACHE_BENCH_CONNECTIONS` sets the number of connections (default 32).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Extension, Router};
+use bytes::Bytes;
+use cache_runtime::{cached, Cache, CacheConfig, CacheScope};
+use http::{header, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+use support::{pick, row, us, verdict, Samples};
+
+fn body() -> Bytes {
+    static BODY: OnceLock<Bytes> = OnceLock::new();
+    BODY.get_or_init(|| support::json_body(2048)).clone()
+}
+
+async fn static_page() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], body())
+}
+
+/// The route's work: a database query (simulated) and the page.
+async fn page() -> impl IntoResponse {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    ([(header::CONTENT_TYPE, "application/json")], body())
+}
+
+#[cached(resource = "templates", ttl = 3600)]
+async fn cached_page() -> impl IntoResponse {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    ([(header::CONTENT_TYPE, "application/json")], body())
+}
+
+const ROUTES: [&str; 4] = ["/static", "/cached-memory", "/cached-redis", "/uncached"];
+
+struct RouteResult {
+    rps: Vec<f64>,
+    latencies: Samples,
+    wrong: u64,
+}
+
+/// One connection: requests `path` until `stop`, recording latencies while `measuring`.
+async fn connection(
+    addr: SocketAddr,
+    path: &'static str,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> (Samples, u64) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let expect_hit = path.starts_with("/cached");
+    let (mut samples, mut wrong) = (Samples::default(), 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let request = Request::get(path)
+            .header(header::HOST, "127.0.0.1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let started = Instant::now();
+        let response = sender.send_request(request).await.unwrap();
+        let hit = response.headers().get("x-cache").map(|v| v == "HIT");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let elapsed = started.elapsed();
+        if measuring.load(Ordering::Relaxed) {
+            samples.push(elapsed);
+            if body.len() != 2048 || (expect_hit && hit != Some(true)) {
+                wrong += 1;
+            }
+        }
+    }
+    (samples, wrong)
+}
+
+/// Loads `path` with `connections` for `duration`; returns (rps, latencies, wrong).
+async fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    connections: usize,
+    duration: Duration,
+) -> (f64, Samples, u64) {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(connection(addr, path, measuring.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(pick(Duration::from_millis(500), Duration::from_millis(250))).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (mut samples, mut wrong) = (Samples::default(), 0);
+    for task in tasks {
+        let (s, w) = task.await.unwrap();
+        samples.extend(&s);
+        wrong += w;
+    }
+    (samples.len() as f64 / elapsed.as_secs_f64(), samples, wrong)
+}
+
+/// Sends one GET on a fresh connection; returns `X-Cache`.
+async fn probe(addr: SocketAddr, path: &str) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header(header::HOST, "127.0.0.1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let x_cache = response
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    response.into_body().collect().await.unwrap();
+    x_cache
+}
+
+fn main() {
+    support::banner("http");
+    let connections: usize = std::env::var("API_CACHE_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let rounds = pick(3, 1);
+    let duration = Duration::from_secs(pick(5, 2));
+    let redis = cache_tests::RedisServer::start();
+
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("server")
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("loadgen")
+        .build()
+        .unwrap();
+
+    let url = redis.url();
+    let addr = server_rt.block_on(async {
+        let memory_cache = Cache::new(CacheConfig::default()).await.unwrap();
+        let redis_cache = Cache::new(support::redis_config(&url)).await.unwrap();
+        let memory = Router::new()
+            .route("/cached-memory", get(cached_page))
+            .layer(memory_cache.layer());
+        let redis = Router::new()
+            .route("/cached-redis", get(cached_page))
+            .layer(redis_cache.layer());
+        let app = Router::new()
+            .route("/static", get(static_page))
+            .route("/uncached", get(page))
+            .merge(memory)
+            .merge(redis)
+            .layer(Extension(CacheScope::new("org_1")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    });
+
+    let results = client_rt.block_on(async {
+        for path in ["/cached-memory", "/cached-redis"] {
+            assert_eq!(probe(addr, path).await, "MISS");
+            // The Redis store runs off the request path: wait for it to land.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while probe(addr, path).await != "HIT" {
+                assert!(Instant::now() < deadline, "{path} never became a hit");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let mut results: Vec<RouteResult> = ROUTES
+            .iter()
+            .map(|_| RouteResult {
+                rps: Vec::new(),
+                latencies: Samples::default(),
+                wrong: 0,
+            })
+            .collect();
+        for round in 0..rounds {
+            for offset in 0..ROUTES.len() {
+                let which = (round + offset) % ROUTES.len();
+                let (rps, samples, wrong) = load(addr, ROUTES[which], connections, duration).await;
+                println!(
+                    "  round {round} {:<15} {rps:>8.0} req/s  p50 {} us  p99 {} us  (load {})",
+                    ROUTES[which],
+                    us(samples.p50()),
+                    us(samples.p99()),
+                    support::load_average()
+                );
+                let result = &mut results[which];
+                result.rps.push(rps);
+                result.latencies.extend(&samples);
+                result.wrong += wrong;
+            }
+        }
+        results
+    });
+
+    println!(
+        "\n== §6 HTTP over loopback, {connections} connections, {rounds} round(s) of {} s per route",
+        duration.as_secs()
+    );
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    for (path, result) in ROUTES.iter().zip(&results) {
+        row(
+            path,
+            &[
+                ("req_per_s", format!("{:.0}", mean(&result.rps))),
+                ("p50_us", us(result.latencies.p50())),
+                ("p99_us", us(result.latencies.p99())),
+                ("wrong", result.wrong.to_string()),
+            ],
+        );
+        assert_eq!(
+            result.wrong, 0,
+            "{path}: a response was not the expected hit"
+        );
+    }
+    let floor = mean(&results[0].rps);
+    let memory = mean(&results[1].rps) / floor;
+    let redis_hit = mean(&results[2].rps) / floor;
+    verdict(
+        "memory hit throughput / static route",
+        memory,
+        ">= 0.80",
+        memory >= 0.80,
+    );
+    println!(
+        "     (Redis hit / static route = {redis_hit:.3}; uncached / static route = {:.3})",
+        mean(&results[3].rps) / floor
+    );
+    println!("  load average at the end: {}", support::load_average());
+    drop(client_rt);
+    drop(server_rt);
+}
