@@ -1,12 +1,21 @@
 //! Property tests of key building (issues 2 and 6): equal requests share a key; requests
 //! that differ in tenant, user, path or any query value never do; parameter order does
-//! not matter; every key is bounded.
+//! not matter; every key is bounded. The same properties through the attributes: a
+//! `#[cached(vary = user)]` route on a Router answers every generated request with what
+//! that request computes, hits exactly when an equal request came before, and bypasses
+//! requests without a user.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
+use axum::extract::Extension;
+use axum::http::Uri;
+use axum::{Json, Router};
 use cache_runtime::key::{normalize_query, Tenant};
-use cache_runtime::{Cache, CacheConfig};
+use cache_runtime::{cached, Cache, CacheConfig, CacheScope};
+use cache_tests::http::{send, Reply};
 use proptest::prelude::*;
+use serde_json::{json, Value};
 
 fn cache() -> Cache {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -127,5 +136,121 @@ proptest! {
             .flat_map(|(n, vs)| vs.iter().map(move |v| (n.clone(), v.clone())))
             .collect();
         prop_assert_eq!(pairs, expected);
+    }
+}
+
+/// Echoes what the key is made of, as the handler sees it.
+#[cached(resource = "contacts", ttl = 300, vary = user)]
+async fn echo(Extension(scope): Extension<CacheScope>, uri: Uri) -> Json<Value> {
+    Json(json!({
+        "tenant": scope.tenant(),
+        "user": scope.user(),
+        "path": uri.path(),
+        "query": normalize_query(uri.query().unwrap_or("")),
+    }))
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// What `echo` answers for `req`, computed by the test.
+fn expected_echo(req: &Req) -> Value {
+    let query: Vec<(&String, &String)> = req
+        .query
+        .iter()
+        .flat_map(|(n, vs)| vs.iter().map(move |v| (n, v)))
+        .collect();
+    json!({ "tenant": req.tenant, "user": req.user, "path": req.path, "query": query })
+}
+
+async fn send_as(app: &Router, req: &Req, reverse: bool) -> Reply {
+    let uri = format!("{}?{}", req.path, query_string(&req.query, reverse));
+    let mut request = axum::http::Request::get(uri)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let mut scope = CacheScope::new(req.tenant.clone());
+    if let Some(user) = &req.user {
+        scope = scope.with_user(user.clone());
+    }
+    request.extensions_mut().insert(scope);
+    send(app, request).await
+}
+
+/// `a`, `b`, then `a` again with its parameters in the other order: each answer is the
+/// request's own; with a user, the first `a` misses and the second hits, and `b` hits
+/// exactly when it equals `a`.
+fn check_through_the_attributes(a: &Req, b: &Req) -> Result<(), TestCaseError> {
+    runtime().block_on(async {
+        let cache = Cache::new(CacheConfig::default()).await.unwrap();
+        let app = Router::new().fallback(echo).layer(cache.layer());
+        let first = send_as(&app, a, false).await;
+        let other = send_as(&app, b, false).await;
+        let again = send_as(&app, a, true).await;
+        for (reply, req) in [(&first, a), (&other, b), (&again, a)] {
+            prop_assert_eq!(reply.json(), expected_echo(req), "{:?} vs {:?}", a, b);
+        }
+        let expected = |req: &Req, cached: &'static str| {
+            if req.user.is_some() {
+                cached
+            } else {
+                "BYPASS"
+            }
+        };
+        prop_assert_eq!(first.x_cache(), expected(a, "MISS"));
+        let b_outcome = if a == b { "HIT" } else { "MISS" };
+        prop_assert_eq!(
+            other.x_cache(),
+            expected(b, b_outcome),
+            "{:?} vs {:?}",
+            a,
+            b
+        );
+        prop_assert_eq!(again.x_cache(), expected(a, "HIT"));
+        Ok(())
+    })
+}
+
+/// `req` with one field changed, so that the pair differs in exactly that.
+fn one_change() -> impl Strategy<Value = (Req, Req)> {
+    (req(), text(), 0..4usize).prop_map(|(a, value, field)| {
+        let mut b = a.clone();
+        match field {
+            0 => b.tenant = format!("{}{value}x", b.tenant),
+            1 => b.user = Some(format!("{}{value}x", b.user.clone().unwrap_or_default())),
+            2 => b.path = format!("{}/x", b.path),
+            _ => b
+                .query
+                .entry("q".to_owned())
+                .or_default()
+                .push(format!("{value}x")),
+        }
+        (a, b)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn through_the_attributes_random_requests_get_their_own_answers(a in req(), b in req()) {
+        check_through_the_attributes(&a, &b)?;
+    }
+
+    #[test]
+    fn through_the_attributes_one_difference_is_another_key((a, b) in one_change()) {
+        check_through_the_attributes(&a, &b)?;
+    }
+
+    #[test]
+    fn through_the_attributes_equal_requests_share_a_key(a in req()) {
+        check_through_the_attributes(&a, &a)?;
     }
 }
