@@ -46,14 +46,14 @@ async fn steady_load(api: &axum::Router, enough: impl Fn() -> bool) -> Vec<Reply
     replies
 }
 
-/// With the default strength (beta 1) and a handler that takes 30 ms, a TTL of 1 s
+/// With the default strength (beta 1) and a handler that takes 50 ms, a TTL of 1 s
 /// under load: after the cold miss, every handler run is an early refresh of a valid
 /// entry by one request, and no request finds the entry expired.
 async fn refresh_before_expiry(backend: TestBackend) {
     let cache = backend.cache().await;
     assert_eq!(cache.config().early_refresh_beta, 1.0, "on by default");
     let app = App::default();
-    app.set_compute(Duration::from_millis(30));
+    app.set_compute(Duration::from_millis(50));
     let api = router(&cache, app.clone(), Flavor::Correct);
     let cold = send(&api, request("GET", "/hot", "org_1", None)).await;
     assert_eq!(cold.x_cache(), "MISS");
@@ -105,7 +105,7 @@ async fn without_early_refresh_clients_wait_at_each_expiry() {
         .await
         .unwrap();
     let app = App::default();
-    app.set_compute(Duration::from_millis(30));
+    app.set_compute(Duration::from_millis(50));
     let api = router(&cache, app.clone(), Flavor::Correct);
 
     let replies = steady_load(&api, || cache.stats().totals.misses >= 3).await;
