@@ -22,6 +22,7 @@
 //! length whatever the input, and collision-resistant against crafted queries. This
 //! module never talks to a backend.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
@@ -103,9 +104,17 @@ pub(crate) fn tenant_tag(tenant: Tenant<'_>) -> String {
 /// ]);
 /// ```
 pub fn normalize_query(query: &str) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .filter(|(name, value)| !(name.is_empty() && value.is_empty()))
+    normalized_pairs(query)
+        .into_iter()
         .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect()
+}
+
+/// [`normalize_query`] borrowing from `query` where nothing needed decoding, as it is on
+/// every request's key.
+fn normalized_pairs(query: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    let mut pairs: Vec<_> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(name, value)| !(name.is_empty() && value.is_empty()))
         .collect();
     // A stable sort keeps repeated names in request order (`tags=a&tags=b` differs from
     // `tags=b&tags=a`, as it may to the handler).
@@ -139,10 +148,22 @@ impl PartHasher {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
+    // By table, not `write!`: this runs for every request's key, and the formatting
+    // machinery cost more than the rest of the key's string building.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+/// Joins `parts` into one string allocated once (`format!` grows its buffer as it goes).
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
     }
     out
 }
@@ -265,7 +286,7 @@ impl KeyBuilder {
         self.hasher.part(b"request");
         self.hasher.part(method.as_bytes());
         self.hasher.part(path.as_bytes());
-        let pairs = normalize_query(query.unwrap_or(""));
+        let pairs = normalized_pairs(query.unwrap_or(""));
         self.hasher.part(&(pairs.len() as u64).to_le_bytes());
         for (name, value) in &pairs {
             self.hasher.part(name.as_bytes());
@@ -300,7 +321,15 @@ impl KeyBuilder {
             tags,
             ..
         } = self;
-        let entry_key = format!("{prefix}:{tenant_tag}:e:{resource}:{}", hex(&digest));
+        let entry_key = concat(&[
+            &prefix,
+            ":",
+            &tenant_tag,
+            ":e:",
+            &resource,
+            ":",
+            &hex(&digest),
+        ]);
         let mut generation_keys = Vec::with_capacity(2 + tags.len());
         generation_keys.push(all_generation_key(&prefix, &tenant_tag));
         generation_keys.push(generation_key(&prefix, &tenant_tag, &resource));
@@ -318,11 +347,11 @@ impl KeyBuilder {
 }
 
 pub(crate) fn generation_key(prefix: &str, tenant_tag: &str, resource: &str) -> String {
-    format!("{prefix}:{tenant_tag}:g:{resource}")
+    concat(&[prefix, ":", tenant_tag, ":g:", resource])
 }
 
 pub(crate) fn all_generation_key(prefix: &str, tenant_tag: &str) -> String {
-    format!("{prefix}:{tenant_tag}:g:*")
+    concat(&[prefix, ":", tenant_tag, ":g:*"])
 }
 
 #[cfg(test)]
@@ -360,6 +389,21 @@ mod tests {
         assert!(tag.starts_with("{h.") && tag.len() < 40, "{tag}");
         let k = key(&long, &"q=".repeat(20_000));
         assert!(k.entry_key.len() < 160);
+    }
+
+    #[test]
+    fn key_strings_keep_their_layout() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        let k = key("org_1", "a=1");
+        assert_eq!(
+            k.entry_key,
+            format!("p:{{t.org_1}}:e:contacts:{}", hex(&k.digest))
+        );
+        assert_eq!(k.entry_key.len(), "p:{t.org_1}:e:contacts:".len() + 32);
+        assert_eq!(
+            k.generation_keys,
+            ["p:{t.org_1}:g:*", "p:{t.org_1}:g:contacts"]
+        );
     }
 
     #[test]
