@@ -5,6 +5,7 @@
 //! cargo run --release -p examples --bin report -- --duration 60 --users 64 --write-share 0.1
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin report
 //! cargo run --release -p examples --bin report -- --url http://127.0.0.1:3000
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin report -- --fault-pause-redis 5
 //! ```
 //!
 //! Exits 0 when every correctness check held, 1 when one failed, 2 on bad arguments or
@@ -33,6 +34,9 @@ options:
   --seed N             seed of the data and the workload (default 42)
   --scale F            data volume; 1.0 = largest tenant ~40k contacts, ~300k messages (default 1.0)
   --url URL            use a running demo server instead of in-process ones
+  --fault-pause-redis SECS
+                       freeze Redis (CLIENT PAUSE ALL) for SECS in the middle of the
+                       cache-on run; needs REDIS_URL
                        (its cache is switched off and on through PUT /debug/cache)
   --out DIR            output directory (default report-output)
   --no-output          write no files
@@ -79,6 +83,13 @@ fn parse_args() -> Result<ReportConfig, String> {
                 config.scale = scale;
             }
             "--url" => config.url = Some(value("--url")?),
+            "--fault-pause-redis" => {
+                let secs: f64 = num("--fault-pause-redis", value("--fault-pause-redis")?)?;
+                if !(secs > 0.0 && secs <= 600.0) {
+                    return Err("--fault-pause-redis must be in (0, 600] seconds".into());
+                }
+                config.fault_pause_redis = Some(Duration::from_secs_f64(secs));
+            }
             "--out" => config.out_dir = Some(PathBuf::from(value("--out")?)),
             "--no-output" => config.out_dir = None,
             "--quiet" => config.progress = false,

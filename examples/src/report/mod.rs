@@ -52,6 +52,10 @@ pub struct ReportConfig {
     /// Redis for the in-process demos; `None`: `REDIS_URL` from the environment (and
     /// the in-memory cache when that is unset too).
     pub redis_url: Option<String>,
+    /// Fault injection: freeze Redis (`CLIENT PAUSE <ms> ALL`) for this long in the
+    /// middle of the cache-on run's measured window. Needs Redis (`redis_url` or
+    /// `REDIS_URL`).
+    pub fault_pause_redis: Option<Duration>,
     /// Where to write report.json, report.svg and report.md (None: nowhere).
     pub out_dir: Option<PathBuf>,
     /// Print progress to stderr.
@@ -70,6 +74,7 @@ impl Default for ReportConfig {
             scale: 1.0,
             url: None,
             redis_url: None,
+            fault_pause_redis: None,
             out_dir: Some(PathBuf::from("report-output")),
             progress: true,
         }
@@ -94,6 +99,9 @@ pub enum ReportError {
     /// Encoding the output failed.
     #[error("encoding the output: {0}")]
     Json(#[from] serde_json::Error),
+    /// The fault could not be injected.
+    #[error("fault injection: {0}")]
+    Fault(String),
 }
 
 /// One run's outcome.
@@ -123,6 +131,49 @@ pub struct PhaseReport {
     pub unexpected: Vec<String>,
     /// The demo's `/debug/cache` after the run.
     pub cache_stats: Value,
+    /// The fault injected during this run, if any.
+    pub fault: Option<FaultReport>,
+}
+
+/// A Redis pause injected into a run, and what the clients saw while it lasted.
+#[derive(Debug, Serialize)]
+pub struct FaultReport {
+    /// What was done.
+    pub what: String,
+    /// When it started and ended, in ms since the run started (warm-up included).
+    pub from_ms: u32,
+    /// See `from_ms`.
+    pub to_ms: u32,
+    /// Figures of the requests sent while Redis was paused.
+    pub during: summary::Figures,
+    /// Requests sent while Redis was paused that got a 5xx or no response.
+    pub failed_during: u64,
+}
+
+/// Freezes the Redis at `url` for `pause`, `after` from now: `CLIENT PAUSE <ms> ALL`
+/// holds every client's commands (the connections stay open and nothing answers), the
+/// worst case for a client, and ends by itself. Returns when the pause started and ended.
+async fn pause_redis(
+    url: String,
+    after: Duration,
+    pause: Duration,
+) -> Result<(std::time::Instant, std::time::Instant), String> {
+    let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(after).await;
+    let started = std::time::Instant::now();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("ALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(pause).await;
+    Ok((started, std::time::Instant::now()))
 }
 
 /// The whole report.
@@ -239,6 +290,34 @@ async fn run_phase(
             db(client, url).await
         }
     });
+    let fault = match (enabled, config.fault_pause_redis) {
+        (true, Some(pause)) => {
+            let redis_url = match &config.redis_url {
+                Some(url) => Some(url.clone()),
+                None => CacheConfig::from_env()?.redis_url,
+            };
+            let Some(redis_url) = redis_url else {
+                return Err(ReportError::Fault(
+                    "--fault-pause-redis needs Redis: set REDIS_URL".into(),
+                ));
+            };
+            // Centred in the measured window.
+            let after = (config.warmup + config.duration / 2).saturating_sub(pause / 2);
+            if config.progress {
+                eprintln!(
+                    "[{name}] Redis will be paused for {:.1} s, {:.1} s into the run",
+                    pause.as_secs_f64(),
+                    after.as_secs_f64()
+                );
+            }
+            Some((
+                std::time::Instant::now(),
+                pause,
+                tokio::spawn(pause_redis(redis_url, after, pause)),
+            ))
+        }
+        _ => None,
+    };
     let drive_config = DriveConfig {
         url: url.clone(),
         users: config.users,
@@ -272,6 +351,36 @@ async fn run_phase(
     if let Some(demo) = demo {
         demo.shutdown().await;
     }
+    let fault = match fault {
+        None => None,
+        Some((origin, pause, task)) => {
+            let (from, to) = task
+                .await
+                .map_err(|e| ReportError::Fault(e.to_string()))?
+                .map_err(ReportError::Fault)?;
+            let ms =
+                |at: std::time::Instant| at.saturating_duration_since(origin).as_millis() as u32;
+            let (from_ms, to_ms) = (ms(from), ms(to));
+            let during: Vec<_> = run
+                .samples
+                .iter()
+                .filter(|s| (from_ms..to_ms).contains(&s.at_ms))
+                .collect();
+            Some(FaultReport {
+                what: format!(
+                    "Redis paused (CLIENT PAUSE ALL) for {:.1} s",
+                    pause.as_secs_f64()
+                ),
+                from_ms,
+                to_ms,
+                during: summary::figures(during.iter().copied(), to.duration_since(from)),
+                failed_during: during
+                    .iter()
+                    .filter(|s| s.status == 0 || s.status >= 500)
+                    .count() as u64,
+            })
+        }
+    };
     let warmup_ms = config.warmup.as_millis() as u32;
     let measured: Vec<_> = run
         .samples
@@ -299,6 +408,7 @@ async fn run_phase(
         violations: run.violations,
         unexpected: run.unexpected,
         cache_stats,
+        fault,
     };
     Ok((report, seed, backend))
 }
@@ -428,6 +538,42 @@ impl Report {
             for u in phase.unexpected.iter().take(5) {
                 let _ = writeln!(out, "  [{}] unexpected: {u}", phase.name);
             }
+        }
+        if let Some(fault) = &on.fault {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "Fault: {}, from {:.1} s to {:.1} s of the cache-on run",
+                fault.what,
+                f64::from(fault.from_ms) / 1000.0,
+                f64::from(fault.to_ms) / 1000.0
+            );
+            let _ = writeln!(
+                out,
+                "  requests sent during the pause: {}, failed (5xx or no response): {}",
+                fault.during.requests, fault.failed_during
+            );
+            let _ = writeln!(
+                out,
+                "  p99: {} cache on with the fault (whole run), {} during the pause, {} cache off",
+                summary::ms(on.figures.all.p99_ms),
+                summary::ms(fault.during.p99_ms),
+                summary::ms(off.figures.all.p99_ms)
+            );
+            let stat = |path: &str| {
+                on.cache_stats
+                    .pointer(path)
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            };
+            let _ = writeln!(
+                out,
+                "  cache: {} errors, circuit opened {} time(s), {} bypasses, {} invalidations pending at the end",
+                stat("/totals/errors"),
+                stat("/circuit_opened"),
+                stat("/totals/bypasses"),
+                stat("/pending_invalidations")
+            );
         }
         let _ = writeln!(out, "RESULT: {}", if self.passed { "PASS" } else { "FAIL" });
         out

@@ -181,7 +181,7 @@ pub fn change(before: f64, after: f64) -> f64 {
     }
 }
 
-fn ms(value: f64) -> String {
+pub(crate) fn ms(value: f64) -> String {
     if value >= 100.0 {
         format!("{value:.0} ms")
     } else if value >= 10.0 {
