@@ -525,6 +525,9 @@ pub fn seed(conn: &mut Connection, config: &SeedConfig, now: i64) -> Result<Seed
 
 /// An index in `0..n` where index i has weight 1/(i+1): a few values dominate.
 pub fn zipf_index(rng: &mut impl Rng, n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
     let total: f64 = (1..=n).map(|i| 1.0 / i as f64).sum();
     let mut x = rng.random::<f64>() * total;
     for i in 0..n {

@@ -341,7 +341,11 @@ impl VirtualUser {
             self.session_left -= 1;
             return;
         }
-        let org = &orgs[zipf_index(&mut self.rng, orgs.len())];
+        // No organizations (a server that seeded none): requests go out unauthenticated
+        // and are reported as unexpected answers.
+        let Some(org) = orgs.get(zipf_index(&mut self.rng, orgs.len())) else {
+            return;
+        };
         let user_no = self.rng.random_range(1..=org.users.max(1));
         self.org = org.id;
         self.user_id = org.first_user_id + i64::from(user_no) - 1;
