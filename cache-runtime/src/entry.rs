@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::generation::Generation;
@@ -135,35 +135,41 @@ impl Entry {
         out.freeze()
     }
 
-    /// Decodes a stored value; the body is a zero-copy slice of `raw`.
+    /// Decodes a stored value; the body and header values are zero-copy slices of `raw`.
     pub(crate) fn decode(raw: Bytes) -> Result<Entry, Corrupt> {
-        let mut buf = raw.clone();
-        if buf.remaining() < 3 || &buf[..2] != MAGIC || buf[2] != VERSION {
+        // The fixed fields are read from a plain slice: a `Bytes` split per field would
+        // touch the shared reference count a dozen times per hit.
+        let mut buf: &[u8] = &raw;
+        if buf.len() < 3 || &buf[..2] != MAGIC || buf[2] != VERSION {
             return Err(Corrupt);
         }
-        buf.advance(3);
+        buf = &buf[3..];
         let digest = take_array::<16>(&mut buf)?;
-        let stored_at_ms = take_u64(&mut buf)?;
-        let ttl_ms = take_u64(&mut buf)?;
-        let compute_ms = take_u32(&mut buf)?;
-        let count = take_u8(&mut buf)?;
+        let stored_at_ms = u64::from_le_bytes(take_array(&mut buf)?);
+        let ttl_ms = u64::from_le_bytes(take_array(&mut buf)?);
+        let compute_ms = u32::from_le_bytes(take_array(&mut buf)?);
+        let [count] = take_array::<1>(&mut buf)?;
         let mut generations = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let len = take_u16(&mut buf)? as usize;
-            let bytes = take_bytes(&mut buf, len)?;
-            generations.push(Generation::from_bytes(&bytes).ok_or(Corrupt)?);
+            let len = u16::from_le_bytes(take_array(&mut buf)?) as usize;
+            let bytes = take_slice(&mut buf, len)?;
+            generations.push(Generation::from_bytes(bytes).ok_or(Corrupt)?);
         }
-        let status = StatusCode::from_u16(take_u16(&mut buf)?).map_err(|_| Corrupt)?;
-        let header_count = take_u16(&mut buf)?;
+        let status = u16::from_le_bytes(take_array(&mut buf)?);
+        let status = StatusCode::from_u16(status).map_err(|_| Corrupt)?;
+        let header_count = u16::from_le_bytes(take_array(&mut buf)?);
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
-            let len = take_u16(&mut buf)? as usize;
-            let name = HeaderName::from_bytes(&take_bytes(&mut buf, len)?).map_err(|_| Corrupt)?;
-            let len = take_u32(&mut buf)? as usize;
-            let value =
-                HeaderValue::from_maybe_shared(take_bytes(&mut buf, len)?).map_err(|_| Corrupt)?;
+            let len = u16::from_le_bytes(take_array(&mut buf)?) as usize;
+            let name = HeaderName::from_bytes(take_slice(&mut buf, len)?).map_err(|_| Corrupt)?;
+            let len = u32::from_le_bytes(take_array(&mut buf)?) as usize;
+            let start = raw.len() - buf.len();
+            take_slice(&mut buf, len)?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(start..start + len))
+                .map_err(|_| Corrupt)?;
             headers.push((name, value));
         }
+        let body = raw.slice(raw.len() - buf.len()..);
         Ok(Entry {
             digest,
             generations,
@@ -173,40 +179,25 @@ impl Entry {
             response: CachedResponse {
                 status,
                 headers,
-                body: buf,
+                body,
             },
         })
     }
 }
 
-fn take_bytes(buf: &mut Bytes, len: usize) -> Result<Bytes, Corrupt> {
-    if buf.remaining() < len {
+fn take_slice<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], Corrupt> {
+    if buf.len() < len {
         return Err(Corrupt);
     }
-    Ok(buf.split_to(len))
+    let (head, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok(head)
 }
 
-fn take_array<const N: usize>(buf: &mut Bytes) -> Result<[u8; N], Corrupt> {
-    let bytes = take_bytes(buf, N)?;
+fn take_array<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], Corrupt> {
     let mut out = [0u8; N];
-    out.copy_from_slice(&bytes);
+    out.copy_from_slice(take_slice(buf, N)?);
     Ok(out)
-}
-
-fn take_u8(buf: &mut Bytes) -> Result<u8, Corrupt> {
-    Ok(take_array::<1>(buf)?[0])
-}
-
-fn take_u16(buf: &mut Bytes) -> Result<u16, Corrupt> {
-    take_array::<2>(buf).map(u16::from_le_bytes)
-}
-
-fn take_u32(buf: &mut Bytes) -> Result<u32, Corrupt> {
-    take_array::<4>(buf).map(u32::from_le_bytes)
-}
-
-fn take_u64(buf: &mut Bytes) -> Result<u64, Corrupt> {
-    take_array::<8>(buf).map(u64::from_le_bytes)
 }
 
 #[cfg(test)]
