@@ -75,12 +75,29 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         demo.url()
     );
     tokio::select! {
-        result = tokio::signal::ctrl_c() => {
+        result = shutdown_signal() => {
             result?;
             tracing::info!("shutting down");
+            // Also removes the temporary database file.
             demo.shutdown().await;
         }
         result = demo.wait() => result?,
     }
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (as `kill` and service managers send).
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
 }
