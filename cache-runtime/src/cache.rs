@@ -169,6 +169,11 @@ pub(crate) enum Resolved<T, Fut> {
 
 static GLOBAL: OnceLock<Cache> = OnceLock::new();
 
+tokio::task_local! {
+    /// The cache of the request (or [`Cache::scope`]) being served on this task.
+    static CURRENT: Cache;
+}
+
 /// How long a finished flight stays visible after its entry reached Redis.
 const FLIGHT_GRACE: Duration = Duration::from_millis(500);
 
@@ -286,6 +291,32 @@ impl Cache {
                 Cache::build(CacheConfig::default().with_enabled(false)).unwrap_or_else(|_| unreachable!())
             })
         })
+    }
+
+    /// The cache cached plain functions use here: the one of the `#[cached]` or
+    /// `#[invalidates]` handler (or [`Cache::scope`]) being run on this task, else
+    /// [`Cache::global`].
+    pub fn current() -> Cache {
+        CURRENT
+            .try_with(Cache::clone)
+            .unwrap_or_else(|_| Cache::global().clone())
+    }
+
+    /// Runs `future` with this cache as [`Cache::current`]: cached plain functions it
+    /// calls (and invalidations through [`crate::invalidate`]) use this cache. Handlers
+    /// under `#[cached]` / `#[invalidates]` are run this way already.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, CacheConfig};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::new(CacheConfig::default().with_prefix("jobs")).await.unwrap();
+    /// let prefix = cache.scope(async { Cache::current().config().prefix.clone() }).await;
+    /// assert_eq!(prefix, "jobs");
+    /// # });
+    /// ```
+    pub fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self.clone(), future)
     }
 
     /// An axum layer (`Extension`) that hands this cache to `#[cached]` and

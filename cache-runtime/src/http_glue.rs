@@ -125,6 +125,8 @@ where
 {
     let cache = ctx.cache();
     cache.note_ttl(spec.resource, spec.ttl_secs);
+    // Cached plain functions the handler calls use this request's cache.
+    let handler = cache.scope(handler);
     let started = Instant::now();
     let key = match build_key(&cache, &ctx, headers.as_ref(), spec, scope) {
         Ok(key) => key,
@@ -444,11 +446,12 @@ pub async fn serve_invalidating<F>(
 where
     F: Future<Output = HandlerOutput>,
 {
-    let output = handler.await;
+    let cache = ctx.cache();
+    // Cached plain functions the handler calls use this request's cache.
+    let output = cache.scope(handler).await;
     if !output.succeeded() {
         return output.response;
     }
-    let cache = ctx.cache();
     let mut response = output.response;
     let tenant_scope = resolve_scope(scope, &ctx);
     let result = match &tenant_scope {

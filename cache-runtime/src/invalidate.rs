@@ -1,4 +1,4 @@
-//! Invalidation through the process-wide cache, like the reference's `invalidateCache`:
+//! Invalidation through [`Cache::current`] (the request's cache, else the process-wide one), like the reference's `invalidateCache`:
 //! `invalidate::resources(tenant, &["contacts"])`, `invalidate::all(tenant)`. Handlers
 //! use `#[invalidates]`; these are for jobs, scripts and code outside a request. Each
 //! costs one round trip whatever the number of cached entries.
@@ -6,7 +6,8 @@
 use crate::cache::Cache;
 use crate::error::InvalidationError;
 
-/// Invalidates `resources` of `tenant` in the process-wide cache ([`Cache::global`]).
+/// Invalidates `resources` of `tenant` in [`Cache::current`] (the request's cache, else
+/// the process-wide one).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -14,10 +15,10 @@ use crate::error::InvalidationError;
 /// # });
 /// ```
 pub async fn resources(tenant: &str, resources: &[&str]) -> Result<(), InvalidationError> {
-    Cache::global().invalidate(tenant, resources).await
+    Cache::current().invalidate(tenant, resources).await
 }
 
-/// Drops everything cached for `tenant` in the process-wide cache.
+/// Drops everything cached for `tenant` in [`Cache::current`].
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -25,5 +26,5 @@ pub async fn resources(tenant: &str, resources: &[&str]) -> Result<(), Invalidat
 /// # });
 /// ```
 pub async fn all(tenant: &str) -> Result<(), InvalidationError> {
-    Cache::global().invalidate_all(tenant).await
+    Cache::current().invalidate_all(tenant).await
 }

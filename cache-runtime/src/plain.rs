@@ -1,6 +1,7 @@
 //! Cached plain async functions (`#[cached(..., key = (a, b), scope = ...)]`): the key is
 //! the serde JSON encoding of the key tuple, the value round-trips through serde JSON.
-//! They use the process-wide cache ([`Cache::global`]). A value that no longer decodes
+//! They use [`Cache::current`]: the cache of the request being served, else the
+//! process-wide one. A value that no longer decodes
 //! (its type changed) is a miss, never an error.
 
 use std::future::Future;
@@ -62,7 +63,7 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = T>,
 {
-    let cache = Cache::global();
+    let cache = &Cache::current();
     let Some(cache_key) = plain_key(cache, spec, &scope, key) else {
         cache.record(Some(spec.resource), Event::Bypass);
         return compute.await;
@@ -98,7 +99,7 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = Result<T, E>>,
 {
-    let cache = Cache::global();
+    let cache = &Cache::current();
     let Some(cache_key) = plain_key(cache, spec, &scope, key) else {
         cache.record(Some(spec.resource), Event::Bypass);
         return compute.await;
