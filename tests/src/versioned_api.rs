@@ -320,3 +320,15 @@ impl Api {
         }
     }
 }
+
+/// Waits until `server` holds an entry of `resource` for `tenant` (a plain tenant id,
+/// `[A-Za-z0-9_.-]`, which keys keep readable). A `HIT` alone does not prove it: a read
+/// can be answered from the in-process flight before the store reaches Redis.
+pub fn wait_until_stored(server: &crate::RedisServer, tenant: &str, resource: &str) {
+    let pattern = format!("api-cache:{{t.{tenant}}}:e:{resource}:*");
+    crate::redis_server::wait_until(
+        Duration::from_secs(10),
+        &format!("an entry {pattern} is stored"),
+        || !server.keys(&pattern).is_empty(),
+    );
+}

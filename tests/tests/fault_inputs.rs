@@ -63,6 +63,10 @@ async fn hostile_tenant_ids_get_their_own_bounded_keys() {
         api.read_until_hit(tenant, "contacts", None, Duration::from_secs(10))
             .await;
     }
+    // Hits may come from in-process flights before their stores land: wait for them.
+    cache_tests::redis_server::wait_until(Duration::from_secs(10), "every entry stored", || {
+        server.keys("api-cache:*:e:contacts:*").len() >= tenants.len()
+    });
     assert_bounded_keys(&server);
     assert_eq!(
         server.keys("api-cache:*:e:contacts:*").len(),
@@ -105,10 +109,14 @@ async fn huge_and_binary_query_strings_get_bounded_keys_and_correct_answers() {
             .await;
     }
     assert!(queries.iter().any(|(q, _)| q.len() > 30_000));
+    let distinct = queries.len() - 1;
+    cache_tests::redis_server::wait_until(Duration::from_secs(10), "every entry stored", || {
+        server.keys("api-cache:{t.org_1}:e:contacts:*").len() >= distinct
+    });
     assert_bounded_keys(&server);
     assert_eq!(
         server.keys("api-cache:{t.org_1}:e:contacts:*").len(),
-        queries.len() - 1
+        distinct
     );
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cache_runtime::{Cache, CacheConfig};
 use cache_tests::redis_server::wait_until;
-use cache_tests::versioned_api::{Api, Db};
+use cache_tests::versioned_api::{wait_until_stored, Api, Db};
 use cache_tests::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -99,6 +99,7 @@ async fn full_server_keeps_reads_working_and_counts_refused_writes() {
     let cache = Cache::new(config(&server)).await.unwrap();
     let api = Api::new(&cache);
     warm(&api, "org_1").await;
+    wait_until_stored(&server, "org_1", "contacts");
     fill(&server);
 
     // Reads of what is cached still hit.

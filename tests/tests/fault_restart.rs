@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cache_runtime::{Cache, CacheConfig};
 use cache_tests::http::send;
 use cache_tests::redis_server::wait_until;
-use cache_tests::versioned_api::{Api, Db, Read};
+use cache_tests::versioned_api::{wait_until_stored, Api, Db, Read};
 use cache_tests::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -47,6 +47,7 @@ async fn restart_with_all_keys_gone_is_survived_and_caching_resumes() {
     let cache = Cache::new(config(&server)).await.unwrap();
     let api = Api::new(&cache);
     warm(&api, "org_1", "contacts").await;
+    wait_until_stored(&server, "org_1", "contacts");
     let runs_before = api.db.runs();
 
     server.restart();
@@ -54,6 +55,7 @@ async fn restart_with_all_keys_gone_is_survived_and_caching_resumes() {
     let reads = api
         .read_until_hit("org_1", "contacts", None, Duration::from_secs(30))
         .await;
+    wait_until_stored(&server, "org_1", "contacts");
     let seen = outcomes(&reads);
     assert_ne!(seen[0], "HIT", "nothing is stored after the restart");
     for read in &reads {
@@ -76,18 +78,24 @@ async fn restart_keeping_data_with_a_pending_invalidation_never_serves_stale() {
     let api = Api::new(&cache);
     warm(&api, "org_a", "contacts").await;
     warm(&api, "org_b", "contacts").await;
+    wait_until_stored(&server, "org_a", "contacts");
+    wait_until_stored(&server, "org_b", "contacts");
     let stale_entries = server.keys("api-cache:{t.org_a}:e:contacts:*");
     assert_eq!(stale_entries.len(), 1);
 
     server.kill();
     assert_eq!(api.change("org_a", "contacts").await, 2);
     assert_eq!(cache.stats().pending_invalidations, 1);
-    // Reads while down: every body is checked against the database (version 2).
-    for _ in 0..5 {
+    // Reads while down (every body is checked against the database: version 2). Down
+    // long enough for the redelivery to back off to its 2 s maximum, so that reads after
+    // the restart usually meet the stale entry before the redelivery lands.
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_millis(2500) {
         assert_eq!(
             api.read("org_a", "contacts", None).await.x_cache(),
             "BYPASS"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     server.start_again();
@@ -103,12 +111,24 @@ async fn restart_keeping_data_with_a_pending_invalidation_never_serves_stale() {
     while cache.stats().pending_invalidations > 0 {
         let read = api.read("org_a", "contacts", None).await;
         assert!(read.elapsed < bound());
+        if read.x_cache() != "BYPASS" {
+            // Only a read that overlapped the delivery may look Redis up, and it misses.
+            assert_eq!(cache.stats().pending_invalidations, 0, "{}", read.x_cache());
+        }
         seen.push(read.x_cache().to_owned());
         api.read("org_b", "contacts", None).await;
         assert!(Instant::now() < deadline, "never delivered");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(seen.iter().all(|o| o == "BYPASS"), "{seen:?}");
+    assert!(
+        seen.iter().all(|o| o == "BYPASS" || o == "MISS"),
+        "{seen:?}"
+    );
+    println!(
+        "reads of org_a between the restart and the delivery: {} BYPASS, {} MISS",
+        seen.iter().filter(|o| *o == "BYPASS").count(),
+        seen.iter().filter(|o| *o == "MISS").count()
+    );
     // Delivered: the next reads miss (fresh data is computed), then hit the fresh entry.
     let reads = api
         .read_until_hit("org_a", "contacts", None, Duration::from_secs(10))
@@ -178,6 +198,7 @@ async fn stale_window(instance_a_survives: bool) -> Duration {
     let api_a = Api::with_db(cache_a.as_ref().unwrap(), db.clone());
 
     warm(&api_b, "org_1", "conversations").await;
+    wait_until_stored(&server, "org_1", "conversations");
     let stored = Instant::now();
     server.kill();
     assert_eq!(api_a.change("org_1", "conversations").await, 2);

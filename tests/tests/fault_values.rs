@@ -37,6 +37,7 @@ impl Setup {
         self.api
             .read_until_hit(tenant, resource, None, Duration::from_secs(10))
             .await;
+        cache_tests::versioned_api::wait_until_stored(&self.server, tenant, resource);
         let mut keys = self.entry_keys(tenant, resource);
         assert_eq!(keys.len(), 1, "{keys:?}");
         keys.remove(0)
@@ -90,7 +91,8 @@ impl Setup {
             .query(&mut self.server.connection())
             .unwrap();
         assert!(
-            repaired.is_some_and(|t| !t.is_empty() && t.len() <= 64 && std::str::from_utf8(&t).is_ok()),
+            repaired
+                .is_some_and(|t| !t.is_empty() && t.len() <= 64 && std::str::from_utf8(&t).is_ok()),
             "{what}: the generation key holds a token of ours again"
         );
         self.expect_miss_then_recovery(tenant, resource, what).await
@@ -193,7 +195,8 @@ async fn foreign_values_under_a_generation_key_are_misses_then_overwritten() {
         ("an empty token", Vec::new()),
     ] {
         s.set_raw(generation, &value);
-        s.expect_repair_then_recovery("org_1", "contacts", what).await;
+        s.expect_repair_then_recovery("org_1", "contacts", what)
+            .await;
     }
     let _: i64 = s.server.cmd(&["DEL", generation]);
     let _: i64 = s.server.cmd(&["RPUSH", generation, "x"]);
