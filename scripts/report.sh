@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main command: builds the demo and runs the rollout report (cache off vs
-# on) on the embedded defaults (SQLite in memory, in-process cache) unless REDIS_URL is
+# on) on the embedded defaults (SQLite in a temporary file, in-process cache) unless REDIS_URL is
 # set. Extra arguments go to the report (see `--help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -419,7 +419,7 @@ struct LookupEvent {
 
 /// The per-lookup event: DEBUG, target `api_cache`, emitted in the caller's span (the
 /// app's request span), so an app can leave `api_cache=debug` on or filter it out.
-/// Field names are documented in `METRICS.md`.
+/// Field names are documented in docs/observability.md.
 fn log_lookup(spec: &RouteSpec, event: LookupEvent) {
     let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
     tracing::debug!(

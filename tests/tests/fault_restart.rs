@@ -158,7 +158,7 @@ async fn observe(api: &Api, tenant: &str, resource: &str) -> (u64, String) {
 /// As a control, the same run with A alive shows A's redelivery ending it much sooner.
 ///
 /// `cargo test -p cache-tests --test fault_restart staleness -- --nocapture` prints the
-/// figures quoted in docs/failure-modes.md.
+/// figures quoted in the README's Failure modes section.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staleness_after_a_lost_pending_invalidation_is_bounded_by_the_ttl() {
     // `GET /conversations` has `ttl = 3`.

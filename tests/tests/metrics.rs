@@ -101,7 +101,7 @@ async fn exact_values_after_a_script(backend: TestBackend) {
     let metrics = parse_exposition(&text, Format::OpenMetrics)
         .unwrap_or_else(|err| panic!("invalid OpenMetrics text: {err}\n{text}"));
 
-    // The families and their types are the documented contract (METRICS.md).
+    // The families and their types are the documented contract (README, Observability).
     let mut expected_families: Vec<(&str, &str)> = vec![
         ("api_cache_requests", "counter"),
         ("api_cache_errors", "counter"),

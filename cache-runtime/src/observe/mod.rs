@@ -3,7 +3,7 @@
 //!
 //! | default path       | serves                                                        |
 //! |--------------------|---------------------------------------------------------------|
-//! | `/metrics`         | the Prometheus exposition ([`CacheCollector`], see `METRICS.md`) |
+//! | `/metrics`         | the Prometheus exposition ([`CacheCollector`], see the README's Observability section) |
 //! | `/cache/stats`     | the JSON [`StatsDocument`]                                    |
 //! | `/cache/dashboard` | an HTML page charting hit rate and request rate, live        |
 //!

@@ -1,7 +1,7 @@
 //! The Prometheus exposition of one cache handle. A [`CacheCollector`] takes one
 //! [`StatsSnapshot`] per scrape and encodes it with `prometheus-client`, so the request
 //! path keeps recording into plain atomics and pays nothing for metrics. Names, labels
-//! and help texts live here and only here (`METRICS.md` documents them). This module
+//! and help texts live here and only here (the README documents them). This module
 //! never blocks on I/O and never touches Redis.
 
 use std::fmt;
