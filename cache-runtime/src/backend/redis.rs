@@ -38,7 +38,11 @@ impl RedisBackend {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        let client = if url.starts_with("rediss://") {
+            tls_client(url)?
+        } else {
+            redis::Client::open(url)?
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(response_timeout))
@@ -198,6 +202,44 @@ impl RedisBackend {
             .await?;
         Ok(())
     }
+}
+
+/// A client for `rediss://` that trusts the platform's roots (and `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR`), handed to redis-rs explicitly: when another crate in the program
+/// also enables redis-rs's native-tls feature, redis-rs builds its rustls configuration
+/// with an empty root store, and every certificate would be refused.
+#[cfg(feature = "tls")]
+fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+    use base64::Engine as _;
+    let roots = rustls_native_certs::load_native_certs();
+    for error in &roots.errors {
+        tracing::warn!(target: "api_cache", %error, "could not load some platform root certificates");
+    }
+    if roots.certs.is_empty() {
+        return redis::Client::open(url);
+    }
+    let mut pem = Vec::new();
+    for cert in &roots.certs {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in encoded.as_bytes().chunks(64) {
+            pem.extend_from_slice(line);
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+    redis::Client::open(url)
 }
 
 fn bulk(value: Value) -> Option<Bytes> {
