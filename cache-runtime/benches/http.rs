@@ -4,6 +4,8 @@
 //!
 //! Routes, all answering the same 2 KB of JSON:
 //! - `/static`: the bytes from a static buffer, no cache, no work: the HTTP floor;
+//! - `/static-hit-headers`: the same, with the headers a hit adds (`X-Cache`,
+//!   `X-Cache-Age`, `Cache-Control`), to tell their cost from the cache's;
 //! - `/uncached`: the route's handler (a simulated 2 ms database query, then the bytes);
 //! - `/cached-memory`, `/cached-redis`: the same handler under `#[cached]`, on the
 //!   in-memory backend and on Redis, measured on hits.
@@ -39,6 +41,18 @@ async fn static_page() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body())
 }
 
+/// The static bytes with the headers a hit carries: what the extra headers cost alone.
+async fn static_page_hit_headers() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        [("x-cache", "HIT"), ("x-cache-age", "0")],
+        body(),
+    )
+}
+
 /// The route's work: a database query (simulated) and the page.
 async fn page() -> impl IntoResponse {
     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -51,12 +65,45 @@ async fn cached_page() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body())
 }
 
-const ROUTES: [&str; 4] = ["/static", "/cached-memory", "/cached-redis", "/uncached"];
+const ROUTES: [&str; 5] = [
+    "/static",
+    "/static-hit-headers",
+    "/cached-memory",
+    "/cached-redis",
+    "/uncached",
+];
+
+/// CPU time (user + system) consumed so far by this process's threads named `name`,
+/// from /proc/self/task/*/stat, in clock ticks (USER_HZ, 100 per second on Linux).
+fn thread_cpu_ticks(name: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: comm may hold spaces, so split after its parenthesis.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // After the comm: state is field 3 of the line, utime 14 and stime 15.
+        total += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
+    total
+}
+
+const TICK_US: f64 = 10_000.0;
 
 struct RouteResult {
     rps: Vec<f64>,
     latencies: Samples,
     wrong: u64,
+    requests: u64,
+    server_ticks: u64,
+    loadgen_ticks: u64,
 }
 
 /// One connection: requests `path` until `stop`, recording latencies while `measuring`.
@@ -94,24 +141,35 @@ async fn connection(
     (samples, wrong)
 }
 
-/// Loads `path` with `connections` for `duration`; returns (rps, latencies, wrong).
+struct Window {
+    rps: f64,
+    samples: Samples,
+    wrong: u64,
+    server_ticks: u64,
+    loadgen_ticks: u64,
+}
+
+/// Loads `path` with `connections` for `duration`.
 async fn load(
     addr: SocketAddr,
     path: &'static str,
     connections: usize,
     duration: Duration,
-) -> (f64, Samples, u64) {
+) -> Window {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..connections)
         .map(|_| tokio::spawn(connection(addr, path, measuring.clone(), stop.clone())))
         .collect();
     tokio::time::sleep(pick(Duration::from_millis(500), Duration::from_millis(250))).await;
+    let (server_before, loadgen_before) = (thread_cpu_ticks("server"), thread_cpu_ticks("loadgen"));
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let server_ticks = thread_cpu_ticks("server") - server_before;
+    let loadgen_ticks = thread_cpu_ticks("loadgen") - loadgen_before;
     stop.store(true, Ordering::Relaxed);
     let (mut samples, mut wrong) = (Samples::default(), 0);
     for task in tasks {
@@ -119,7 +177,13 @@ async fn load(
         samples.extend(&s);
         wrong += w;
     }
-    (samples.len() as f64 / elapsed.as_secs_f64(), samples, wrong)
+    Window {
+        rps: samples.len() as f64 / elapsed.as_secs_f64(),
+        samples,
+        wrong,
+        server_ticks,
+        loadgen_ticks,
+    }
 }
 
 /// Sends one GET on a fresh connection; returns `X-Cache`.
@@ -176,6 +240,7 @@ fn main() {
             .layer(redis_cache.layer());
         let app = Router::new()
             .route("/static", get(static_page))
+            .route("/static-hit-headers", get(static_page_hit_headers))
             .route("/uncached", get(page))
             .merge(memory)
             .merge(redis)
@@ -205,23 +270,31 @@ fn main() {
                 rps: Vec::new(),
                 latencies: Samples::default(),
                 wrong: 0,
+                requests: 0,
+                server_ticks: 0,
+                loadgen_ticks: 0,
             })
             .collect();
         for round in 0..rounds {
             for offset in 0..ROUTES.len() {
                 let which = (round + offset) % ROUTES.len();
-                let (rps, samples, wrong) = load(addr, ROUTES[which], connections, duration).await;
+                let window = load(addr, ROUTES[which], connections, duration).await;
                 println!(
-                    "  round {round} {:<15} {rps:>8.0} req/s  p50 {} us  p99 {} us  (load {})",
+                    "  round {round} {:<15} {:>8.0} req/s  p50 {} us  p99 {} us  server CPU {:.1} us/req  (load {})",
                     ROUTES[which],
-                    us(samples.p50()),
-                    us(samples.p99()),
+                    window.rps,
+                    us(window.samples.p50()),
+                    us(window.samples.p99()),
+                    window.server_ticks as f64 * TICK_US / window.samples.len() as f64,
                     support::load_average()
                 );
                 let result = &mut results[which];
-                result.rps.push(rps);
-                result.latencies.extend(&samples);
-                result.wrong += wrong;
+                result.rps.push(window.rps);
+                result.latencies.extend(&window.samples);
+                result.wrong += window.wrong;
+                result.requests += window.samples.len() as u64;
+                result.server_ticks += window.server_ticks;
+                result.loadgen_ticks += window.loadgen_ticks;
             }
         }
         results
@@ -239,6 +312,20 @@ fn main() {
                 ("req_per_s", format!("{:.0}", mean(&result.rps))),
                 ("p50_us", us(result.latencies.p50())),
                 ("p99_us", us(result.latencies.p99())),
+                (
+                    "server_cpu_us_per_req",
+                    format!(
+                        "{:.1}",
+                        result.server_ticks as f64 * TICK_US / result.requests as f64
+                    ),
+                ),
+                (
+                    "loadgen_cpu_us_per_req",
+                    format!(
+                        "{:.1}",
+                        result.loadgen_ticks as f64 * TICK_US / result.requests as f64
+                    ),
+                ),
                 ("wrong", result.wrong.to_string()),
             ],
         );
@@ -248,8 +335,8 @@ fn main() {
         );
     }
     let floor = mean(&results[0].rps);
-    let memory = mean(&results[1].rps) / floor;
-    let redis_hit = mean(&results[2].rps) / floor;
+    let memory = mean(&results[2].rps) / floor;
+    let redis_hit = mean(&results[3].rps) / floor;
     verdict(
         "memory hit throughput / static route",
         memory,
@@ -257,8 +344,15 @@ fn main() {
         memory >= 0.80,
     );
     println!(
-        "     (Redis hit / static route = {redis_hit:.3}; uncached / static route = {:.3})",
-        mean(&results[3].rps) / floor
+        "     (memory hit / static route with the hit's headers = {:.3}; Redis hit / static route = {redis_hit:.3}; uncached / static route = {:.3})",
+        mean(&results[2].rps) / mean(&results[1].rps),
+        mean(&results[4].rps) / floor
+    );
+    let cpu = |r: &RouteResult| r.server_ticks as f64 / r.requests as f64;
+    println!(
+        "     (server CPU per request, static / memory hit = {:.3}, static with the hit's headers / memory hit = {:.3}:\n      the throughput ratios of a server with cores of its own, whatever else ran on this machine)",
+        cpu(&results[0]) / cpu(&results[2]),
+        cpu(&results[1]) / cpu(&results[2])
     );
     println!("  load average at the end: {}", support::load_average());
     drop(client_rt);
