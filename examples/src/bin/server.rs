@@ -53,6 +53,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "in-memory (set REDIS_URL for Redis)"
     };
     let cache = cache_runtime::Cache::from_env().await?;
+    // One cache per process here: make it the process-wide one too, so cached plain
+    // functions and `invalidate::` calls made outside a request use it. Requests already
+    // run their handlers in the router's cache. Nothing has read the global yet, so this
+    // cannot find one installed; if it did, that one would serve code outside requests.
+    if cache.clone().install_global().is_err() {
+        tracing::warn!("a process-wide cache was already installed; keeping it");
+    }
     let config = DemoConfig {
         seed,
         ..DemoConfig::default()
