@@ -1,6 +1,8 @@
 //! `/api/broadcast` and `/api/drip-campaigns`: rollout priorities 4 and 5, both cached
 //! 5 minutes under the `campaigns` preset. Creating either invalidates `campaigns`
-//! (both lists, and the dashboard, which is tagged with it).
+//! (both lists, and the dashboard's campaign counts, which are tagged with it). The
+//! broadcast list shows its template's name, so it is tagged `templates` too: a template
+//! rename or delete must show there.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -92,7 +94,7 @@ fn status_filter(raw: Option<String>, allowed: &[&str]) -> Result<Option<String>
 }
 
 /// `GET /api/broadcast?status=&page=&limit=`
-#[cached(resource = "campaigns")]
+#[cached(resource = "campaigns", tags = ["templates"])]
 pub async fn list_broadcasts(
     State(app): State<AppState>,
     auth: Auth,
@@ -151,6 +153,9 @@ fn template_exists(sql: &Sql<'_>, org: i64, template: i64) -> Result<bool, DbErr
 }
 
 /// `POST /api/broadcast`: 201 with the new broadcast.
+///
+/// Invalidates `campaigns`: both lists and the dashboard's campaign counts. The template
+/// it uses is only read.
 #[invalidates("campaigns")]
 pub async fn create_broadcast(
     State(app): State<AppState>,
@@ -307,6 +312,9 @@ pub struct NewDrip {
 const TRIGGERS: [&str; 3] = ["contact_created", "tag_added", "conversation_closed"];
 
 /// `POST /api/drip-campaigns`: 201 with the new campaign (active).
+///
+/// Invalidates `campaigns`: both lists and the dashboard's campaign counts. Its steps'
+/// templates are only read.
 #[invalidates("campaigns")]
 pub async fn create_drip(
     State(app): State<AppState>,

@@ -1,6 +1,6 @@
 //! `/api/conversations`: the inbox. Rollout priority 6; it changes all the time, so it
-//! is cached only 30 seconds (the `conversations` preset). Starting a conversation
-//! invalidates `conversations` and `analytics`.
+//! is cached only 30 seconds (the `conversations` preset). It shows each conversation's
+//! contact name, so a contact rename invalidates it too.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -138,7 +138,11 @@ pub struct NewConversation {
 }
 
 /// `POST /api/conversations`: 201 with the new conversation, assigned to the caller.
-#[invalidates("conversations", "analytics")]
+///
+/// Invalidates `conversations` (the inbox; the dashboard's conversation totals and
+/// newest conversation) and `messages` (the first message enters the dashboard's message
+/// aggregates). The contact is only read: contacts and their count stay cached.
+#[invalidates("conversations", "messages")]
 pub async fn create_conversation(
     State(app): State<AppState>,
     auth: Auth,

@@ -92,6 +92,9 @@ pub struct OrganizationInput {
 }
 
 /// `PUT /api/organizations/current`: changes the given fields, bumps `version`.
+///
+/// Invalidates `organization` and `profiles` (every profile shows the organization's
+/// name and version). No other response shows organization fields.
 #[invalidates("organization", "profiles")]
 pub async fn update_organization(
     State(app): State<AppState>,

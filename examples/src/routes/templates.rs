@@ -1,5 +1,8 @@
 //! `/api/templates`: message templates. Rollout priority 1, cached 30 minutes (the
 //! `templates` preset); every mutation invalidates `templates` for the caller's tenant.
+//! The broadcast list shows template names and is tagged `templates` for it, so no
+//! mutation here needs to name `campaigns` (which would drop the drip list and the
+//! dashboard's campaign counts too, neither of which reads templates).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -160,6 +163,9 @@ fn variables_json(variables: Option<Vec<String>>) -> Result<Option<String>, ApiE
 }
 
 /// `POST /api/templates`: 201 with the new template.
+///
+/// Invalidates `templates` (the lists; the broadcast list is tagged with it). Nothing
+/// else reads templates.
 #[invalidates("templates")]
 pub async fn create_template(
     State(app): State<AppState>,
@@ -188,6 +194,9 @@ pub async fn create_template(
 }
 
 /// `PUT /api/templates/{id}`: changes the given fields.
+///
+/// Invalidates `templates`: the lists, and the broadcast list (tagged `templates`),
+/// which shows a broadcast's template name.
 #[invalidates("templates")]
 pub async fn update_template(
     State(app): State<AppState>,
@@ -227,6 +236,9 @@ pub async fn update_template(
 }
 
 /// `DELETE /api/templates/{id}`.
+///
+/// Invalidates `templates`: the lists, and the broadcast list (tagged `templates`),
+/// where a broadcast of this template loses its template name.
 #[invalidates("templates")]
 pub async fn delete_template(
     State(app): State<AppState>,
