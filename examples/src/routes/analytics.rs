@@ -7,8 +7,9 @@
 //! The route is composed of cached parts, each a plain `#[cached]` function (resource
 //! `analytics`) tagged with exactly the data it reads, so that a write whose
 //! `#[invalidates]` names only the data it changed (not `analytics`, which would drop
-//! every part) recomputes only that: a new contact costs one `COUNT` on the next
-//! dashboard miss, a new broadcast two campaign counts, and only message writes (a new
+//! every part) recomputes only that: a new contact costs a `COUNT` and the busiest
+//! contacts' names (one lookup by id) on the next dashboard miss, a new broadcast two
+//! campaign counts, and only message writes (a new
 //! conversation's first message, a deleted contact's history) rescan the messages. The
 //! route itself is tagged with the union of its parts' tags, so the first read after any
 //! of those writes composes a fresh dashboard (read-your-writes); its miss costs only the

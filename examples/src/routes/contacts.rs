@@ -254,8 +254,8 @@ fn replace_tags(sql: &Sql<'_>, org: i64, contact: i64, tags: &[String]) -> Resul
 /// Invalidates `contacts` only: the lists, and the dashboard's contact count (tagged
 /// `contacts`, as is the dashboard route). A new contact has no conversation and no
 /// message yet, so the inbox, the conversation totals and the message aggregates cannot
-/// change; the busiest contacts' names are keyed by their ids, and a new contact is not
-/// among them.
+/// change. (The busiest contacts' names, one lookup by id, are re-read because they are
+/// tagged `contacts`, though a new contact cannot be among them.)
 #[invalidates("contacts")]
 pub async fn create_contact(
     State(app): State<AppState>,
