@@ -156,7 +156,10 @@ where
             cacheable,
         )
     };
-    match cache.resolve(&key, ttl, compute).await {
+    // Boxed once: the engine holds the computation across several await points, and
+    // unboxed its size would add up in every enclosing future (deep stacks in debug
+    // builds of handlers that await several cached calls).
+    match cache.resolve(&key, ttl, Box::pin(compute)).await {
         Resolved::Entry { entry, .. } => {
             log_lookup(
                 spec,

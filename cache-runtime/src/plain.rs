@@ -74,7 +74,8 @@ where
         let stored = serde_json::to_vec(&value).ok().map(CachedResponse::ok);
         (value, stored)
     };
-    match cache.resolve(&cache_key, ttl, compute).await {
+    // Boxed once, as in `serve_cached`: the engine holds it across several awaits.
+    match cache.resolve(&cache_key, ttl, Box::pin(compute)).await {
         Resolved::Computed { value, .. } => value,
         Resolved::Entry { entry, compute } => {
             match serde_json::from_slice(&entry.response().body) {
@@ -113,7 +114,8 @@ where
         };
         (result, stored)
     };
-    match cache.resolve(&cache_key, ttl, compute).await {
+    // Boxed once, as in `serve_cached`: the engine holds it across several awaits.
+    match cache.resolve(&cache_key, ttl, Box::pin(compute)).await {
         Resolved::Computed { value, .. } => value,
         Resolved::Entry { entry, compute } => {
             match serde_json::from_slice(&entry.response().body) {
