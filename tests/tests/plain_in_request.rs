@@ -84,9 +84,13 @@ async fn plain_functions_use_the_request_cache() {
     );
     assert_eq!(counters.count_runs.load(Ordering::SeqCst), 1);
     // The service call's entry lives in the request's Redis, not in a global cache.
+    // The store runs off the request path: wait for it, with a deadline.
     let server = backend.server().unwrap();
-    let entries = server.keys("api-cache:{t.org_1}:e:contacts:*");
-    assert_eq!(entries.len(), 1, "{entries:?}");
+    cache_tests::redis_server::wait_until(
+        std::time::Duration::from_secs(10),
+        "the service entry in the request's Redis",
+        || server.keys("api-cache:{t.org_1}:e:contacts:*").len() == 1,
+    );
     assert!(cache.stats().resources.contains_key("contacts"));
     assert!(!Cache::global().stats().resources.contains_key("contacts"));
 
