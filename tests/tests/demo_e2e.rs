@@ -202,6 +202,23 @@ async fn the_reference_manual_flow_over_http() {
     assert_eq!(again1.json()["user"]["id"], id1);
     assert_eq!(again2.json()["user"]["id"], id2);
 
+    // The demo mounts the cache's metrics, stats JSON and dashboard (issue 8).
+    let metrics = client.get("/metrics", None).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .contains("api_cache_requests_total{resource=\"templates\",outcome=\"hit\"} 1"),
+        "{}",
+        metrics.body
+    );
+    let stats = client.get("/cache/stats", None).await;
+    assert_eq!(stats.status, 200);
+    assert_eq!(stats.json()["resources"]["profiles"]["hits"], 2);
+    let dashboard = client.get("/cache/dashboard", None).await;
+    assert_eq!(dashboard.status, 200);
+    assert!(dashboard.body.contains("<html"), "the dashboard page");
+
     demo.shutdown().await;
 }
 

@@ -137,6 +137,9 @@ pub fn router(state: AppState, tokens: Tokens, cache: Cache, seed: Arc<SeedSumma
     Router::new()
         .merge(api(state, tokens))
         .merge(debug(debug_state))
+        // /metrics (Prometheus), /cache/stats (JSON), /cache/dashboard: no bearer token,
+        // like /debug (operators' pages; put them behind admin auth in production).
+        .merge(cache.observability_router())
         .route(
             "/health",
             get(|| async { Json(serde_json::json!({ "ok": true })) }),
