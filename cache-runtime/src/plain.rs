@@ -5,16 +5,41 @@
 //! (its type changed) is a miss, never an error.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::__private::{RouteSpec, ScopeArg};
-use crate::cache::{Cache, Resolved};
+use crate::cache::{BypassReason, Cache, Resolved};
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, Tenant};
 use crate::stats::Event;
+
+/// The per-call event of a cached plain function: the same `cache lookup` event as a
+/// handler's (DEBUG, target `api_cache`), with the whole call's time as `elapsed_us`.
+fn log_call<T, F>(spec: &RouteSpec, resolved: &Resolved<T, F>, started: Instant) {
+    let (outcome, reason, age) = match resolved {
+        Resolved::Entry { entry, .. } => ("HIT", None, Some(entry.age().as_secs())),
+        Resolved::Computed {
+            lookup_failed: true,
+            ..
+        } => ("ERROR", None, None),
+        Resolved::Computed {
+            outcome, bypass, ..
+        } => (outcome.as_str(), bypass.map(BypassReason::as_str), None),
+    };
+    tracing::debug!(
+        target: "api_cache",
+        resource = spec.resource,
+        function = spec.function,
+        outcome,
+        reason,
+        age_s = age,
+        elapsed_us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64,
+        "cache lookup"
+    );
+}
 
 /// Encodes a cached function's key arguments before its body runs (so the body may
 /// consume them). `None` when they do not serialize: the call then bypasses the cache
@@ -63,6 +88,7 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = T>,
 {
+    let started = Instant::now();
     let cache = &Cache::current();
     let Some(cache_key) = plain_key(cache, spec, &scope, key) else {
         cache.record(Some(spec.resource), Event::Bypass);
@@ -75,7 +101,9 @@ where
         (value, stored)
     };
     // Boxed once, as in `serve_cached`: the engine holds it across several awaits.
-    match cache.resolve(&cache_key, ttl, Box::pin(compute)).await {
+    let resolved = cache.resolve(&cache_key, ttl, Box::pin(compute)).await;
+    log_call(spec, &resolved, started);
+    match resolved {
         Resolved::Computed { value, .. } => value,
         Resolved::Entry { entry, compute } => {
             match serde_json::from_slice(&entry.response().body) {
@@ -100,6 +128,7 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = Result<T, E>>,
 {
+    let started = Instant::now();
     let cache = &Cache::current();
     let Some(cache_key) = plain_key(cache, spec, &scope, key) else {
         cache.record(Some(spec.resource), Event::Bypass);
@@ -115,7 +144,9 @@ where
         (result, stored)
     };
     // Boxed once, as in `serve_cached`: the engine holds it across several awaits.
-    match cache.resolve(&cache_key, ttl, Box::pin(compute)).await {
+    let resolved = cache.resolve(&cache_key, ttl, Box::pin(compute)).await;
+    log_call(spec, &resolved, started);
+    match resolved {
         Resolved::Computed { value, .. } => value,
         Resolved::Entry { entry, compute } => {
             match serde_json::from_slice(&entry.response().body) {

@@ -266,3 +266,43 @@ async fn a_redis_outage_warns_once_per_state_change() {
     assert_eq!(deferred[0].fields["resources"], "templates");
     assert_eq!(deferred[0].spans, ["request"]);
 }
+
+#[cache_runtime::cached(resource = "reports", ttl = 60, key = (org), scope = org)]
+async fn report_total(org: i64) -> u64 {
+    org as u64 * 10
+}
+
+#[tokio::test]
+async fn cached_plain_functions_emit_the_same_lookup_event() {
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry().with(recorder.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cache = Cache::new(deterministic(TestBackend::Memory.config()))
+        .await
+        .expect("cache");
+    let outcomes: Vec<(String, bool)> = cache
+        .scope(async {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                assert_eq!(report_total(7).await, 70);
+                let events: Vec<Captured> = recorder
+                    .take()
+                    .into_iter()
+                    .filter(|e| e.message == "cache lookup")
+                    .collect();
+                assert_eq!(events.len(), 1, "{events:#?}");
+                let event = &events[0];
+                assert_eq!(event.level, Level::DEBUG);
+                assert_eq!(event.fields["resource"], "reports");
+                assert!(event.fields["function"].ends_with("::report_total"));
+                micros(event, "elapsed_us");
+                seen.push((event.fields["outcome"].clone(), has(event, "age_s")));
+            }
+            seen
+        })
+        .await;
+    assert_eq!(
+        outcomes,
+        [("MISS".to_owned(), false), ("HIT".to_owned(), true)]
+    );
+}
