@@ -207,6 +207,13 @@ async fn probe(addr: SocketAddr, path: &str) -> String {
     x_cache
 }
 
+/// Whether `path` is to be loaded: every route, unless arguments name some
+/// (`cargo bench --bench http -- /static /cached-memory`, e.g. to profile one).
+fn selected(path: &str) -> bool {
+    let named: Vec<String> = std::env::args().filter(|a| a.starts_with('/')).collect();
+    named.is_empty() || named.iter().any(|n| n == path)
+}
+
 fn main() {
     support::banner("http");
     let connections: usize = std::env::var("API_CACHE_BENCH_CONNECTIONS")
@@ -278,6 +285,9 @@ fn main() {
         for round in 0..rounds {
             for offset in 0..ROUTES.len() {
                 let which = (round + offset) % ROUTES.len();
+                if !selected(ROUTES[which]) {
+                    continue;
+                }
                 let window = load(addr, ROUTES[which], connections, duration).await;
                 println!(
                     "  round {round} {:<15} {:>8.0} req/s  p50 {} us  p99 {} us  server CPU {:.1} us/req  (load {})",
@@ -305,6 +315,20 @@ fn main() {
         duration.as_secs()
     );
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    if !ROUTES.iter().all(|path| selected(path)) {
+        for (path, result) in ROUTES.iter().zip(&results) {
+            if selected(path) {
+                row(
+                    path,
+                    &[
+                        ("req_per_s", format!("{:.0}", mean(&result.rps))),
+                        ("p99_us", us(result.latencies.p99())),
+                    ],
+                );
+            }
+        }
+        return;
+    }
     for (path, result) in ROUTES.iter().zip(&results) {
         row(
             path,
