@@ -71,6 +71,28 @@ const CONTENDERS: [&str; 4] = [
     "handler, #[cached], hit",
 ];
 
+/// Calls per command so far, from `INFO commandstats` (`cmdstat_mget:calls=12,...`).
+async fn command_calls(conn: &ConnectionManager) -> std::collections::HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_"))
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
 /// Waits (untimed) until the spawned store of the last miss has landed.
 async fn wait_for_store(cache: &Cache, stores: &AtomicU64) {
     let expected = stores.fetch_add(1, Ordering::Relaxed) + 1;
@@ -102,7 +124,7 @@ fn main() {
             .route("/plain", get(plain_page))
             .route("/one-round-trip", get(one_round_trip))
             .route("/cached", get(cached_page))
-            .layer(Extension(floor))
+            .layer(Extension(floor.clone()))
             .layer(Extension(CacheScope::new("org_1")))
             .layer(cache.layer());
         let stores = AtomicU64::new(0);
@@ -122,6 +144,7 @@ fn main() {
             send(&app, "/cached?n=hit".to_owned()).await;
         }
         stores.store(cache.stats().totals.stores, Ordering::Relaxed);
+        let calls_before = command_calls(&floor).await;
         for round in 0..rounds {
             for offset in 0..CONTENDERS.len() {
                 let which = (round + offset) % CONTENDERS.len();
@@ -151,6 +174,17 @@ fn main() {
             }
         }
         assert_eq!(unexpected, 0, "a request did not have the expected X-Cache");
+        let calls_after = command_calls(&floor).await;
+        let delta = |name: &str| {
+            calls_after.get(name).copied().unwrap_or(0) - calls_before.get(name).copied().unwrap_or(0)
+        };
+        let (misses, hits) = (samples[2].len() as f64, samples[3].len() as f64);
+        println!(
+            "  Redis commands in the timed section: {:.2} MGET per cached request, {:.2} SET per miss (spawned, off the request path), {:.2} GET per raw-GET request",
+            delta("mget") as f64 / (misses + hits),
+            delta("set") as f64 / misses,
+            delta("get") as f64 / samples[1].len() as f64
+        );
         let totals = cache.stats().totals;
         println!(
             "  cache stats: hits={} misses={} stores={} errors={}",
@@ -180,6 +214,10 @@ fn main() {
         us(round_trip),
         us(added),
         us(samples[2].mean().saturating_sub(samples[0].mean()))
+    );
+    println!(
+        "  miss - hit p50: {} us (both make one MGET; the rest is the miss's own work: buffering, entry, spawned store)",
+        us(samples[2].p50().saturating_sub(samples[3].p50()))
     );
     // One round trip plus our CPU work stays well under 1.5; a second round trip on the
     // request path would put it at 2 or more.
