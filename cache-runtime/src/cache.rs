@@ -246,11 +246,9 @@ impl Cache {
                 if url.starts_with("rediss://") {
                     prepare_tls(url)?;
                 }
-                let backend =
-                    RedisBackend::new(url, config.connect_timeout, config.response_timeout)
-                        .map_err(|err| {
-                            ConfigError::RedisUrl(format!("{}: {err}", crate::config::redact(url)))
-                        })?;
+                let backend = RedisBackend::new(url, config.connect_timeout).map_err(|err| {
+                    ConfigError::RedisUrl(format!("{}: {err}", crate::config::redact(url)))
+                })?;
                 Backend::Redis(backend)
             }
             None => Backend::Memory(MemoryBackend::new(config.memory_max_bytes)),

@@ -152,8 +152,10 @@ impl Entry {
         let mut generations = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let len = u16::from_le_bytes(take_array(&mut buf)?) as usize;
-            let bytes = take_slice(&mut buf, len)?;
-            generations.push(Generation::from_bytes(bytes).ok_or(Corrupt)?);
+            let start = raw.len() - buf.len();
+            take_slice(&mut buf, len)?;
+            let token = raw.slice(start..start + len);
+            generations.push(Generation::from_bytes(token).ok_or(Corrupt)?);
         }
         let status = u16::from_le_bytes(take_array(&mut buf)?);
         let status = StatusCode::from_u16(status).map_err(|_| Corrupt)?;

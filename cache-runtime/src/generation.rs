@@ -11,12 +11,12 @@
 //! key that vanished (eviction, restart, FLUSHALL) is re-created with a fresh token, so
 //! old entries can never match it again. This module never performs I/O.
 
-use std::sync::Arc;
+use bytes::Bytes;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One generation token.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Generation(Arc<str>);
+pub struct Generation(Bytes);
 
 impl Generation {
     /// A token that no earlier generation of any key has had.
@@ -26,28 +26,31 @@ impl Generation {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         let random: u64 = rand::random();
-        Generation(Arc::from(format!("{micros:x}.{random:016x}")))
+        Generation(Bytes::from(format!("{micros:x}.{random:016x}")))
     }
 
-    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        (!text.is_empty() && text.len() <= 64).then(|| Generation(Arc::from(text)))
+    /// A token read from the store, kept as the (shared, zero-copy) bytes it came in:
+    /// a lookup only compares tokens. `None` for anything that is not a token of ours.
+    pub(crate) fn from_bytes(bytes: Bytes) -> Option<Self> {
+        let valid = !bytes.is_empty() && bytes.len() <= 64 && std::str::from_utf8(&bytes).is_ok();
+        valid.then_some(Generation(bytes))
     }
 
     /// The token's bytes, as stored.
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        &self.0
     }
 
     /// The token as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Every token is checked to be UTF-8 when made or read, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl std::fmt::Debug for Generation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Generation({})", self.0)
+        write!(f, "Generation({})", self.as_str())
     }
 }
 

@@ -400,8 +400,23 @@ fn with_outcome(mut response: Response, outcome: Outcome) -> Response {
 }
 
 fn set_cache_control(response: &mut Response, ttl_secs: u32) {
-    let value = format!("private, max-age={ttl_secs}");
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    // Built without the formatting machinery: this runs on every hit.
+    const PREFIX: &[u8] = b"private, max-age=";
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    let mut rest = ttl_secs;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut value = bytes::BytesMut::with_capacity(PREFIX.len() + digits.len() - start);
+    value.extend_from_slice(PREFIX);
+    value.extend_from_slice(&digits[start..]);
+    if let Ok(value) = HeaderValue::from_maybe_shared(value.freeze()) {
         response.headers_mut().insert(header::CACHE_CONTROL, value);
     }
 }

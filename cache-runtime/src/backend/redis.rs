@@ -33,11 +33,7 @@ impl std::fmt::Debug for RedisBackend {
 impl RedisBackend {
     /// Creates the backend without connecting: the first command connects, and a lost
     /// connection is re-established on the next command after an I/O error.
-    pub(crate) fn new(
-        url: &str,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> Result<Self, redis::RedisError> {
+    pub(crate) fn new(url: &str, connect_timeout: Duration) -> Result<Self, redis::RedisError> {
         let client = if url.starts_with("rediss://") {
             tls_client(url)?
         } else {
@@ -45,7 +41,10 @@ impl RedisBackend {
         };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(response_timeout))
+            // No response timeout of redis-rs's own: the cache layer bounds every
+            // operation (connection wait included) with one timer, and a second one per
+            // command was measurable on the hit path (BENCHMARKS.md, hot path 4).
+            .set_response_timeout(None)
             // One quick attempt per reconnection; the circuit breaker paces the rest.
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
@@ -76,7 +75,7 @@ impl RedisBackend {
         let generations = values
             .by_ref()
             .take(key.generation_keys.len())
-            .map(|v| bulk(v).and_then(|b| Generation::from_bytes(&b)))
+            .map(|v| bulk(v).and_then(Generation::from_bytes))
             .collect();
         let entry = match values.next().map(bulk_or_nil) {
             Some(Ok(None)) | None => EntrySlot::Absent,
@@ -118,7 +117,7 @@ impl RedisBackend {
                 return Err(redis::RedisError::from(err.clone()).into());
             }
             let current = match &replies[1] {
-                Value::BulkString(bytes) => Generation::from_bytes(bytes),
+                Value::BulkString(bytes) => Generation::from_bytes(Bytes::copy_from_slice(bytes)),
                 // Evicted between our SET and GET: use the token we tried to set; whatever
                 // is set next differs from it, so nothing stale can match.
                 Value::Nil => Some(ours.clone()),
