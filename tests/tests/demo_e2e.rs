@@ -292,3 +292,49 @@ async fn a_short_report_run_passes_its_correctness_checks() {
     assert!(on.figures.all.hit_rate > 0.0, "{text}");
     assert!(text.contains("Database queries per minute"));
 }
+
+/// Issue 5's scripted fault run: Redis frozen (`CLIENT PAUSE ALL`) in the middle of the
+/// cached run. No request may fail, no check may be violated, and the requests sent
+/// during the pause are answered (uncached) like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_run_with_redis_paused_mid_run_fails_nothing() {
+    let redis = RedisServer::start();
+    let config = ReportConfig {
+        duration: Duration::from_secs(6),
+        warmup: Duration::from_secs(1),
+        users: 8,
+        think: Duration::from_millis(50),
+        write_share: 0.2,
+        scale: SCALE,
+        redis_url: Some(redis.url()),
+        out_dir: None,
+        progress: false,
+        fault_pause_redis: Some(Duration::from_secs(2)),
+        ..ReportConfig::default()
+    };
+    let report = run_report(config).await.expect("the report runs");
+    let text = report.text();
+    assert!(report.passed(), "{text}");
+    for kind in ["read_your_writes", "cross_tenant", "cross_user"] {
+        assert_eq!(report.violations(kind), 0, "{kind}: {text}");
+    }
+    let on = report
+        .phases
+        .iter()
+        .find(|phase| phase.cache_enabled)
+        .expect("a cached run");
+    let fault = on
+        .fault
+        .as_ref()
+        .expect("the pause happened during the cached run");
+    assert!(
+        fault.during.requests > 0,
+        "requests were sent during the pause: {text}"
+    );
+    assert_eq!(fault.failed_during, 0, "{text}");
+    assert_eq!(on.server_errors + on.transport_errors, 0, "{text}");
+    assert!(
+        text.contains("Fault"),
+        "the report prints the fault: {text}"
+    );
+}
