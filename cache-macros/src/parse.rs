@@ -60,19 +60,30 @@ impl CachedArgs {
             cache_only_success: Attr::none("cache_only_success"),
             key: Attr::none("key"),
         };
-        let parser = |input: ParseStream| {
-            while !input.is_empty() {
-                parse_cached_option(input, &mut args, errors)?;
-                if input.is_empty() {
-                    break;
-                }
-                input.parse::<Token![,]>()?;
-            }
-            Ok(())
-        };
-        parser.parse2(tokens)?;
+        parse_separated(tokens, |input| {
+            parse_cached_option(input, &mut args, errors)
+        })?;
         Ok(args)
     }
+}
+
+/// Parses `item, item, ...` (a trailing comma allowed) to the end of `tokens`; a missing
+/// comma between two items is an error at the token where it was expected.
+fn parse_separated(
+    tokens: TokenStream,
+    mut item: impl FnMut(ParseStream) -> syn::Result<()>,
+) -> syn::Result<()> {
+    let parser = |input: ParseStream| {
+        while !input.is_empty() {
+            item(input)?;
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(())
+    };
+    parser.parse2(tokens)
 }
 
 fn parse_cached_option(
@@ -154,17 +165,9 @@ impl InvalidatesArgs {
             scope: Attr::none("scope"),
             rejected: 0,
         };
-        let parser = |input: ParseStream| {
-            while !input.is_empty() {
-                parse_invalidates_argument(input, &mut args, errors)?;
-                if input.is_empty() {
-                    break;
-                }
-                input.parse::<Token![,]>()?;
-            }
-            Ok(())
-        };
-        parser.parse2(tokens)?;
+        parse_separated(tokens, |input| {
+            parse_invalidates_argument(input, &mut args, errors)
+        })?;
         Ok(args)
     }
 }
