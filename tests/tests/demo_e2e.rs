@@ -255,11 +255,10 @@ async fn bad_input_is_a_400_naming_the_field_and_never_cached() {
     demo.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_report_run_passes_its_correctness_checks() {
-    let redis = RedisServer::start();
-    let config = ReportConfig {
-        duration: Duration::from_secs(3),
+/// A short, write-heavy report run against `redis`, quiet and writing no files.
+fn short_report(redis: &RedisServer, duration: Duration) -> ReportConfig {
+    ReportConfig {
+        duration,
         warmup: Duration::from_secs(1),
         users: 8,
         think: Duration::from_millis(50),
@@ -269,7 +268,13 @@ async fn a_short_report_run_passes_its_correctness_checks() {
         out_dir: None,
         progress: false,
         ..ReportConfig::default()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_report_run_passes_its_correctness_checks() {
+    let redis = RedisServer::start();
+    let config = short_report(&redis, Duration::from_secs(3));
     let report = run_report(config).await.expect("the report runs");
     let text = report.text();
     assert!(report.passed(), "{text}");
@@ -300,17 +305,8 @@ async fn a_short_report_run_passes_its_correctness_checks() {
 async fn a_report_run_with_redis_paused_mid_run_fails_nothing() {
     let redis = RedisServer::start();
     let config = ReportConfig {
-        duration: Duration::from_secs(6),
-        warmup: Duration::from_secs(1),
-        users: 8,
-        think: Duration::from_millis(50),
-        write_share: 0.2,
-        scale: SCALE,
-        redis_url: Some(redis.url()),
-        out_dir: None,
-        progress: false,
         fault_pause_redis: Some(Duration::from_secs(2)),
-        ..ReportConfig::default()
+        ..short_report(&redis, Duration::from_secs(6))
     };
     let report = run_report(config).await.expect("the report runs");
     let text = report.text();

@@ -226,20 +226,25 @@ impl Rng {
     }
 }
 
+/// The contacts page both contact routes answer (they differ only in their attributes).
+async fn contacts_page(app: &App, scope: &CacheScope, query: Option<String>) -> Json<Value> {
+    let (version, run) = app.read(scope.tenant(), "contacts").await;
+    Json(json!({
+        "tenant": scope.tenant(),
+        "resource": "contacts",
+        "version": version,
+        "query": query,
+        "run": run,
+    }))
+}
+
 #[cached(resource = "contacts", ttl = 300)]
 async fn list_contacts(
     State(app): State<App>,
     Extension(scope): Extension<CacheScope>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, StatusCode> {
-    let (version, run) = app.read(scope.tenant(), "contacts").await;
-    Ok(Json(json!({
-        "tenant": scope.tenant(),
-        "resource": "contacts",
-        "version": version,
-        "query": query,
-        "run": run,
-    })))
+    Ok(contacts_page(&app, &scope, query).await)
 }
 
 #[cached(resource = "analytics", ttl = 300, tags = ["contacts"])]
@@ -325,14 +330,7 @@ async fn list_contacts_as_global(
     Extension(scope): Extension<CacheScope>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, StatusCode> {
-    let (version, run) = app.read(scope.tenant(), "contacts").await;
-    Ok(Json(json!({
-        "tenant": scope.tenant(),
-        "resource": "contacts",
-        "version": version,
-        "query": query,
-        "run": run,
-    })))
+    Ok(contacts_page(&app, &scope, query).await)
 }
 
 async fn scope_from_headers(mut request: Request, next: Next) -> Response {
