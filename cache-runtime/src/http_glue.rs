@@ -97,18 +97,43 @@ impl HandlerOutput {
     }
 }
 
-fn resolve_scope(
-    arg: ScopeArg,
-    ctx: &RequestContext,
-) -> Result<(Option<CacheScope>, bool), BypassReason> {
-    match arg {
-        ScopeArg::Global => Ok((ctx.scope.clone(), true)),
-        ScopeArg::FromRequest => ctx
-            .scope
-            .clone()
-            .map(|s| (Some(s), false))
-            .ok_or(BypassReason::NoScope),
-        ScopeArg::Explicit(scope) => scope.map(|s| (Some(s), false)).ok_or(BypassReason::NoScope),
+/// Whose data a request reads or writes.
+enum RequestScope {
+    /// `scope = global`; the request's own scope, if any, still names the user.
+    Global(Option<CacheScope>),
+    /// One tenant's data.
+    Tenant(CacheScope),
+}
+
+impl RequestScope {
+    /// The route's scope argument applied to the request; no tenant where one is needed
+    /// is a bypass.
+    fn resolve(arg: ScopeArg, ctx: &RequestContext) -> Result<Self, BypassReason> {
+        match arg {
+            ScopeArg::Global => Ok(RequestScope::Global(ctx.scope.clone())),
+            ScopeArg::FromRequest => ctx
+                .scope
+                .clone()
+                .map(RequestScope::Tenant)
+                .ok_or(BypassReason::NoScope),
+            ScopeArg::Explicit(scope) => {
+                scope.map(RequestScope::Tenant).ok_or(BypassReason::NoScope)
+            }
+        }
+    }
+
+    fn tenant(&self) -> Tenant<'_> {
+        match self {
+            RequestScope::Global(_) => Tenant::Global,
+            RequestScope::Tenant(scope) => Tenant::Scoped(scope.tenant()),
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        match self {
+            RequestScope::Global(scope) => scope.as_ref().and_then(CacheScope::user),
+            RequestScope::Tenant(scope) => scope.user(),
+        }
     }
 }
 
@@ -219,12 +244,8 @@ fn build_key(
     if ctx.method != Method::GET && ctx.method != Method::HEAD {
         return Err(BypassReason::Method);
     }
-    let (scope, global) = resolve_scope(scope, ctx)?;
-    let tenant = match (&scope, global) {
-        (_, true) => Tenant::Global,
-        (Some(scope), false) => Tenant::Scoped(scope.tenant()),
-        (None, false) => return Err(BypassReason::NoScope),
-    };
+    let scope = RequestScope::resolve(scope, ctx)?;
+    let tenant = scope.tenant();
     // Resource and tag names were validated at compile time; an error here would be a
     // macro bug, and the safe answer is to serve uncached.
     let mut builder = cache
@@ -237,10 +258,7 @@ fn build_key(
     for part in spec.vary {
         match part {
             VaryPart::User => {
-                let user = scope
-                    .as_ref()
-                    .and_then(CacheScope::user)
-                    .ok_or(BypassReason::NoUser)?;
+                let user = scope.user().ok_or(BypassReason::NoUser)?;
                 builder = builder.part("vary:user", user);
             }
             VaryPart::Header(name) => {
@@ -471,19 +489,13 @@ where
         return output.response;
     }
     let mut response = output.response;
-    let tenant_scope = resolve_scope(scope, &ctx);
-    let result = match &tenant_scope {
-        Ok((_, true)) => {
+    let result = match RequestScope::resolve(scope, &ctx) {
+        Ok(scope) => {
             cache
-                .invalidate_scoped(Tenant::Global, spec.resources)
+                .invalidate_scoped(scope.tenant(), spec.resources)
                 .await
         }
-        Ok((Some(scope), false)) => {
-            cache
-                .invalidate_scoped(Tenant::Scoped(scope.tenant()), spec.resources)
-                .await
-        }
-        _ => {
+        Err(_) => {
             // Nothing of an unscoped request is cached, but the data it changed may be
             // cached for its tenant: that is an app misconfiguration worth shouting about.
             tracing::error!(
