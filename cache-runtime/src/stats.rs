@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -185,14 +185,94 @@ struct ResourceStats {
     ttl_secs: AtomicU64,
 }
 
+impl ResourceStats {
+    fn note_ttl(&self, ttl_secs: u32) {
+        let ttl = u64::from(ttl_secs);
+        // Read first: a store on every request would bounce the line between cores.
+        if self.ttl_secs.load(Relaxed) != ttl {
+            self.ttl_secs.store(ttl, Relaxed);
+        }
+    }
+}
+
 /// Every counter of one cache handle.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     totals: Counters,
     lookup: Histogram,
     handler: Histogram,
-    resources: RwLock<HashMap<String, Arc<ResourceStats>, BuildHasherDefault<NameHasher>>>,
+    resources: ResourceTable,
     circuit_opened: AtomicU64,
+}
+
+/// Slots of the lock-free part of a [`ResourceTable`].
+const RESOURCE_SLOTS: usize = 128;
+/// Slots tried for one name before it goes to the overflow map.
+const RESOURCE_PROBES: usize = 16;
+
+type ResourceMap = HashMap<String, Arc<ResourceStats>, BuildHasherDefault<NameHasher>>;
+
+/// The per-resource records. A request reaches its resource's record two or three times,
+/// so finding it must not write shared memory: behind a lock, the reader count alone is a
+/// cache line every worker writes. Names come from the program (attributes, invalidation
+/// calls), so there are few; they take slots that are written once and then only read
+/// (open addressing, a fixed probe sequence per name, so a name has one slot), and any
+/// name that finds its probe sequence taken goes to a locked map.
+#[derive(Debug)]
+struct ResourceTable {
+    slots: Box<[OnceLock<Box<(String, ResourceStats)>>]>,
+    overflow: RwLock<ResourceMap>,
+}
+
+impl Default for ResourceTable {
+    fn default() -> Self {
+        ResourceTable {
+            slots: (0..RESOURCE_SLOTS).map(|_| OnceLock::new()).collect(),
+            overflow: RwLock::default(),
+        }
+    }
+}
+
+impl ResourceTable {
+    /// Runs `f` on the record of `resource`, creating it on first use.
+    fn with(&self, resource: &str, f: impl FnOnce(&ResourceStats)) {
+        let mut hasher = NameHasher::default();
+        hasher.write(resource.as_bytes());
+        let start = hasher.finish() as usize;
+        for probe in 0..RESOURCE_PROBES {
+            let slot = &self.slots[(start + probe) % RESOURCE_SLOTS];
+            // Concurrent first uses of one slot: one name wins it, the others see that
+            // name and probe on, as every later use of theirs will.
+            let record = slot.get_or_init(|| Box::new((resource.to_owned(), Default::default())));
+            if record.0 == resource {
+                f(&record.1);
+                return;
+            }
+        }
+        if let Ok(map) = self.overflow.read() {
+            if let Some(stats) = map.get(resource) {
+                f(stats);
+                return;
+            }
+        }
+        if let Ok(mut map) = self.overflow.write() {
+            f(map.entry(resource.to_owned()).or_default());
+        }
+        // A poisoned lock only means another thread panicked mid-insert; that one
+        // observation is lost and nothing else.
+    }
+
+    /// Every record, by name.
+    fn each(&self, mut f: impl FnMut(&str, &ResourceStats)) {
+        for record in self.slots.iter().filter_map(OnceLock::get) {
+            f(&record.0, &record.1);
+        }
+        if let Ok(map) = self.overflow.read() {
+            for (name, stats) in map.iter() {
+                f(name, stats);
+            }
+        }
+    }
 }
 
 /// FNV-1a for the per-resource map: resource names are short names from the program
@@ -254,20 +334,8 @@ impl Counters {
 }
 
 impl Stats {
-    /// Runs `f` on the record of `resource`, creating it on first use. Under the read
-    /// guard, without cloning the `Arc`: this runs two or three times per request.
     fn with_resource(&self, resource: &str, f: impl FnOnce(&ResourceStats)) {
-        if let Ok(map) = self.resources.read() {
-            if let Some(stats) = map.get(resource) {
-                f(stats);
-                return;
-            }
-        }
-        if let Ok(mut map) = self.resources.write() {
-            f(map.entry(resource.to_owned()).or_default());
-        }
-        // A poisoned lock only means another thread panicked mid-insert; that one
-        // observation is lost and nothing else.
+        self.resources.with(resource, f);
     }
 
     pub(crate) fn record(&self, resource: Option<&str>, event: Event) {
@@ -288,12 +356,15 @@ impl Stats {
     }
 
     pub(crate) fn note_ttl(&self, resource: &str, ttl_secs: u32) {
-        let ttl = u64::from(ttl_secs);
+        self.with_resource(resource, |r| r.note_ttl(ttl_secs));
+    }
+
+    /// A hit of a route whose TTL is `ttl_secs`.
+    pub(crate) fn record_hit(&self, resource: &str, ttl_secs: u32) {
+        self.totals.add(Event::Hit);
         self.with_resource(resource, |r| {
-            // Read first: a store on every request would bounce the line between cores.
-            if r.ttl_secs.load(Relaxed) != ttl {
-                r.ttl_secs.store(ttl, Relaxed);
-            }
+            r.counters.add(Event::Hit);
+            r.note_ttl(ttl_secs);
         });
     }
 
@@ -306,28 +377,21 @@ impl Stats {
         circuit: CircuitSnapshot,
         pending_invalidations: usize,
     ) -> StatsSnapshot {
-        let resources = self
-            .resources
-            .read()
-            .map(|map| {
-                map.iter()
-                    .map(|(name, stats)| {
-                        let counters = stats.counters.snapshot();
-                        let ttl = stats.ttl_secs.load(Relaxed);
-                        (
-                            name.clone(),
-                            ResourceSnapshot {
-                                hit_rate: counters.hit_rate(),
-                                counters,
-                                ttl_secs: (ttl > 0).then_some(ttl),
-                                lookup: stats.lookup.snapshot(),
-                                handler: stats.handler.snapshot(),
-                            },
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut resources = BTreeMap::new();
+        self.resources.each(|name, stats| {
+            let counters = stats.counters.snapshot();
+            let ttl = stats.ttl_secs.load(Relaxed);
+            resources.insert(
+                name.to_owned(),
+                ResourceSnapshot {
+                    hit_rate: counters.hit_rate(),
+                    counters,
+                    ttl_secs: (ttl > 0).then_some(ttl),
+                    lookup: stats.lookup.snapshot(),
+                    handler: stats.handler.snapshot(),
+                },
+            );
+        });
         let totals = self.totals.snapshot();
         StatsSnapshot {
             hit_rate: totals.hit_rate(),
