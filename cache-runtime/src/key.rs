@@ -148,15 +148,19 @@ impl PartHasher {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
     // By table, not `write!`: this runs for every request's key, and the formatting
     // machinery cost more than the rest of the key's string building.
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         out.push(DIGITS[usize::from(b >> 4)] as char);
         out.push(DIGITS[usize::from(b & 0x0f)] as char);
     }
-    out
 }
 
 /// Joins `parts` into one string allocated once (`format!` grows its buffer as it goes).
@@ -321,15 +325,13 @@ impl KeyBuilder {
             tags,
             ..
         } = self;
-        let entry_key = concat(&[
-            &prefix,
-            ":",
-            &tenant_tag,
-            ":e:",
-            &resource,
-            ":",
-            &hex(&digest),
-        ]);
+        let mut entry_key = String::with_capacity(
+            prefix.len() + tenant_tag.len() + resource.len() + 5 + 2 * digest.len(),
+        );
+        for part in [prefix.as_str(), ":", &tenant_tag, ":e:", &resource, ":"] {
+            entry_key.push_str(part);
+        }
+        push_hex(&mut entry_key, &digest);
         let mut generation_keys = Vec::with_capacity(2 + tags.len());
         generation_keys.push(all_generation_key(&prefix, &tenant_tag));
         generation_keys.push(generation_key(&prefix, &tenant_tag, &resource));
