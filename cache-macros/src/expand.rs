@@ -19,6 +19,8 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
     let name = function_name(&function);
     let resource = spec.resource.as_str();
     let ttl_secs = Literal::u32_unsuffixed(spec.ttl_secs);
+    // Evaluated in the static's initializer, so at compile time: no work per request.
+    let cache_control = format!("private, max-age={}", spec.ttl_secs);
     let tags = &spec.tags;
     let vary = spec.vary.iter().map(|part| match part {
         VaryPart::User => quote!(::cache_runtime::__private::VaryPart::User),
@@ -32,6 +34,7 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
             ::cache_runtime::__private::RouteSpec {
                 resource: #resource,
                 ttl_secs: #ttl_secs,
+                cache_control: ::cache_runtime::__private::HeaderValue::from_static(#cache_control),
                 tags: &[#(#tags),*],
                 vary: &[#(#vary),*],
                 fingerprint: ::core::concat!(#fingerprint, "-", ::core::env!("CARGO_PKG_VERSION")),

@@ -53,6 +53,9 @@ struct Inner {
     backend: Backend,
     enabled: AtomicBool,
     disabled_resources: RwLock<HashSet<String>>,
+    /// Whether `disabled_resources` has any: read first, so that the usual request (none
+    /// switched off) does not take the lock, whose count every worker would write.
+    any_resource_disabled: AtomicBool,
     stats: Stats,
     circuit: Circuit,
     pending: Pending,
@@ -257,6 +260,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 enabled: AtomicBool::new(config.enabled),
                 disabled_resources: RwLock::new(config.disabled_resources.clone()),
+                any_resource_disabled: AtomicBool::new(!config.disabled_resources.is_empty()),
                 circuit: Circuit::new(config.circuit_failures, config.circuit_open_for),
                 stats: Stats::default(),
                 pending: Pending::default(),
@@ -367,11 +371,17 @@ impl Cache {
             } else {
                 disabled.insert(resource.to_owned());
             }
+            self.inner
+                .any_resource_disabled
+                .store(!disabled.is_empty(), Ordering::Relaxed);
         }
     }
 
     /// Whether `resource` is cached (the global switch aside).
     pub fn is_resource_enabled(&self, resource: &str) -> bool {
+        if !self.inner.any_resource_disabled.load(Ordering::Relaxed) {
+            return true;
+        }
         self.inner
             .disabled_resources
             .read()
@@ -428,6 +438,11 @@ impl Cache {
 
     pub(crate) fn note_ttl(&self, resource: &str, ttl_secs: u32) {
         self.inner.stats.note_ttl(resource, ttl_secs);
+    }
+
+    /// Counts a hit of a route whose TTL is `ttl_secs`.
+    pub(crate) fn record_hit(&self, resource: &str, ttl_secs: u32) {
+        self.inner.stats.record_hit(resource, ttl_secs);
     }
 
     pub(crate) fn record_handler_time(&self, resource: &str, elapsed: Duration) {
@@ -499,7 +514,7 @@ impl Cache {
         lookup
     }
 
-    async fn lookup_uncounted(&self, key: &CacheKey) -> Lookup {
+    pub(crate) async fn lookup_uncounted(&self, key: &CacheKey) -> Lookup {
         if let Some(reason) = self.bypass_reason(key) {
             return Lookup::Bypass(reason);
         }
@@ -512,25 +527,21 @@ impl Cache {
                 refreshing,
             })
         };
-        let raw = match self.call(self.inner.backend.lookup(key)).await {
-            Ok(raw) => raw,
-            Err(BackendError::CircuitOpen) => return Lookup::Bypass(BypassReason::CircuitOpen),
-            Err(err) => {
-                self.fault(&key.resource, "lookup", &err);
-                return miss(None, None);
-            }
-        };
-        let generations = match self.complete_generations(key, raw.generations).await {
-            Ok(generations) => generations,
-            Err(err) => {
-                self.fault(&key.resource, "generation init", &err);
-                return miss(None, None);
-            }
+        let (generations, entry) = match &self.inner.backend {
+            // In process there is nothing to await. The remote read is boxed so that its
+            // state is not part of every caller's future, which is moved into place on
+            // every request.
+            Backend::Memory(memory) => memory.read(key),
+            Backend::Redis(redis) => match Box::pin(self.read_remote(redis, key)).await {
+                Ok(read) => read,
+                Err(BackendError::CircuitOpen) => return Lookup::Bypass(BypassReason::CircuitOpen),
+                Err(_) => return miss(None, None),
+            },
         };
         self.inner
             .stats
             .record_lookup_time(&key.resource, started.elapsed());
-        match raw.entry {
+        match entry {
             EntrySlot::Present(entry) if entry.digest != key.digest => {
                 self.corrupt(&key.resource, "value stored under another key");
                 miss(Some(generations), None)
@@ -554,9 +565,29 @@ impl Cache {
         }
     }
 
+    /// The current generations (created where missing) and the entry, from the remote
+    /// store. A fault is counted and logged here.
+    async fn read_remote(
+        &self,
+        redis: &RedisBackend,
+        key: &CacheKey,
+    ) -> Result<(Vec<Generation>, EntrySlot), BackendError> {
+        let raw = self.call(redis.lookup(key)).await.inspect_err(|err| {
+            if !matches!(err, BackendError::CircuitOpen) {
+                self.fault(&key.resource, "lookup", err);
+            }
+        })?;
+        let generations = self
+            .complete_generations(redis, key, raw.generations)
+            .await
+            .inspect_err(|err| self.fault(&key.resource, "generation init", err))?;
+        Ok((generations, raw.entry))
+    }
+
     /// Fills generations that do not exist with fresh tokens.
     async fn complete_generations(
         &self,
+        redis: &RedisBackend,
         key: &CacheKey,
         read: Vec<Option<Generation>>,
     ) -> Result<Vec<Generation>, BackendError> {
@@ -571,7 +602,7 @@ impl Cache {
             .map(|(k, _)| k.as_str())
             .collect();
         let mut created = self
-            .call(self.inner.backend.init_generations(&missing))
+            .call(redis.init_generations(&missing))
             .await?
             .into_iter();
         read.into_iter()
@@ -679,8 +710,23 @@ impl Cache {
     where
         Fut: Future<Output = (T, Option<CachedResponse>)>,
     {
+        let looked_up = self.lookup_uncounted(key).await;
+        self.resolve_lookup(key, ttl, looked_up, compute).await
+    }
+
+    /// [`Cache::resolve`] after its lookup, for a caller that answers hits itself.
+    pub(crate) async fn resolve_lookup<T, Fut>(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+        looked_up: Lookup,
+        compute: Fut,
+    ) -> Resolved<T, Fut>
+    where
+        Fut: Future<Output = (T, Option<CachedResponse>)>,
+    {
         let resource = key.resource.as_str();
-        let ticket = match self.lookup_uncounted(key).await {
+        let ticket = match looked_up {
             Lookup::Hit(entry) => {
                 self.record(Some(resource), Event::Hit);
                 return Resolved::Entry { entry, compute };

@@ -19,7 +19,7 @@ use http::{Method, Uri};
 use http_body_util::BodyExt;
 
 use crate::__private::{InvalidationSpec, RouteSpec, ScopeArg, VaryPart};
-use crate::cache::{BypassReason, Cache, Resolved};
+use crate::cache::{BypassReason, Cache, Lookup, Resolved};
 use crate::entry::{CachedResponse, Entry};
 use crate::key::Tenant;
 use crate::scope::CacheScope;
@@ -55,10 +55,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
 }
 
 impl RequestContext {
-    fn cache(&self) -> Cache {
-        self.cache
-            .clone()
-            .unwrap_or_else(|| Cache::global().clone())
+    /// The request's cache, else the process-wide one. Takes it: one handle per request.
+    fn take_cache(&mut self) -> Cache {
+        self.cache.take().unwrap_or_else(|| Cache::global().clone())
     }
 }
 
@@ -108,12 +107,10 @@ enum RequestScope {
 impl RequestScope {
     /// The route's scope argument applied to the request; no tenant where one is needed
     /// is a bypass.
-    fn resolve(arg: ScopeArg, ctx: &RequestContext) -> Result<Self, BypassReason> {
+    fn resolve(arg: ScopeArg, request_scope: Option<CacheScope>) -> Result<Self, BypassReason> {
         match arg {
-            ScopeArg::Global => Ok(RequestScope::Global(ctx.scope.clone())),
-            ScopeArg::FromRequest => ctx
-                .scope
-                .clone()
+            ScopeArg::Global => Ok(RequestScope::Global(request_scope)),
+            ScopeArg::FromRequest => request_scope
                 .map(RequestScope::Tenant)
                 .ok_or(BypassReason::NoScope),
             ScopeArg::Explicit(scope) => {
@@ -139,7 +136,7 @@ impl RequestScope {
 
 /// The body of every `#[cached]` handler: see the crate docs for the semantics.
 pub async fn serve_cached<F>(
-    ctx: RequestContext,
+    mut ctx: RequestContext,
     headers: Option<HeaderMap>,
     spec: &'static RouteSpec,
     scope: ScopeArg,
@@ -148,14 +145,14 @@ pub async fn serve_cached<F>(
 where
     F: Future<Output = HandlerOutput>,
 {
-    let cache = ctx.cache();
-    cache.note_ttl(spec.resource, spec.ttl_secs);
-    // Cached plain functions the handler calls use this request's cache.
-    let handler = cache.scope(handler);
+    let cache = ctx.take_cache();
     let started = Instant::now();
-    let key = match build_key(&cache, &ctx, headers.as_ref(), spec, scope) {
+    let key = match build_key(&cache, &mut ctx, headers.as_ref(), spec, scope) {
         Ok(key) => key,
         Err(reason) => {
+            cache.note_ttl(spec.resource, spec.ttl_secs);
+            // Cached plain functions the handler calls use this request's cache.
+            let handler = cache.scope(handler);
             let (response, handler_time) = bypass(&cache, spec.resource, handler).await;
             log_lookup(
                 spec,
@@ -170,8 +167,16 @@ where
             return with_outcome(response, Outcome::Bypass);
         }
     };
+    // A hit is answered here, before anything of the handler is set up to run.
+    let looked_up = cache.lookup_uncounted(&key).await;
+    if let Lookup::Hit(entry) = looked_up {
+        cache.record_hit(spec.resource, spec.ttl_secs);
+        return serve_entry(spec, &entry, started);
+    }
     let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
     let max_bytes = cache.config().max_entry_bytes;
+    // Cached plain functions the handler calls use this request's cache.
+    let handler = cache.scope(handler);
     let compute = async move {
         let handler_started = Instant::now();
         let output = handler.await;
@@ -181,22 +186,14 @@ where
             cacheable,
         )
     };
-    // Boxed once: the engine holds the computation across several await points, and
-    // unboxed its size would add up in every enclosing future (deep stacks in debug
-    // builds of handlers that await several cached calls).
-    match cache.resolve(&key, ttl, Box::pin(compute)).await {
+    // The miss path, with the handler, boxed once: unboxed, the engine's state across
+    // its await points would be part of this future, which is moved into place on every
+    // request, hits included (and deep stacks in debug builds of handlers that await
+    // several cached calls).
+    match Box::pin(cache.resolve_lookup(&key, ttl, looked_up, compute)).await {
         Resolved::Entry { entry, .. } => {
-            log_lookup(
-                spec,
-                LookupEvent {
-                    outcome: Outcome::Hit.as_str(),
-                    reason: None,
-                    age: Some(entry.age()),
-                    lookup: Some(started.elapsed()),
-                    handler: None,
-                },
-            );
-            hit_response(&entry, spec.ttl_secs)
+            cache.note_ttl(spec.resource, spec.ttl_secs);
+            serve_entry(spec, &entry, started)
         }
         Resolved::Computed {
             value: (value, handler_started, handler_time),
@@ -205,6 +202,7 @@ where
             stored,
             lookup_failed,
         } => {
+            cache.note_ttl(spec.resource, spec.ttl_secs);
             log_lookup(
                 spec,
                 LookupEvent {
@@ -224,16 +222,37 @@ where
             );
             let mut response = with_outcome(value, outcome);
             if stored {
-                set_cache_control(&mut response, spec.ttl_secs);
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, spec.cache_control.clone());
             }
             response
         }
     }
 }
 
+/// A hit: the stored response, its headers, and the lookup's event.
+fn serve_entry(spec: &RouteSpec, entry: &Entry, started: Instant) -> Response {
+    let age = entry.age();
+    // Checked here, not only by the macro: the clock read would run on every hit.
+    if tracing::enabled!(target: "api_cache", tracing::Level::DEBUG) {
+        log_lookup(
+            spec,
+            LookupEvent {
+                outcome: Outcome::Hit.as_str(),
+                reason: None,
+                age: Some(age),
+                lookup: Some(started.elapsed()),
+                handler: None,
+            },
+        );
+    }
+    hit_response(entry, age, spec)
+}
+
 fn build_key(
     cache: &Cache,
-    ctx: &RequestContext,
+    ctx: &mut RequestContext,
     headers: Option<&HeaderMap>,
     spec: &'static RouteSpec,
     scope: ScopeArg,
@@ -244,7 +263,7 @@ fn build_key(
     if ctx.method != Method::GET && ctx.method != Method::HEAD {
         return Err(BypassReason::Method);
     }
-    let scope = RequestScope::resolve(scope, ctx)?;
+    let scope = RequestScope::resolve(scope, ctx.scope.take())?;
     let tenant = scope.tenant();
     // Resource and tag names were validated at compile time; an error here would be a
     // macro bug, and the safe answer is to serve uncached.
@@ -396,7 +415,7 @@ async fn buffer_body(body: Body, max_bytes: usize) -> Result<Bytes, Body> {
     })
 }
 
-fn hit_response(entry: &Entry, ttl_secs: u32) -> Response {
+fn hit_response(entry: &Entry, age: Duration, spec: &RouteSpec) -> Response {
     let stored = entry.response();
     let mut response = Response::new(Body::from(stored.body.clone()));
     *response.status_mut() = stored.status;
@@ -405,8 +424,8 @@ fn hit_response(entry: &Entry, ttl_secs: u32) -> Response {
         headers.append(name.clone(), value.clone());
     }
     headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
-    headers.insert(X_CACHE_AGE, HeaderValue::from(entry.age().as_secs()));
-    set_cache_control(&mut response, ttl_secs);
+    headers.insert(X_CACHE_AGE, HeaderValue::from(age.as_secs()));
+    headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
     response
 }
 
@@ -415,28 +434,6 @@ fn with_outcome(mut response: Response, outcome: Outcome) -> Response {
         .headers_mut()
         .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
     response
-}
-
-fn set_cache_control(response: &mut Response, ttl_secs: u32) {
-    // Built without the formatting machinery: this runs on every hit.
-    const PREFIX: &[u8] = b"private, max-age=";
-    let mut digits = [0u8; 10];
-    let mut start = digits.len();
-    let mut rest = ttl_secs;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let mut value = bytes::BytesMut::with_capacity(PREFIX.len() + digits.len() - start);
-    value.extend_from_slice(PREFIX);
-    value.extend_from_slice(&digits[start..]);
-    if let Ok(value) = HeaderValue::from_maybe_shared(value.freeze()) {
-        response.headers_mut().insert(header::CACHE_CONTROL, value);
-    }
 }
 
 /// What one request of a `#[cached]` route did, for its tracing event.
@@ -474,7 +471,7 @@ fn log_lookup(spec: &RouteSpec, event: LookupEvent) {
 /// The body of every `#[invalidates]` handler: run it; on success invalidate the listed
 /// resources for the request's tenant before the response leaves.
 pub async fn serve_invalidating<F>(
-    ctx: RequestContext,
+    mut ctx: RequestContext,
     spec: &'static InvalidationSpec,
     scope: ScopeArg,
     handler: F,
@@ -482,14 +479,14 @@ pub async fn serve_invalidating<F>(
 where
     F: Future<Output = HandlerOutput>,
 {
-    let cache = ctx.cache();
+    let cache = ctx.take_cache();
     // Cached plain functions the handler calls use this request's cache.
     let output = cache.scope(handler).await;
     if !output.succeeded() {
         return output.response;
     }
     let mut response = output.response;
-    let result = match RequestScope::resolve(scope, &ctx) {
+    let result = match RequestScope::resolve(scope, ctx.scope) {
         Ok(scope) => {
             cache
                 .invalidate_scoped(scope.tenant(), spec.resources)

@@ -9,7 +9,7 @@ pub use crate::plain::{cached_result, cached_value, encode_key};
 pub use crate::registry::Registration;
 pub use crate::scope::ToCacheScope;
 pub use axum::response::Response;
-pub use http::HeaderMap;
+pub use http::{HeaderMap, HeaderValue};
 pub use inventory;
 
 use crate::scope::CacheScope;
@@ -21,6 +21,9 @@ pub struct RouteSpec {
     pub resource: &'static str,
     /// Time to live in seconds, from `ttl = N` or the preset table; never 0.
     pub ttl_secs: u32,
+    /// `private, max-age=<ttl_secs>`, built at compile time: sent with every hit and
+    /// every stored miss.
+    pub cache_control: HeaderValue,
     /// Further invalidation groups (`tags = [...]`).
     pub tags: &'static [&'static str],
     /// Request-derived key parts (`vary = ...`).

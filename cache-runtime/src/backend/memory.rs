@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache as MokaCache;
 use moka::Expiry;
 
-use super::{EntrySlot, RawLookup};
+use super::EntrySlot;
 use crate::entry::Entry;
 use crate::generation::Generation;
 use crate::key::CacheKey;
@@ -71,23 +71,22 @@ impl MemoryBackend {
         }
     }
 
-    pub(crate) fn lookup(&self, key: &CacheKey) -> RawLookup {
+    /// The current generations, created where missing, and the entry: what a remote
+    /// lookup and its generation initialisation return, without their two steps.
+    pub(crate) fn read(&self, key: &CacheKey) -> (Vec<Generation>, EntrySlot) {
         let generations = key
             .generation_keys
             .iter()
-            .map(|k| self.generations.get(k))
+            .map(|k| {
+                self.generations
+                    .get_with_by_ref(k.as_str(), Generation::fresh)
+            })
             .collect();
         let entry = match self.entries.get(&key.entry_key) {
             Some((entry, _)) => EntrySlot::Present(entry),
             None => EntrySlot::Absent,
         };
-        RawLookup { generations, entry }
-    }
-
-    pub(crate) fn init_generations(&self, keys: &[&str]) -> Vec<Generation> {
-        keys.iter()
-            .map(|k| self.generations.get_with_by_ref(*k, Generation::fresh))
-            .collect()
+        (generations, entry)
     }
 
     pub(crate) fn store(&self, key: &CacheKey, entry: Arc<Entry>, ttl: Duration) {

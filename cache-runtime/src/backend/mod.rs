@@ -49,26 +49,6 @@ impl Backend {
         matches!(self, Backend::Redis(_))
     }
 
-    /// Reads the generations and the entry in one round trip.
-    pub(crate) async fn lookup(&self, key: &CacheKey) -> Result<RawLookup, BackendError> {
-        match self {
-            Backend::Memory(m) => Ok(m.lookup(key)),
-            Backend::Redis(r) => r.lookup(key).await,
-        }
-    }
-
-    /// Creates the missing generation keys with fresh tokens (unless someone else just
-    /// did) and returns the current tokens, in order.
-    pub(crate) async fn init_generations(
-        &self,
-        keys: &[&str],
-    ) -> Result<Vec<Generation>, BackendError> {
-        match self {
-            Backend::Memory(m) => Ok(m.init_generations(keys)),
-            Backend::Redis(r) => r.init_generations(keys).await,
-        }
-    }
-
     pub(crate) async fn store(
         &self,
         key: &CacheKey,
