@@ -220,8 +220,14 @@ type ResourceMap = HashMap<String, Arc<ResourceStats>, BuildHasherDefault<NameHa
 /// name that finds its probe sequence taken goes to a locked map.
 #[derive(Debug)]
 struct ResourceTable {
-    slots: Box<[OnceLock<Box<(String, ResourceStats)>>]>,
+    slots: Box<[OnceLock<Box<NamedRecord>>]>,
     overflow: RwLock<ResourceMap>,
+}
+
+#[derive(Debug)]
+struct NamedRecord {
+    name: String,
+    stats: ResourceStats,
 }
 
 impl Default for ResourceTable {
@@ -243,9 +249,14 @@ impl ResourceTable {
             let slot = &self.slots[(start + probe) % RESOURCE_SLOTS];
             // Concurrent first uses of one slot: one name wins it, the others see that
             // name and probe on, as every later use of theirs will.
-            let record = slot.get_or_init(|| Box::new((resource.to_owned(), Default::default())));
-            if record.0 == resource {
-                f(&record.1);
+            let record = slot.get_or_init(|| {
+                Box::new(NamedRecord {
+                    name: resource.to_owned(),
+                    stats: ResourceStats::default(),
+                })
+            });
+            if record.name == resource {
+                f(&record.stats);
                 return;
             }
         }
@@ -265,7 +276,7 @@ impl ResourceTable {
     /// Every record, by name.
     fn each(&self, mut f: impl FnMut(&str, &ResourceStats)) {
         for record in self.slots.iter().filter_map(OnceLock::get) {
-            f(&record.0, &record.1);
+            f(&record.name, &record.stats);
         }
         if let Ok(map) = self.overflow.read() {
             for (name, stats) in map.iter() {
