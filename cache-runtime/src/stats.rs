@@ -480,3 +480,73 @@ pub struct StatsSnapshot {
     /// Invalidations waiting to be delivered to Redis.
     pub pending_invalidations: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hits(stats: &Stats) -> BTreeMap<String, u64> {
+        let snapshot = stats.snapshot(CircuitSnapshot::NotApplicable, 0);
+        snapshot
+            .resources
+            .into_iter()
+            .map(|(name, r)| (name, r.counters.hits))
+            .collect()
+    }
+
+    #[test]
+    fn every_name_keeps_one_record_past_the_lock_free_slots() {
+        let stats = Stats::default();
+        // More names than slots: the last ones find their probe sequences taken and go
+        // to the overflow map; each must still be counted under its own name, once.
+        let names: Vec<String> = (0..RESOURCE_SLOTS * 2).map(|i| format!("r{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            for _ in 0..=i % 3 {
+                stats.record_hit(name, 60);
+            }
+        }
+        let counted = hits(&stats);
+        assert_eq!(counted.len(), names.len());
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(counted[name], (i % 3 + 1) as u64, "{name}");
+        }
+        let overflowed = stats
+            .resources
+            .overflow
+            .read()
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(overflowed > 0, "the test never reached the overflow map");
+    }
+
+    #[test]
+    fn concurrent_first_uses_of_one_name_share_one_record() {
+        let stats = Arc::new(Stats::default());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let stats = Arc::clone(&stats);
+                std::thread::spawn(move || {
+                    for i in 0..1_000 {
+                        stats.record_hit(&format!("name{}", i % 40), 30);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let counted = hits(&stats);
+        assert_eq!(counted.len(), 40);
+        assert!(
+            counted.values().all(|&n| n == 8 * 1_000 / 40),
+            "{counted:?}"
+        );
+        assert_eq!(
+            stats
+                .snapshot(CircuitSnapshot::NotApplicable, 0)
+                .totals
+                .hits,
+            8_000
+        );
+    }
+}
