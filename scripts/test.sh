@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
+# The build writes about 5 GB under target/; a full disk shows up as a link failure deep
+# in the test run, so say up front how much room there is.
+echo "disk free where target/ goes: $(df -h --output=avail . | tail -n 1 | tr -d ' ')"
+
 # Tests start their own redis-server; a developer's REDIS_URL must not leak into them.
 unset REDIS_URL
 
