@@ -534,8 +534,8 @@ impl Cache {
             Backend::Memory(memory) => memory.read(key),
             Backend::Redis(redis) => match Box::pin(self.read_remote(redis, key)).await {
                 Ok(read) => read,
-                Err(BackendError::CircuitOpen) => return Lookup::Bypass(BypassReason::CircuitOpen),
-                Err(_) => return miss(None, None),
+                Err(Some(reason)) => return Lookup::Bypass(reason),
+                Err(None) => return miss(None, None),
             },
         };
         self.inner
@@ -566,21 +566,28 @@ impl Cache {
     }
 
     /// The current generations (created where missing) and the entry, from the remote
-    /// store. A fault is counted and logged here.
+    /// store. A fault is counted and logged here; the error is the bypass reason when the
+    /// circuit turned the lookup away, `None` when the lookup failed.
     async fn read_remote(
         &self,
         redis: &RedisBackend,
         key: &CacheKey,
-    ) -> Result<(Vec<Generation>, EntrySlot), BackendError> {
-        let raw = self.call(redis.lookup(key)).await.inspect_err(|err| {
-            if !matches!(err, BackendError::CircuitOpen) {
-                self.fault(&key.resource, "lookup", err);
+    ) -> Result<(Vec<Generation>, EntrySlot), Option<BypassReason>> {
+        let raw = match self.call(redis.lookup(key)).await {
+            Ok(raw) => raw,
+            Err(BackendError::CircuitOpen) => return Err(Some(BypassReason::CircuitOpen)),
+            Err(err) => {
+                self.fault(&key.resource, "lookup", &err);
+                return Err(None);
             }
-        })?;
+        };
         let generations = self
             .complete_generations(redis, key, raw.generations)
             .await
-            .inspect_err(|err| self.fault(&key.resource, "generation init", err))?;
+            .map_err(|err| {
+                self.fault(&key.resource, "generation init", &err);
+                None
+            })?;
         Ok((generations, raw.entry))
     }
 
