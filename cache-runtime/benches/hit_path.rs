@@ -24,7 +24,7 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 use std::hint::black_box;
 
-use support::{pick, ratio, row, us, verdict, Samples};
+use support::{latency_row, pick, ratio, row, us, verdict, Samples};
 
 const FINGERPRINT: &str = "3f1c9a0be4d27788";
 
@@ -181,16 +181,7 @@ fn report_redis(fixture: &RedisFixture, samples: &[Samples]) {
         fixture.stored_len, fixture.peer_len
     );
     for (name, s) in REDIS_CONTENDERS.iter().zip(samples) {
-        row(
-            name,
-            &[
-                ("n", s.len().to_string()),
-                ("p50_us", us(s.p50())),
-                ("p90_us", us(s.quantile(0.9))),
-                ("p99_us", us(s.p99())),
-                ("mean_us", us(s.mean())),
-            ],
-        );
+        latency_row(name, s);
     }
     let (floor, mget, peer, ours) = (&samples[0], &samples[1], &samples[2], &samples[3]);
     let vs_floor = ratio(ours.p50(), floor.p50());

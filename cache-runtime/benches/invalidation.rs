@@ -23,7 +23,7 @@ use cache_runtime::{invalidates, Cache, CacheScope, Lookup};
 use futures_util::StreamExt;
 use tower::ServiceExt;
 
-use support::{pick, ratio, row, us, verdict, Samples};
+use support::{latency_row, pick, ratio, row, verdict, Samples};
 
 #[invalidates("templates")]
 async fn create_template() -> StatusCode {
@@ -196,16 +196,7 @@ fn main() {
 
         println!("\n== §4 invalidation cost, per call, interleaved");
         for (name, s) in CONTENDERS.iter().zip(&samples) {
-            row(
-                name,
-                &[
-                    ("n", s.len().to_string()),
-                    ("p50_us", us(s.p50())),
-                    ("p90_us", us(s.quantile(0.9))),
-                    ("p99_us", us(s.p99())),
-                    ("mean_us", us(s.mean())),
-                ],
-            );
+            latency_row(name, s);
         }
         let through_handler = ratio(samples[1].p50(), samples[0].p50());
         let direct = ratio(samples[3].p50(), samples[2].p50());

@@ -25,7 +25,7 @@ use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tower::ServiceExt;
 
-use support::{pick, ratio, row, us, verdict, Samples};
+use support::{latency_row, pick, ratio, us, verdict, Samples};
 
 fn body() -> Bytes {
     static BODY: OnceLock<Bytes> = OnceLock::new();
@@ -195,16 +195,7 @@ fn main() {
 
     println!("\n== §3 miss overhead over Redis, through the axum router in-process, per request, interleaved");
     for (name, s) in CONTENDERS.iter().zip(&samples) {
-        row(
-            name,
-            &[
-                ("n", s.len().to_string()),
-                ("p50_us", us(s.p50())),
-                ("p90_us", us(s.quantile(0.9))),
-                ("p99_us", us(s.p99())),
-                ("mean_us", us(s.mean())),
-            ],
-        );
+        latency_row(name, s);
     }
     let round_trip = samples[1].p50().saturating_sub(samples[0].p50());
     let added = samples[2].p50().saturating_sub(samples[0].p50());

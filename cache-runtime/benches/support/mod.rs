@@ -158,6 +158,20 @@ pub fn row(label: &str, fields: &[(&str, String)]) {
     println!("{line}");
 }
 
+/// Prints one contender's latency distribution: count, p50, p90, p99 and mean, in us.
+pub fn latency_row(label: &str, samples: &Samples) {
+    row(
+        label,
+        &[
+            ("n", samples.len().to_string()),
+            ("p50_us", us(samples.p50())),
+            ("p90_us", us(samples.quantile(0.9))),
+            ("p99_us", us(samples.p99())),
+            ("mean_us", us(samples.mean())),
+        ],
+    );
+}
+
 /// Prints a verdict against a target.
 pub fn verdict(what: &str, value: f64, target: &str, met: bool) {
     println!(
