@@ -173,6 +173,7 @@ where
         cache.record_hit(spec.resource, spec.ttl_secs);
         return serve_entry(spec, &entry, started);
     }
+    cache.note_ttl(spec.resource, spec.ttl_secs);
     let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
     let max_bytes = cache.config().max_entry_bytes;
     // Cached plain functions the handler calls use this request's cache.
@@ -191,10 +192,7 @@ where
     // request, hits included (and deep stacks in debug builds of handlers that await
     // several cached calls).
     match Box::pin(cache.resolve_lookup(&key, ttl, looked_up, compute)).await {
-        Resolved::Entry { entry, .. } => {
-            cache.note_ttl(spec.resource, spec.ttl_secs);
-            serve_entry(spec, &entry, started)
-        }
+        Resolved::Entry { entry, .. } => serve_entry(spec, &entry, started),
         Resolved::Computed {
             value: (value, handler_started, handler_time),
             outcome,
@@ -202,7 +200,6 @@ where
             stored,
             lookup_failed,
         } => {
-            cache.note_ttl(spec.resource, spec.ttl_secs);
             log_lookup(
                 spec,
                 LookupEvent {
