@@ -20,7 +20,13 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
     let resource = spec.resource.as_str();
     let ttl_secs = Literal::u32_unsuffixed(spec.ttl_secs);
     // Evaluated in the static's initializer, so at compile time: no work per request.
-    let cache_control = format!("private, max-age={}", spec.ttl_secs);
+    // Without `browser_ttl` the browser keeps a copy but must ask before showing it
+    // (answered with a 304 when nothing changed): a `max-age` would let it show its own
+    // copy after its own write to another URL, which it does not know is related.
+    let cache_control = match spec.browser_ttl_secs {
+        Some(seconds) => format!("private, max-age={seconds}"),
+        None => "private, no-cache".to_owned(),
+    };
     let tags = &spec.tags;
     let vary = spec.vary.iter().map(|part| match part {
         VaryPart::User => quote!(::cache_runtime::__private::VaryPart::User),

@@ -22,11 +22,12 @@ pub(crate) mod kw {
     syn::custom_keyword!(skip_cache);
     syn::custom_keyword!(cache_only_success);
     syn::custom_keyword!(key);
+    syn::custom_keyword!(browser_ttl);
 }
 
 /// The options `#[cached]` accepts, for the "unknown option" message.
 const CACHED_OPTIONS: &str = "`resource`, `ttl`, `tags`, `vary`, `scope`, `skip_cache`, \
-                              `cache_only_success`, `key`";
+                              `cache_only_success`, `key`, `browser_ttl`";
 
 /// The arguments of `#[cached(...)]`.
 pub(crate) struct CachedArgs {
@@ -38,6 +39,7 @@ pub(crate) struct CachedArgs {
     pub(crate) skip_cache: Attr<LitBool>,
     pub(crate) cache_only_success: Attr<LitBool>,
     pub(crate) key: Attr<Expr>,
+    pub(crate) browser_ttl: Attr<Expr>,
 }
 
 /// The arguments of `#[invalidates(...)]`.
@@ -59,6 +61,7 @@ impl CachedArgs {
             skip_cache: Attr::none("skip_cache"),
             cache_only_success: Attr::none("cache_only_success"),
             key: Attr::none("key"),
+            browser_ttl: Attr::none("browser_ttl"),
         };
         parse_separated(tokens, |input| {
             parse_cached_option(input, &mut args, errors)
@@ -110,6 +113,9 @@ fn parse_cached_option(
     } else if lookahead.peek(kw::key) {
         let keyword: kw::key = input.parse()?;
         args.key.set(errors, keyword.span, assigned(input)?);
+    } else if lookahead.peek(kw::browser_ttl) {
+        let keyword: kw::browser_ttl = input.parse()?;
+        args.browser_ttl.set(errors, keyword.span, assigned(input)?);
     } else if lookahead.peek(kw::skip_cache) {
         let keyword: kw::skip_cache = input.parse()?;
         let value = flag(input, keyword.span)?;

@@ -33,6 +33,9 @@ pub(crate) struct CachedSpec {
     pub(crate) scope: Scope,
     pub(crate) skip_cache: bool,
     pub(crate) cache_only_success: bool,
+    /// `browser_ttl = N`: how long a browser may reuse its own copy without asking;
+    /// `None` makes it revalidate every time (`no-cache`).
+    pub(crate) browser_ttl_secs: Option<u32>,
     /// `key = (...)`: a plain function keyed by these expressions instead of a handler.
     pub(crate) key: Option<Vec<Expr>>,
 }
@@ -82,7 +85,7 @@ pub(crate) fn cached(args: CachedArgs, function: &ItemFn, errors: &mut Errors) -
         }
     };
     let ttl_secs = match (args.ttl.get(), &resource) {
-        (Some(set), _) => ttl(&set.value, errors),
+        (Some(set), _) => seconds(&set.value, &TTL, errors),
         (None, Some(name)) => preset_ttl(name, errors),
         // The missing or broken resource is already reported; a TTL error would be noise.
         (None, None) => 0,
@@ -136,8 +139,21 @@ pub(crate) fn cached(args: CachedArgs, function: &ItemFn, errors: &mut Errors) -
         None => true,
     };
 
+    let browser_ttl_secs = args.browser_ttl.get().and_then(|set| {
+        if plain_function {
+            errors.at(
+                set.keyword,
+                "`browser_ttl` is about what a browser keeps; a function cached with `key` \
+                 sends nothing to a browser",
+            );
+            return None;
+        }
+        Some(seconds(&set.value, &BROWSER_TTL, errors))
+    });
+
     CachedSpec {
         resource: resource.map(|r| r.value()).unwrap_or_default(),
+        browser_ttl_secs,
         ttl_secs,
         tags,
         vary,
@@ -270,8 +286,36 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
 }
 
-fn ttl(value: &Expr, errors: &mut Errors) -> u32 {
-    const SECONDS: &str = "`ttl` is a whole number of seconds, like `ttl = 300`";
+/// An option whose value is a whole number of seconds, with what to say about it.
+struct SecondsOption {
+    /// How the option is written, like `ttl = 300`.
+    name: &'static str,
+    example: u32,
+    /// Why 0 is refused, and what to write instead.
+    zero: &'static str,
+}
+
+const TTL: SecondsOption = SecondsOption {
+    name: "ttl",
+    example: 300,
+    zero: "`ttl = 0` would store entries that are already expired; \
+           give at least 1 second, or use `skip_cache` to serve this route uncached",
+};
+
+const BROWSER_TTL: SecondsOption = SecondsOption {
+    name: "browser_ttl",
+    example: 60,
+    zero: "`browser_ttl = 0` is what the route does without it: the browser revalidates \
+           every time (`Cache-Control: private, no-cache`); leave it out",
+};
+
+fn seconds(value: &Expr, option: &SecondsOption, errors: &mut Errors) -> u32 {
+    let SecondsOption {
+        name,
+        example,
+        zero,
+    } = option;
+    let whole = format!("`{name}` is a whole number of seconds, like `{name} = {example}`");
     let literal = match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(literal),
@@ -282,20 +326,20 @@ fn ttl(value: &Expr, errors: &mut Errors) -> u32 {
             ..
         }) => {
             let hint = match text.value().trim().parse::<u64>() {
-                Ok(seconds) => format!(": write `ttl = {seconds}` without quotes"),
+                Ok(seconds) => format!(": write `{name} = {seconds}` without quotes"),
                 Err(_) => String::new(),
             };
-            errors.spanned(value, format_args!("{SECONDS}{hint}"));
+            errors.spanned(value, format_args!("{whole}{hint}"));
             return 0;
         }
         Expr::Lit(_) => {
-            errors.spanned(value, SECONDS);
+            errors.spanned(value, whole);
             return 0;
         }
         _ => {
             errors.spanned(
                 value,
-                format_args!("{SECONDS}; constants and arithmetic are not evaluated here"),
+                format_args!("{whole}; constants and arithmetic are not evaluated here"),
             );
             return 0;
         }
@@ -307,7 +351,7 @@ fn ttl(value: &Expr, errors: &mut Errors) -> u32 {
         errors.spanned(
             literal,
             format_args!(
-                "{SECONDS}, without a unit suffix: write `ttl = {}`",
+                "{whole}, without a unit suffix: write `{name} = {}`",
                 literal.base10_digits()
             ),
         );
@@ -315,17 +359,13 @@ fn ttl(value: &Expr, errors: &mut Errors) -> u32 {
     }
     match literal.base10_parse::<u64>() {
         Ok(0) => {
-            errors.spanned(
-                literal,
-                "`ttl = 0` would store entries that are already expired; \
-                 give at least 1 second, or use `skip_cache` to serve this route uncached",
-            );
+            errors.spanned(literal, zero);
             0
         }
         Ok(seconds) => u32::try_from(seconds).unwrap_or_else(|_| {
             errors.spanned(
                 literal,
-                format_args!("`ttl` is too large: at most {} seconds", u32::MAX),
+                format_args!("`{name}` is too large: at most {} seconds", u32::MAX),
             );
             0
         }),

@@ -170,7 +170,11 @@ pub(crate) enum Resolved<T, Fut> {
     },
 }
 
+/// The cache installed with [`Cache::install_global`].
 static GLOBAL: OnceLock<Cache> = OnceLock::new();
+/// The one [`Cache::global`] builds from the environment when none was installed, for
+/// cached plain functions only: handlers never fall back to it.
+static FROM_ENV: OnceLock<Cache> = OnceLock::new();
 
 tokio::task_local! {
     /// The cache of the request (or [`Cache::scope`]) being served on this task.
@@ -278,11 +282,21 @@ impl Cache {
         GLOBAL.set(self)
     }
 
-    /// The process-wide cache: the installed one, else one built from the environment on
-    /// first use (a configuration error is logged and yields a switched-off cache, so the
-    /// app still answers, uncached).
+    /// The cache installed with [`Cache::install_global`], if any.
+    pub(crate) fn installed() -> Option<Cache> {
+        GLOBAL.get().cloned()
+    }
+
+    /// The process-wide cache for cached plain functions called outside any request: the
+    /// installed one, else one built from the environment on first use (a configuration
+    /// error is logged and yields a switched-off cache, so the app still answers,
+    /// uncached). `#[cached]` and `#[invalidates]` handlers never use the one built
+    /// here: without the router's layer or an installed cache they serve uncached.
     pub fn global() -> &'static Cache {
-        GLOBAL.get_or_init(|| {
+        if let Some(installed) = GLOBAL.get() {
+            return installed;
+        }
+        FROM_ENV.get_or_init(|| {
             let config = CacheConfig::from_env().unwrap_or_else(|err| {
                 tracing::error!(target: "api_cache", error = %err, "invalid cache configuration: caching is off");
                 CacheConfig::default().with_enabled(false)
@@ -964,6 +978,37 @@ impl Cache {
             .map(|r| key::generation_key(&self.inner.config.prefix, &tag, r))
             .collect();
         self.deliver(tag, keys, resources).await
+    }
+
+    /// Invalidates without waiting, for a mutation whose future was dropped after its
+    /// handler started (the client hung up). This instance serves the resources
+    /// uncached from now until the invalidation is delivered, which a spawned task does
+    /// at once (and the redelivery loop after it if Redis is failing).
+    pub(crate) fn invalidate_detached(
+        &self,
+        tenant: Tenant<'_>,
+        resources: &'static [&'static str],
+    ) {
+        let tag = key::tenant_tag(tenant);
+        let keys: Vec<String> = resources
+            .iter()
+            .filter(|r| key::validate_resource(r).is_ok())
+            .map(|r| key::generation_key(&self.inner.config.prefix, &tag, r))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.inner.pending.add(&tag, &keys);
+        tracing::debug!(target: "api_cache", tenant = %tag, resources = %resources.join(","), "mutation dropped after its handler started: invalidating in the background");
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to deliver on (it is shutting down): the pending set keeps the
+            // invalidation for `flush_pending` or a later redelivery.
+            return;
+        };
+        let cache = self.clone();
+        runtime.spawn(async move {
+            let _ = cache.deliver(tag, keys, resources).await;
+        });
     }
 
     async fn deliver(

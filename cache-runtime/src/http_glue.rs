@@ -9,19 +9,19 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OriginalUri};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Uri};
+use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 
 use crate::__private::{InvalidationSpec, RouteSpec, ScopeArg, VaryPart};
 use crate::cache::{BypassReason, Cache, Lookup, Resolved};
 use crate::entry::{CachedResponse, Entry};
-use crate::key::Tenant;
+use crate::key::{CacheKey, PartHasher, Tenant};
 use crate::scope::CacheScope;
 use crate::stats::Outcome;
 
@@ -37,27 +37,56 @@ pub const X_CACHE_INVALIDATED: HeaderName = HeaderName::from_static("x-cache-inv
 pub struct RequestContext {
     cache: Option<Cache>,
     method: Method,
+    /// The URI as the client sent it: under `Router::nest` the handler's own URI has lost
+    /// the prefix (`/projects/1/contacts` and `/projects/2/contacts` would both be
+    /// `/contacts`), so the key is built from the original one.
     uri: Uri,
     scope: Option<CacheScope>,
+    /// The browser's validator: answered with a 304 when it is the entry's ETag.
+    if_none_match: Option<HeaderValue>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let uri = match parts.extensions.get::<OriginalUri>() {
+            Some(OriginalUri(original)) => original.clone(),
+            None => parts.uri.clone(),
+        };
         Ok(RequestContext {
             cache: parts.extensions.get::<Cache>().cloned(),
             method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            uri,
             scope: parts.extensions.get::<CacheScope>().cloned(),
+            if_none_match: parts.headers.get(header::IF_NONE_MATCH).cloned(),
         })
     }
 }
 
 impl RequestContext {
-    /// The request's cache, else the process-wide one. Takes it: one handle per request.
-    fn take_cache(&mut self) -> Cache {
-        self.cache.take().unwrap_or_else(|| Cache::global().clone())
+    /// The request's cache (`cache.layer()`), else one installed with
+    /// [`Cache::install_global`]. Never one built on the spot: a cache the app's
+    /// mutations do not invalidate would serve stale data. Takes it: one handle per
+    /// request.
+    fn take_cache(&mut self) -> Option<Cache> {
+        self.cache.take().or_else(Cache::installed)
+    }
+}
+
+/// Says once per process that a `#[cached]` or `#[invalidates]` handler runs on a router
+/// without the cache's layer (and no cache was installed): every such request is served
+/// uncached, and a mutation there invalidates nothing.
+fn warn_no_cache(function: &'static str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            target: "api_cache",
+            function,
+            "a #[cached]/#[invalidates] handler runs on a router without `.layer(cache.layer())` \
+             and no cache is installed (`Cache::install_global`): serving uncached (X-Cache: BYPASS) \
+             and invalidating nothing; add the layer to the router that holds this route"
+        );
     }
 }
 
@@ -69,7 +98,8 @@ pub struct HandlerOutput {
 }
 
 impl HandlerOutput {
-    /// From a handler returning `Result`: an `Err` is never cached and never invalidates.
+    /// From a handler returning `Result`: an `Err` is never cached; whether it
+    /// invalidates is up to its status, like any response.
     pub fn from_result<T: IntoResponse, E: IntoResponse>(result: Result<T, E>) -> Self {
         match result {
             Ok(value) => HandlerOutput {
@@ -89,10 +119,6 @@ impl HandlerOutput {
             response: response.into_response(),
             failed: false,
         }
-    }
-
-    fn succeeded(&self) -> bool {
-        !self.failed && self.response.status().is_success()
     }
 }
 
@@ -145,7 +171,10 @@ pub async fn serve_cached<F>(
 where
     F: Future<Output = HandlerOutput>,
 {
-    let cache = ctx.take_cache();
+    let Some(cache) = ctx.take_cache() else {
+        warn_no_cache(spec.function);
+        return with_outcome(handler.await.response, Outcome::Bypass);
+    };
     let started = Instant::now();
     let key = match build_key(&cache, &mut ctx, headers.as_ref(), spec, scope) {
         Ok(key) => key,
@@ -167,23 +196,28 @@ where
             return with_outcome(response, Outcome::Bypass);
         }
     };
+    let if_none_match = ctx.if_none_match.take();
     // A hit is answered here, before anything of the handler is set up to run.
     let looked_up = cache.lookup_uncounted(&key).await;
     if let Lookup::Hit(entry) = looked_up {
         cache.record_hit(spec.resource, spec.ttl_secs);
-        return serve_entry(spec, &entry, started);
+        return serve_entry(spec, &entry, started, if_none_match.as_ref());
     }
     cache.note_ttl(spec.resource, spec.ttl_secs);
     let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
     let max_bytes = cache.config().max_entry_bytes;
+    let entry_key = key.entry_key.clone();
     // Cached plain functions the handler calls use this request's cache.
     let handler = cache.scope(handler);
     let compute = async move {
         let handler_started = Instant::now();
         let output = handler.await;
-        let (response, cacheable) = cacheable(output, spec, max_bytes).await;
+        let (response, cacheable) = cacheable(output, spec, max_bytes, &entry_key).await;
+        let etag = cacheable
+            .as_ref()
+            .and_then(|c| etag_in(&c.headers).cloned());
         (
-            (response, handler_started, handler_started.elapsed()),
+            (response, etag, handler_started, handler_started.elapsed()),
             cacheable,
         )
     };
@@ -192,9 +226,9 @@ where
     // request, hits included (and deep stacks in debug builds of handlers that await
     // several cached calls).
     match Box::pin(cache.resolve_lookup(&key, ttl, looked_up, compute)).await {
-        Resolved::Entry { entry, .. } => serve_entry(spec, &entry, started),
+        Resolved::Entry { entry, .. } => serve_entry(spec, &entry, started, if_none_match.as_ref()),
         Resolved::Computed {
-            value: (value, handler_started, handler_time),
+            value: (value, etag, handler_started, handler_time),
             outcome,
             bypass,
             stored,
@@ -219,17 +253,32 @@ where
             );
             let mut response = with_outcome(value, outcome);
             if stored {
-                response
-                    .headers_mut()
-                    .insert(header::CACHE_CONTROL, spec.cache_control.clone());
+                // What the entry holds is what every instance will answer: the same
+                // ETag, the same browser instructions.
+                let headers = response.headers_mut();
+                if let Some(etag) = etag {
+                    headers.insert(header::ETAG, etag);
+                }
+                if !headers.contains_key(header::CACHE_CONTROL) {
+                    headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
+                }
+                if matches_if_none_match(if_none_match.as_ref(), etag_of(response.headers())) {
+                    return not_modified(response.headers());
+                }
             }
             response
         }
     }
 }
 
-/// A hit: the stored response, its headers, and the lookup's event.
-fn serve_entry(spec: &RouteSpec, entry: &Entry, started: Instant) -> Response {
+/// A hit: the stored response (or a 304 when the browser holds it already), its
+/// headers, and the lookup's event.
+fn serve_entry(
+    spec: &RouteSpec,
+    entry: &Entry,
+    started: Instant,
+    if_none_match: Option<&HeaderValue>,
+) -> Response {
     let age = entry.age();
     // Checked here, not only by the macro: the clock read would run on every hit.
     if tracing::enabled!(target: "api_cache", tracing::Level::DEBUG) {
@@ -244,7 +293,13 @@ fn serve_entry(spec: &RouteSpec, entry: &Entry, started: Instant) -> Response {
             },
         );
     }
-    hit_response(entry, age, spec)
+    let response = hit_response(entry, age, spec);
+    if if_none_match.is_some()
+        && matches_if_none_match(if_none_match, etag_in(&entry.response().headers))
+    {
+        return not_modified(response.headers());
+    }
+    response
 }
 
 fn build_key(
@@ -253,7 +308,7 @@ fn build_key(
     headers: Option<&HeaderMap>,
     spec: &'static RouteSpec,
     scope: ScopeArg,
-) -> Result<crate::key::CacheKey, BypassReason> {
+) -> Result<CacheKey, BypassReason> {
     if spec.skip_cache {
         return Err(BypassReason::SkipCache);
     }
@@ -275,26 +330,40 @@ fn build_key(
         match part {
             VaryPart::User => {
                 let user = scope.user().ok_or(BypassReason::NoUser)?;
-                builder = builder.part("vary:user", user);
-            }
-            VaryPart::Header(name) => {
-                let mut value = Vec::new();
-                if let Some(headers) = headers {
-                    for (i, v) in headers.get_all(*name).iter().enumerate() {
-                        if i > 0 {
-                            value.push(b',');
-                        }
-                        value.extend_from_slice(v.as_bytes());
-                    }
-                    if !headers.contains_key(*name) {
-                        value = b"\0absent".to_vec();
+                match &scope {
+                    RequestScope::Tenant(_) => builder = builder.part("vary:user", user),
+                    // Global data keyed per user: user ids are unique within a tenant,
+                    // not across tenants, so the user's tenant is part of the key. The
+                    // builder length-prefixes each part, so the pair is unambiguous.
+                    RequestScope::Global(request) => {
+                        let user_tenant = request.as_ref().map_or("", CacheScope::tenant);
+                        builder = builder
+                            .part("vary:user-tenant", user_tenant)
+                            .part("vary:user", user);
                     }
                 }
-                builder = builder.part_bytes(name, &value);
+            }
+            VaryPart::Header(name) => {
+                builder = builder.part_bytes(name, &header_values(headers, name));
             }
         }
     }
     Ok(builder.part("fingerprint", spec.fingerprint).build())
+}
+
+/// Every line of header `name`, each length-prefixed: one line `a,b` and two lines `a`
+/// and `b` are different requests to the handler, and must not share a key. An absent
+/// header is empty, which no present header (even one empty line) encodes to.
+fn header_values(headers: Option<&HeaderMap>, name: &str) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    if let Some(headers) = headers {
+        for value in headers.get_all(name) {
+            let bytes = value.as_bytes();
+            encoded.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            encoded.extend_from_slice(bytes);
+        }
+    }
+    encoded
 }
 
 /// Runs the handler uncached; returns its response and how long it ran.
@@ -312,18 +381,15 @@ async fn bypass<F: Future<Output = HandlerOutput>>(
 }
 
 /// Splits a handler's output into the response to send and, when it may be stored, its
-/// cacheable form. The body is buffered up to `max_bytes`; a longer (or failing) body is
-/// passed through whole and not stored.
+/// cacheable form, which carries an `ETag` (the handler's own, else one made here from
+/// the key and the content). The body is buffered up to `max_bytes`; a longer (or
+/// failing) body is passed through whole and not stored.
 async fn cacheable(
     output: HandlerOutput,
     spec: &RouteSpec,
     max_bytes: usize,
+    entry_key: &str,
 ) -> (Response, Option<CachedResponse>) {
-    let storable_status = if spec.cache_only_success {
-        output.response.status().is_success()
-    } else {
-        !output.response.status().is_server_error()
-    };
     let headers = output.response.headers();
     let forbidden = headers.contains_key(header::SET_COOKIE)
         || headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
@@ -331,18 +397,22 @@ async fn cacheable(
                 .map(|s| s.to_ascii_lowercase().contains("no-store"))
                 .unwrap_or(true)
         });
-    if output.failed || !storable_status || forbidden {
+    if output.failed || !storable_status(output.response.status(), spec) || forbidden {
         return (output.response, None);
     }
     let (parts, body) = output.response.into_parts();
     match buffer_body(body, max_bytes).await {
         Ok(bytes) => {
-            let stored_headers = parts
+            let mut stored_headers: Vec<(HeaderName, HeaderValue)> = parts
                 .headers
                 .iter()
                 .filter(|(name, _)| is_stored_header(name))
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect();
+            if etag_in(&stored_headers).is_none() {
+                let etag = strong_etag(entry_key, parts.status, &stored_headers, &bytes);
+                stored_headers.push((header::ETAG, etag));
+            }
             let cached = CachedResponse {
                 status: parts.status,
                 headers: stored_headers,
@@ -354,7 +424,24 @@ async fn cacheable(
     }
 }
 
-/// Headers that describe the representation and are replayed on hits.
+/// Whether a response with `status` may be stored for this route. Never a response that
+/// depends on the request rather than the resource, whatever `cache_only_success` says:
+/// a partial content (206, the request's `Range`), a 304 (the request's validators), an
+/// authentication or authorisation failure (401, 403, 407: the request's credentials),
+/// or a rate limit (429: the caller's budget). Never a server error.
+fn storable_status(status: StatusCode, spec: &RouteSpec) -> bool {
+    if matches!(status.as_u16(), 206 | 304 | 401 | 403 | 407 | 429) {
+        return false;
+    }
+    if spec.cache_only_success {
+        status.is_success()
+    } else {
+        !status.is_server_error() && !status.is_informational()
+    }
+}
+
+/// Headers that describe the representation and are replayed on hits. A
+/// `Cache-Control` the handler set is among them: it is the handler's to decide.
 fn is_stored_header(name: &HeaderName) -> bool {
     !matches!(
         name.as_str(),
@@ -362,12 +449,94 @@ fn is_stored_header(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "connection"
             | "date"
+            | "age"
             | "set-cookie"
-            | "cache-control"
             | "x-cache"
             | "x-cache-age"
             | "keep-alive"
     )
+}
+
+/// A strong validator for one stored response, made once when it is stored and kept in
+/// the entry, so every instance and every hit give the same one. It covers the whole
+/// entry key, tenant included (two tenants' or users' identical bodies never validate
+/// each other's copies) and the
+/// status, headers and body (a changed response never validates an old copy).
+fn strong_etag(
+    entry_key: &str,
+    status: StatusCode,
+    headers: &[(HeaderName, HeaderValue)],
+    body: &[u8],
+) -> HeaderValue {
+    let mut hasher = PartHasher::new();
+    hasher.part(entry_key.as_bytes());
+    hasher.part(&status.as_u16().to_le_bytes());
+    for (name, value) in headers {
+        hasher.part(name.as_str().as_bytes());
+        hasher.part(value.as_bytes());
+    }
+    hasher.part(body);
+    let mut quoted = String::with_capacity(34);
+    quoted.push('"');
+    quoted.push_str(&hasher.finish_hex());
+    quoted.push('"');
+    // Hex digits between quotes are always a valid header value.
+    HeaderValue::from_str(&quoted).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+fn etag_in(headers: &[(HeaderName, HeaderValue)]) -> Option<&HeaderValue> {
+    headers
+        .iter()
+        .find(|(name, _)| name == header::ETAG)
+        .map(|(_, value)| value)
+}
+
+fn etag_of(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get(header::ETAG)
+}
+
+/// `If-None-Match` against the current ETag, with the weak comparison RFC 9110 section
+/// 13.1.2 prescribes for it: `*`, or any listed tag whose opaque part equals the ETag's.
+fn matches_if_none_match(if_none_match: Option<&HeaderValue>, etag: Option<&HeaderValue>) -> bool {
+    let (Some(condition), Some(etag)) = (if_none_match, etag) else {
+        return false;
+    };
+    let (Ok(condition), Ok(etag)) = (condition.to_str(), etag.to_str()) else {
+        return false;
+    };
+    let opaque = |tag: &str| {
+        let tag = tag.trim();
+        tag.strip_prefix("W/").unwrap_or(tag).to_owned()
+    };
+    let current = opaque(etag);
+    condition
+        .split(',')
+        .any(|tag| tag.trim() == "*" || opaque(tag) == current)
+}
+
+/// `304 Not Modified` for a response the client holds already: no body, and of the
+/// 200's headers those RFC 9110 section 15.4.5 requires (`Cache-Control`,
+/// `Content-Location`, `ETag`, `Expires`, `Vary`; hyper adds `Date`), plus ours.
+fn not_modified(full: &HeaderMap) -> Response {
+    const KEPT: [HeaderName; 8] = [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::ETAG,
+        header::EXPIRES,
+        header::VARY,
+        header::AGE,
+        X_CACHE,
+        X_CACHE_AGE,
+    ];
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    let headers = response.headers_mut();
+    for name in KEPT {
+        for value in full.get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    response
 }
 
 /// Collects the body if it fits in `max_bytes`; otherwise returns a body that replays
@@ -417,12 +586,18 @@ fn hit_response(entry: &Entry, age: Duration, spec: &RouteSpec) -> Response {
     let mut response = Response::new(Body::from(stored.body.clone()));
     *response.status_mut() = stored.status;
     let headers = response.headers_mut();
+    let mut handler_cache_control = false;
     for (name, value) in &stored.headers {
+        handler_cache_control |= name == header::CACHE_CONTROL;
         headers.append(name.clone(), value.clone());
     }
+    let age = HeaderValue::from(age.as_secs());
     headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
-    headers.insert(X_CACHE_AGE, HeaderValue::from(age.as_secs()));
-    headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
+    headers.insert(X_CACHE_AGE, age.clone());
+    headers.insert(header::AGE, age);
+    if !handler_cache_control {
+        headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
+    }
     response
 }
 
@@ -465,8 +640,17 @@ fn log_lookup(spec: &RouteSpec, event: LookupEvent) {
     );
 }
 
-/// The body of every `#[invalidates]` handler: run it; on success invalidate the listed
-/// resources for the request's tenant before the response leaves.
+/// The body of every `#[invalidates]` handler: run it, then invalidate the listed
+/// resources for the request's tenant before the response leaves, on every outcome that
+/// may have written: all but a client error (4xx), which is taken to have been refused
+/// before anything changed. A 303 after a committed write, or a handler that commits and
+/// then fails (5xx, an `Err` with a server error status), invalidates. A spurious
+/// invalidation costs one miss; a missing one would serve stale data.
+///
+/// Once the handler has started, the invalidation happens whether or not the client is
+/// still there: if this future is dropped (hyper drops it when the client disconnects,
+/// a timeout layer when it fires, a panic while unwinding), a guard hands the
+/// invalidation to the background.
 pub async fn serve_invalidating<F>(
     mut ctx: RequestContext,
     spec: &'static InvalidationSpec,
@@ -476,36 +660,76 @@ pub async fn serve_invalidating<F>(
 where
     F: Future<Output = HandlerOutput>,
 {
-    let cache = ctx.take_cache();
-    // Cached plain functions the handler calls use this request's cache.
-    let output = cache.scope(handler).await;
-    if !output.succeeded() {
-        return output.response;
-    }
-    let mut response = output.response;
-    let result = match RequestScope::resolve(scope, ctx.scope) {
-        Ok(scope) => {
-            cache
-                .invalidate_scoped(scope.tenant(), spec.resources)
-                .await
-        }
+    let Some(cache) = ctx.take_cache() else {
+        warn_no_cache(spec.function);
+        return handler.await.response;
+    };
+    let scope = match RequestScope::resolve(scope, ctx.scope.take()) {
+        Ok(scope) => scope,
         Err(_) => {
-            // Nothing of an unscoped request is cached, but the data it changed may be
-            // cached for its tenant: that is an app misconfiguration worth shouting about.
-            tracing::error!(
-                target: "api_cache",
-                function = spec.function,
-                resources = %spec.resources.join(","),
-                "successful mutation without a tenant scope: nothing was invalidated"
-            );
-            return response;
+            let output = cache.scope(handler).await;
+            if may_have_written(output.response.status()) {
+                // Nothing of an unscoped request is cached, but the data it changed may
+                // be cached for its tenant: an app misconfiguration worth shouting about.
+                tracing::error!(
+                    target: "api_cache",
+                    function = spec.function,
+                    resources = %spec.resources.join(","),
+                    "mutation without a tenant scope: nothing was invalidated"
+                );
+            }
+            return output.response;
         }
     };
-    // A deferred invalidation is remembered and redelivered; the mutation succeeded and
-    // its response stands.
-    let _ = result;
+    let guard = InvalidateOnDrop {
+        cache: &cache,
+        tenant: scope.tenant(),
+        resources: spec.resources,
+        armed: true,
+    };
+    // Cached plain functions the handler calls use this request's cache.
+    let output = cache.scope(handler).await;
+    let mut response = output.response;
+    if !may_have_written(response.status()) {
+        guard.disarm();
+        return response;
+    }
+    // A deferred invalidation is remembered and redelivered; the mutation's response
+    // stands either way.
+    let _ = cache
+        .invalidate_scoped(scope.tenant(), spec.resources)
+        .await;
+    guard.disarm();
     if let Ok(value) = HeaderValue::from_str(&spec.resources.join(",")) {
         response.headers_mut().insert(X_CACHE_INVALIDATED, value);
     }
     response
+}
+
+/// Every outcome but a client error may follow a write.
+fn may_have_written(status: StatusCode) -> bool {
+    !status.is_client_error()
+}
+
+/// Invalidates in the background if dropped while armed: the mutation's future went
+/// away after its handler started, before its invalidation was delivered.
+struct InvalidateOnDrop<'a> {
+    cache: &'a Cache,
+    tenant: Tenant<'a>,
+    resources: &'static [&'static str],
+    armed: bool,
+}
+
+impl InvalidateOnDrop<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cache.invalidate_detached(self.tenant, self.resources);
+        }
+    }
 }

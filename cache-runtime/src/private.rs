@@ -21,8 +21,10 @@ pub struct RouteSpec {
     pub resource: &'static str,
     /// Time to live in seconds, from `ttl = N` or the preset table; never 0.
     pub ttl_secs: u32,
-    /// `private, max-age=<ttl_secs>`, built at compile time: sent with every hit and
-    /// every stored miss.
+    /// `private, no-cache` (the browser revalidates every time), or `private,
+    /// max-age=<browser_ttl>` when the route opts into a browser lifetime; built at
+    /// compile time, sent with every hit and every stored miss whose handler set no
+    /// `Cache-Control` of its own.
     pub cache_control: HeaderValue,
     /// Further invalidation groups (`tags = [...]`).
     pub tags: &'static [&'static str],

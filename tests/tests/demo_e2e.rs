@@ -121,7 +121,7 @@ async fn the_reference_manual_flow_over_http() {
             .headers
             .get("cache-control")
             .and_then(|v| v.to_str().ok()),
-        Some("private, max-age=1800")
+        Some("private, no-cache")
     );
     let page = first.json();
     assert_eq!(page["organization_id"], 1);
