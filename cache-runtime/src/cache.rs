@@ -979,9 +979,12 @@ impl Cache {
         for resource in resources {
             self.record(Some(resource), Event::Invalidation);
         }
+        // Taken before sending: only deferrals older than this delivery may be dropped
+        // when it succeeds (see Pending::delivered).
+        let mark = self.inner.pending.mark();
         match self.call(self.inner.backend.bump(&keys)).await {
             Ok(()) => {
-                self.inner.pending.delivered(&keys);
+                self.inner.pending.delivered(&keys, mark);
                 tracing::debug!(target: "api_cache", tenant = %tenant_tag, resources = %resources.join(","), elapsed_us = started.elapsed().as_micros() as u64, "cache invalidation");
                 Ok(())
             }
