@@ -219,7 +219,7 @@ impl Cache {
         let cache = Cache::build(config)?;
         if let Backend::Redis(redis) = &cache.inner.backend {
             let wait = cache.inner.config.connect_timeout + cache.inner.config.response_timeout;
-            match tokio::time::timeout(wait, redis.ping()).await {
+            match tokio::time::timeout(wait, redis.connect()).await {
                 Ok(Ok(())) => {
                     tracing::info!(target: "api_cache", url = redis.url_for_logs(), "connected to Redis")
                 }
@@ -249,12 +249,18 @@ impl Cache {
                 if url.starts_with("rediss://") {
                     prepare_tls(url)?;
                 }
-                let backend = RedisBackend::new(url, config.connect_timeout).map_err(|err| {
+                let backend = RedisBackend::new(url, &config).map_err(|err| {
                     ConfigError::RedisUrl(format!("{}: {err}", crate::config::redact(url)))
                 })?;
                 Backend::Redis(backend)
             }
-            None => Backend::Memory(MemoryBackend::new(config.memory_max_bytes)),
+            None => {
+                tracing::info!(target: "api_cache", max_bytes = config.memory_max_bytes, "cache backend: in-memory, per process: several instances do not see each other's invalidations (set REDIS_URL for that)");
+                Backend::Memory(MemoryBackend::new(
+                    config.memory_max_bytes,
+                    config.generation_ttl,
+                ))
+            }
         };
         Ok(Cache {
             inner: Arc::new(Inner {
