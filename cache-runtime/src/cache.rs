@@ -177,6 +177,10 @@ tokio::task_local! {
     static CURRENT: Cache;
 }
 
+/// The least time one redelivery attempt gets, whatever the response timeout: it is off
+/// the request path, and a short timeout would keep failing on a loaded server.
+const REDELIVERY_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+
 /// How long a finished flight stays visible after its entry reached Redis.
 const FLIGHT_GRACE: Duration = Duration::from_millis(500);
 
@@ -1006,6 +1010,79 @@ impl Cache {
         }
     }
 
+    /// Tries now to deliver every pending invalidation, for at most `within`, and tells
+    /// whether none is left pending. Call it on graceful shutdown, after the server
+    /// stopped taking requests: an invalidation still pending when the process exits is
+    /// lost, and other instances may then serve the entries it should have dropped until
+    /// they expire. What is left is logged (`WARN`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_runtime::{Cache, CacheConfig};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::new(CacheConfig::default()).await.unwrap();
+    /// // axum::serve(listener, app).with_graceful_shutdown(signal).await?; then:
+    /// let delivered = cache.flush_pending(Duration::from_secs(2)).await;
+    /// assert!(delivered, "nothing was pending");
+    /// # });
+    /// ```
+    pub async fn flush_pending(&self, within: Duration) -> bool {
+        const RETRY_AFTER: Duration = Duration::from_millis(20);
+        let deadline = Instant::now() + within;
+        let attempt_timeout = self
+            .inner
+            .config
+            .response_timeout
+            .max(REDELIVERY_TIMEOUT_MIN);
+        loop {
+            if self.inner.pending.len() == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Cancelling a redelivery mid-way is safe: what it did not confirm stays
+            // pending.
+            if let Ok(true) =
+                tokio::time::timeout(left, self.redeliver_pending(attempt_timeout)).await
+            {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(RETRY_AFTER.min(left)).await;
+        }
+        let left = self.inner.pending.len();
+        if left == 0 {
+            return true;
+        }
+        tracing::warn!(target: "api_cache", pending = left, within_ms = within.as_millis() as u64, "invalidations still pending: other instances may serve the entries they drop until these expire");
+        false
+    }
+
+    /// One attempt to deliver every pending invalidation, each tenant's bounded by
+    /// `timeout`. True when nothing is pending after it.
+    async fn redeliver_pending(&self, timeout: Duration) -> bool {
+        for (tenant, keys) in self.inner.pending.snapshot() {
+            let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+            match tokio::time::timeout(timeout, self.inner.backend.bump(&names)).await {
+                Ok(Ok(())) => {
+                    self.inner.pending.redelivered(&keys);
+                    self.inner.circuit.on_success();
+                    tracing::info!(target: "api_cache", tenant = %tenant, keys = names.len(), "pending invalidation delivered");
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(target: "api_cache", tenant = %tenant, error = %err, "pending invalidation not delivered yet");
+                }
+                Err(_) => {
+                    tracing::debug!(target: "api_cache", tenant = %tenant, timeout_ms = timeout.as_millis() as u64, "pending invalidation not delivered yet: timed out");
+                }
+            }
+        }
+        self.inner.pending.len() == 0
+    }
+
     /// Starts the background redelivery of pending invalidations, unless it runs.
     fn ensure_redelivery(&self) {
         if self.inner.redelivery_running.swap(true, Ordering::AcqRel) {
@@ -1028,7 +1105,10 @@ impl Cache {
                 let cache = Cache { inner };
                 let pending = cache.inner.pending.snapshot();
                 if pending.is_empty() {
-                    cache.inner.redelivery_running.store(false, Ordering::Release);
+                    cache
+                        .inner
+                        .redelivery_running
+                        .store(false, Ordering::Release);
                     // An invalidation deferred between the snapshot and the flag store
                     // saw the flag still set; take the job back if so.
                     if cache.inner.pending.len() == 0
@@ -1038,20 +1118,17 @@ impl Cache {
                     }
                     continue;
                 }
-                let mut all_delivered = true;
-                for (tenant, keys) in pending {
-                    let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-                    let timeout = cache.inner.config.response_timeout.max(Duration::from_millis(100));
-                    match tokio::time::timeout(timeout, cache.inner.backend.bump(&names)).await {
-                        Ok(Ok(())) => {
-                            cache.inner.pending.redelivered(&keys);
-                            cache.inner.circuit.on_success();
-                            tracing::info!(target: "api_cache", tenant = %tenant, keys = names.len(), "pending invalidation delivered");
-                        }
-                        _ => all_delivered = false,
-                    }
-                }
-                delay = if all_delivered { FIRST } else { (delay * 2).min(MAX) };
+                let timeout = cache
+                    .inner
+                    .config
+                    .response_timeout
+                    .max(REDELIVERY_TIMEOUT_MIN);
+                let all_delivered = cache.redeliver_pending(timeout).await;
+                delay = if all_delivered {
+                    FIRST
+                } else {
+                    (delay * 2).min(MAX)
+                };
             }
         });
     }
