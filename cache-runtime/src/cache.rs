@@ -223,7 +223,7 @@ impl Cache {
         let cache = Cache::build(config)?;
         if let Backend::Redis(redis) = &cache.inner.backend {
             let wait = cache.inner.config.connect_timeout + cache.inner.config.response_timeout;
-            match tokio::time::timeout(wait, redis.connect()).await {
+            match tokio::time::timeout(wait, redis.ping()).await {
                 Ok(Ok(())) => {
                     tracing::info!(target: "api_cache", url = redis.url_for_logs(), "connected to Redis")
                 }

@@ -1,7 +1,5 @@
-//! The Redis backend, through redis-rs's `ConnectionManager` (multiplexed connections,
-//! reconnecting by themselves): one for lookups and stores, one for invalidations, whose
-//! `WAIT` blocks its connection on the server and must not hold lookups up behind it.
-//! Commands are plain (MGET, SET, ROLE, WAIT), so a Redis restart loses no script cache,
+//! The Redis backend, through redis-rs's `ConnectionManager` (one multiplexed connection,
+//! reconnecting by itself). Commands are plain (MGET, SET, ROLE, WAIT), so a Redis restart loses no script cache,
 //! and every key of one call shares the tenant's hash tag, so the same commands work on
 //! Redis Cluster. Generation keys are always written with their TTL. It never retries on
 //! a request path: timeouts and the circuit breaker are applied by the cache layer above.
@@ -21,9 +19,12 @@ use crate::generation::Generation;
 use crate::key::CacheKey;
 
 pub(crate) struct RedisBackend {
+    /// Shared by every command. A `WAIT` holds it on the server until the replicas
+    /// answer (one replica round trip when they are healthy, at most `wait_budget`), so
+    /// commands sent meanwhile queue behind it. A second connection for invalidations
+    /// would avoid that, but would be found dead only by the first invalidation after a
+    /// Redis restart, which would then fail and go pending.
     manager: ConnectionManager,
-    /// Invalidations only: a `WAIT` holds its connection until the replicas answer.
-    invalidations: ConnectionManager,
     wait_replicas: WaitReplicas,
     /// Bound of one `WAIT`, counted from the start of the invalidation: half the response
     /// timeout, so that the cache layer's timer (the whole response timeout) does not
@@ -61,31 +62,14 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let manager =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())?;
-        let invalidations = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)?;
         Ok(RedisBackend {
             manager,
-            invalidations,
             wait_replicas: config.wait_replicas,
             wait_budget: (config.response_timeout / 2).max(Duration::from_millis(1)),
             generation_ttl_ms: millis(config.generation_ttl),
             url_for_logs: crate::config::redact(url),
         })
-    }
-
-    /// Connects both connections (a ping each), so that the first invalidation does not
-    /// pay for a connection (a TLS handshake) inside its response timeout.
-    pub(crate) async fn connect(&self) -> Result<(), BackendError> {
-        let invalidations = async {
-            redis::cmd("PING")
-                .query_async::<String>(&mut self.invalidations.clone())
-                .await
-        };
-        let (main, invalidations) = tokio::join!(self.ping(), invalidations);
-        main?;
-        invalidations?;
-        Ok(())
     }
 
     pub(crate) fn url_for_logs(&self) -> &str {
@@ -218,7 +202,7 @@ impl RedisBackend {
             return Ok(());
         }
         let started = Instant::now();
-        let mut connection = self.invalidations.clone();
+        let mut connection = self.manager.clone();
         // SET PX per key rather than one MSET, which cannot set a TTL; pipelined, it is
         // still one round trip, and a refused SET (OOM, READONLY) fails the call.
         let mut pipe = redis::pipe();
