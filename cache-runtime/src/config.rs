@@ -10,7 +10,7 @@
 //! | `API_CACHE_CONNECT_TIMEOUT_MS` | `50` | Redis connect timeout |
 //! | `API_CACHE_TIMEOUT_MS` | `30` | Redis response timeout, per operation |
 //! | `API_CACHE_MAX_ENTRY_BYTES` | `1048576` | larger responses are not stored |
-//! | `API_CACHE_MEMORY_MAX_BYTES` | `67108864` | bound of the in-memory backend |
+//! | `API_CACHE_MEMORY_MAX_BYTES` | `67108864` | bound of the in-memory backend (generations 1/8, entries the rest) |
 //! | `API_CACHE_CIRCUIT_FAILURES` | `3` | consecutive failures that open the circuit |
 //! | `API_CACHE_CIRCUIT_OPEN_MS` | `1000` | first back-off while open (doubles, max 30 s) |
 //! | `API_CACHE_FLIGHT_WAIT_MS` | `5000` | how long a coalesced miss waits for the leader |
@@ -56,7 +56,8 @@ pub struct CacheConfig {
     pub response_timeout: Duration,
     /// Responses with larger bodies are served but not stored.
     pub max_entry_bytes: usize,
-    /// Bound of the in-memory backend, in bytes of stored bodies and headers.
+    /// Bound of the in-memory backend, in bytes of stored bodies and headers (and of
+    /// generations, which get one eighth of it).
     pub memory_max_bytes: u64,
     /// Consecutive Redis failures that open the circuit.
     pub circuit_failures: u32,
