@@ -181,6 +181,10 @@ tokio::task_local! {
     static CURRENT: Cache;
 }
 
+/// The least time one redelivery attempt gets, whatever the response timeout: it is off
+/// the request path, and a short timeout would keep failing on a loaded server.
+const REDELIVERY_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+
 /// How long a finished flight stays visible after its entry reached Redis.
 const FLIGHT_GRACE: Duration = Duration::from_millis(500);
 
@@ -253,12 +257,18 @@ impl Cache {
                 if url.starts_with("rediss://") {
                     prepare_tls(url)?;
                 }
-                let backend = RedisBackend::new(url, config.connect_timeout).map_err(|err| {
+                let backend = RedisBackend::new(url, &config).map_err(|err| {
                     ConfigError::RedisUrl(format!("{}: {err}", crate::config::redact(url)))
                 })?;
                 Backend::Redis(backend)
             }
-            None => Backend::Memory(MemoryBackend::new(config.memory_max_bytes)),
+            None => {
+                tracing::info!(target: "api_cache", max_bytes = config.memory_max_bytes, "cache backend: in-memory, per process: several instances do not see each other's invalidations (set REDIS_URL for that)");
+                Backend::Memory(MemoryBackend::new(
+                    config.memory_max_bytes,
+                    config.generation_ttl,
+                ))
+            }
         };
         Ok(Cache {
             inner: Arc::new(Inner {
@@ -1024,9 +1034,12 @@ impl Cache {
         for resource in resources {
             self.record(Some(resource), Event::Invalidation);
         }
+        // Taken before sending: only deferrals older than this delivery may be dropped
+        // when it succeeds (see Pending::delivered).
+        let mark = self.inner.pending.mark();
         match self.call(self.inner.backend.bump(&keys)).await {
             Ok(()) => {
-                self.inner.pending.delivered(&keys);
+                self.inner.pending.delivered(&keys, mark);
                 tracing::debug!(target: "api_cache", tenant = %tenant_tag, resources = %resources.join(","), elapsed_us = started.elapsed().as_micros() as u64, "cache invalidation");
                 Ok(())
             }
@@ -1040,6 +1053,79 @@ impl Cache {
                 Err(InvalidationError::Deferred(err))
             }
         }
+    }
+
+    /// Tries now to deliver every pending invalidation, for at most `within`, and tells
+    /// whether none is left pending. Call it on graceful shutdown, after the server
+    /// stopped taking requests: an invalidation still pending when the process exits is
+    /// lost, and other instances may then serve the entries it should have dropped until
+    /// they expire. What is left is logged (`WARN`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_runtime::{Cache, CacheConfig};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::new(CacheConfig::default()).await.unwrap();
+    /// // axum::serve(listener, app).with_graceful_shutdown(signal).await?; then:
+    /// let delivered = cache.flush_pending(Duration::from_secs(2)).await;
+    /// assert!(delivered, "nothing was pending");
+    /// # });
+    /// ```
+    pub async fn flush_pending(&self, within: Duration) -> bool {
+        const RETRY_AFTER: Duration = Duration::from_millis(20);
+        let deadline = Instant::now() + within;
+        let attempt_timeout = self
+            .inner
+            .config
+            .response_timeout
+            .max(REDELIVERY_TIMEOUT_MIN);
+        loop {
+            if self.inner.pending.len() == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Cancelling a redelivery mid-way is safe: what it did not confirm stays
+            // pending.
+            if let Ok(true) =
+                tokio::time::timeout(left, self.redeliver_pending(attempt_timeout)).await
+            {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(RETRY_AFTER.min(left)).await;
+        }
+        let left = self.inner.pending.len();
+        if left == 0 {
+            return true;
+        }
+        tracing::warn!(target: "api_cache", pending = left, within_ms = within.as_millis() as u64, "invalidations still pending: other instances may serve the entries they drop until these expire");
+        false
+    }
+
+    /// One attempt to deliver every pending invalidation, each tenant's bounded by
+    /// `timeout`. True when nothing is pending after it.
+    async fn redeliver_pending(&self, timeout: Duration) -> bool {
+        for (tenant, keys) in self.inner.pending.snapshot() {
+            let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+            match tokio::time::timeout(timeout, self.inner.backend.bump(&names)).await {
+                Ok(Ok(())) => {
+                    self.inner.pending.redelivered(&keys);
+                    self.inner.circuit.on_success();
+                    tracing::info!(target: "api_cache", tenant = %tenant, keys = names.len(), "pending invalidation delivered");
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(target: "api_cache", tenant = %tenant, error = %err, "pending invalidation not delivered yet");
+                }
+                Err(_) => {
+                    tracing::debug!(target: "api_cache", tenant = %tenant, timeout_ms = timeout.as_millis() as u64, "pending invalidation not delivered yet: timed out");
+                }
+            }
+        }
+        self.inner.pending.len() == 0
     }
 
     /// Starts the background redelivery of pending invalidations, unless it runs.
@@ -1064,7 +1150,10 @@ impl Cache {
                 let cache = Cache { inner };
                 let pending = cache.inner.pending.snapshot();
                 if pending.is_empty() {
-                    cache.inner.redelivery_running.store(false, Ordering::Release);
+                    cache
+                        .inner
+                        .redelivery_running
+                        .store(false, Ordering::Release);
                     // An invalidation deferred between the snapshot and the flag store
                     // saw the flag still set; take the job back if so.
                     if cache.inner.pending.len() == 0
@@ -1074,20 +1163,17 @@ impl Cache {
                     }
                     continue;
                 }
-                let mut all_delivered = true;
-                for (tenant, keys) in pending {
-                    let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-                    let timeout = cache.inner.config.response_timeout.max(Duration::from_millis(100));
-                    match tokio::time::timeout(timeout, cache.inner.backend.bump(&names)).await {
-                        Ok(Ok(())) => {
-                            cache.inner.pending.redelivered(&keys);
-                            cache.inner.circuit.on_success();
-                            tracing::info!(target: "api_cache", tenant = %tenant, keys = names.len(), "pending invalidation delivered");
-                        }
-                        _ => all_delivered = false,
-                    }
-                }
-                delay = if all_delivered { FIRST } else { (delay * 2).min(MAX) };
+                let timeout = cache
+                    .inner
+                    .config
+                    .response_timeout
+                    .max(REDELIVERY_TIMEOUT_MIN);
+                let all_delivered = cache.redeliver_pending(timeout).await;
+                delay = if all_delivered {
+                    FIRST
+                } else {
+                    (delay * 2).min(MAX)
+                };
             }
         });
     }

@@ -10,12 +10,14 @@
 //! | `API_CACHE_CONNECT_TIMEOUT_MS` | `50` | Redis connect timeout |
 //! | `API_CACHE_TIMEOUT_MS` | `30` | Redis response timeout, per operation |
 //! | `API_CACHE_MAX_ENTRY_BYTES` | `1048576` | larger responses are not stored |
-//! | `API_CACHE_MEMORY_MAX_BYTES` | `67108864` | bound of the in-memory backend |
+//! | `API_CACHE_MEMORY_MAX_BYTES` | `67108864` | bound of the in-memory backend (generations 1/8, entries the rest) |
 //! | `API_CACHE_CIRCUIT_FAILURES` | `3` | consecutive failures that open the circuit |
 //! | `API_CACHE_CIRCUIT_OPEN_MS` | `1000` | first back-off while open (doubles, max 30 s) |
 //! | `API_CACHE_FLIGHT_WAIT_MS` | `5000` | how long a coalesced miss waits for the leader |
 //! | `API_CACHE_LEASE_MS` | `0` (off) | cross-instance miss lease; see [`CacheConfig::lease`] |
 //! | `API_CACHE_EARLY_REFRESH_BETA` | `1.0` | XFetch early refresh; `0` turns it off |
+//! | `API_CACHE_WAIT_REPLICAS` | `all` | replicas that must acknowledge an invalidation (`WAIT`): `all` connected ones, a number N (at most the connected ones), or `0`/`off`; see [`WaitReplicas`] |
+//! | `API_CACHE_GENERATION_TTL_SECS` | `604800` (7 days) | lifetime of a generation key; see [`CacheConfig::generation_ttl`] |
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -54,7 +56,8 @@ pub struct CacheConfig {
     pub response_timeout: Duration,
     /// Responses with larger bodies are served but not stored.
     pub max_entry_bytes: usize,
-    /// Bound of the in-memory backend, in bytes of stored bodies and headers.
+    /// Bound of the in-memory backend, in bytes of stored bodies and headers (and of
+    /// generations, which get one eighth of it).
     pub memory_max_bytes: u64,
     /// Consecutive Redis failures that open the circuit.
     pub circuit_failures: u32,
@@ -69,6 +72,59 @@ pub struct CacheConfig {
     pub lease: Option<Duration>,
     /// XFetch (Vattani et al., 2015) early-refresh strength; 0 disables.
     pub early_refresh_beta: f64,
+    /// How many replicas of the cache's Redis must acknowledge an invalidation before
+    /// it counts as delivered. One that is not acknowledged in time stays pending on this
+    /// instance (served uncached, redelivered in the background), because a failover to
+    /// a replica that never received it would bring the old generations back.
+    pub wait_replicas: WaitReplicas,
+    /// Lifetime of a generation key, so that generations of tenants and resources that
+    /// are no longer used go away (under `volatile-*` eviction nothing else removes them).
+    /// An expired generation is recreated with a fresh token that was never used
+    /// before: the entries it guarded miss, none is ever served stale. Entries whose TTL
+    /// is longer than this may miss before they expire.
+    pub generation_ttl: Duration,
+}
+
+/// Which replicas must acknowledge an invalidation (Redis `WAIT`), read from
+/// `API_CACHE_WAIT_REPLICAS`.
+///
+/// The invalidation is written, pipelined with `ROLE` (one round trip); when `ROLE` says
+/// the server is a primary with connected replicas, `WAIT` asks for the acknowledgements,
+/// bounded by half the response timeout. With no replicas (or `Off`) there is no extra
+/// round trip.
+///
+/// ```
+/// use cache_runtime::{CacheConfig, WaitReplicas};
+///
+/// let config = CacheConfig::from_lookup(|name| {
+///     (name == "API_CACHE_WAIT_REPLICAS").then(|| "1".to_owned())
+/// })
+/// .unwrap();
+/// assert_eq!(config.wait_replicas, WaitReplicas::AtLeast(1));
+/// assert_eq!(WaitReplicas::AtLeast(1).wanted(3), 1);
+/// assert_eq!(WaitReplicas::All.wanted(3), 3);
+/// assert_eq!(CacheConfig::default().with_wait_replicas(WaitReplicas::Off).wait_replicas.wanted(3), 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReplicas {
+    /// Do not wait: an invalidation the primary accepted is delivered (it is lost if
+    /// the primary fails before replicating it).
+    Off,
+    /// Every replica `ROLE` lists as connected.
+    All,
+    /// This many replicas, or every connected one when fewer are connected.
+    AtLeast(u32),
+}
+
+impl WaitReplicas {
+    /// How many acknowledgements to wait for when `connected` replicas are connected.
+    pub fn wanted(self, connected: usize) -> usize {
+        match self {
+            WaitReplicas::Off => 0,
+            WaitReplicas::All => connected,
+            WaitReplicas::AtLeast(n) => connected.min(usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -87,6 +143,8 @@ impl Default for CacheConfig {
             flight_wait: Duration::from_millis(5000),
             lease: None,
             early_refresh_beta: 1.0,
+            wait_replicas: WaitReplicas::All,
+            generation_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -162,6 +220,33 @@ impl CacheConfig {
                     value: beta.clone(),
                     reason: "expected a number >= 0",
                 })?;
+        }
+        if let Some(value) = get("API_CACHE_WAIT_REPLICAS") {
+            config.wait_replicas = match value.trim().to_ascii_lowercase().as_str() {
+                "all" => WaitReplicas::All,
+                "off" | "0" => WaitReplicas::Off,
+                n => match n.parse::<u32>() {
+                    Ok(n) => WaitReplicas::AtLeast(n),
+                    Err(_) => {
+                        return Err(ConfigError::Env {
+                            name: "API_CACHE_WAIT_REPLICAS",
+                            value: value.clone(),
+                            reason: "expected `all`, `off` or a number of replicas",
+                        })
+                    }
+                },
+            };
+        }
+        if let Some(secs) = get("API_CACHE_GENERATION_TTL_SECS") {
+            let ttl = parse_num::<u64>("API_CACHE_GENERATION_TTL_SECS", &secs)?;
+            if ttl == 0 {
+                return Err(ConfigError::Env {
+                    name: "API_CACHE_GENERATION_TTL_SECS",
+                    value: secs.clone(),
+                    reason: "expected a number of seconds > 0",
+                });
+            }
+            config.generation_ttl = Duration::from_secs(ttl);
         }
         config.validate()?;
         Ok(config)
@@ -257,6 +342,21 @@ impl CacheConfig {
         self
     }
 
+    /// Sets which replicas must acknowledge an invalidation (`WAIT`).
+    pub fn with_wait_replicas(mut self, wait: WaitReplicas) -> Self {
+        self.wait_replicas = match wait {
+            WaitReplicas::AtLeast(0) => WaitReplicas::Off,
+            other => other,
+        };
+        self
+    }
+
+    /// Sets the lifetime of generation keys (at least 1 ms).
+    pub fn with_generation_ttl(mut self, ttl: Duration) -> Self {
+        self.generation_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
     /// Sets the XFetch early-refresh strength (0 disables).
     pub fn with_early_refresh_beta(mut self, beta: f64) -> Self {
         self.early_refresh_beta = if beta.is_finite() { beta.max(0.0) } else { 0.0 };
@@ -325,6 +425,32 @@ mod tests {
         assert!(matches!(err, Err(ConfigError::RedisUrl(_))));
         let err = CacheConfig::from_lookup(|n| (n == "API_CACHE_PREFIX").then(|| "a{b}".into()));
         assert!(matches!(err, Err(ConfigError::Prefix(_))));
+    }
+
+    #[test]
+    fn reads_replica_waiting_and_generation_ttl() {
+        let read = |name: &'static str, value: &'static str| {
+            CacheConfig::from_lookup(move |n| (n == name).then(|| value.to_owned()))
+        };
+        let defaults = CacheConfig::default();
+        assert_eq!(defaults.wait_replicas, WaitReplicas::All);
+        assert_eq!(defaults.generation_ttl, Duration::from_secs(604_800));
+        for (value, expected) in [
+            ("all", WaitReplicas::All),
+            ("ALL", WaitReplicas::All),
+            ("off", WaitReplicas::Off),
+            ("0", WaitReplicas::Off),
+            ("2", WaitReplicas::AtLeast(2)),
+        ] {
+            let config = read("API_CACHE_WAIT_REPLICAS", value).unwrap();
+            assert_eq!(config.wait_replicas, expected, "{value}");
+        }
+        assert!(read("API_CACHE_WAIT_REPLICAS", "some").is_err());
+        assert_eq!(WaitReplicas::AtLeast(2).wanted(1), 1);
+        assert_eq!(WaitReplicas::All.wanted(0), 0);
+        let config = read("API_CACHE_GENERATION_TTL_SECS", "60").unwrap();
+        assert_eq!(config.generation_ttl, Duration::from_secs(60));
+        assert!(read("API_CACHE_GENERATION_TTL_SECS", "0").is_err());
     }
 
     #[test]

@@ -48,13 +48,29 @@ pub enum BackendError {
     /// The circuit breaker is open: Redis is not being tried right now.
     #[error("circuit open: Redis is not tried until it recovers")]
     CircuitOpen,
+    /// The primary took an invalidation but fewer replicas than configured
+    /// ([`WaitReplicas`](crate::WaitReplicas)) acknowledged it in time: a failover now
+    /// could lose it, so it is not counted as delivered. The server is up: this does
+    /// not open the circuit.
+    #[error(
+        "invalidation not confirmed: {acknowledged} of {wanted} replicas acknowledged it in time"
+    )]
+    NotReplicated {
+        /// Replicas that acknowledged it.
+        acknowledged: u64,
+        /// Replicas waited for.
+        wanted: u64,
+    },
 }
 
 impl BackendError {
     /// True for faults that say Redis is unreachable or unresponsive, as opposed to a
     /// server that answered with an error.
     pub fn is_unavailability(&self) -> bool {
-        !matches!(self, BackendError::Refused(_))
+        !matches!(
+            self,
+            BackendError::Refused(_) | BackendError::NotReplicated { .. }
+        )
     }
 }
 

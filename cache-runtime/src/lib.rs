@@ -82,7 +82,7 @@ pub mod __private;
 
 pub use cache::{BypassReason, Cache, Lookup, MissTicket};
 pub use cache_macros::{cached, invalidates};
-pub use config::CacheConfig;
+pub use config::{CacheConfig, WaitReplicas};
 pub use entry::{CachedResponse, Entry};
 pub use error::{BackendError, ConfigError, InvalidationError};
 pub use http_glue::{X_CACHE, X_CACHE_AGE, X_CACHE_INVALIDATED};

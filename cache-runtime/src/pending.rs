@@ -7,7 +7,7 @@
 //! other readers can see. The lookup path checks one atomic when nothing is pending.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -16,7 +16,7 @@ pub(crate) struct Pending {
     /// generation key -> (tenant tag, version); the version tells a redelivery whether
     /// the key was deferred again meanwhile.
     keys: Mutex<HashMap<String, (String, u64)>>,
-    next_version: AtomicUsize,
+    next_version: AtomicU64,
 }
 
 impl Pending {
@@ -36,8 +36,15 @@ impl Pending {
         }
     }
 
+    /// The version the next deferral will get. Taken before an invalidation is sent, it
+    /// tells [`delivered`](Self::delivered) which deferrals that delivery covers: those
+    /// made before it was sent (their fresh tokens were written before ours).
+    pub(crate) fn mark(&self) -> u64 {
+        self.next_version.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn add(&self, tenant_tag: &str, generation_keys: &[String]) {
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed) as u64;
+        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut keys) = self.keys.lock() {
             for key in generation_keys {
                 keys.insert(key.clone(), (tenant_tag.to_owned(), version));
@@ -46,14 +53,19 @@ impl Pending {
         }
     }
 
-    /// Drops these keys because a later invalidation of them was delivered.
-    pub(crate) fn delivered(&self, generation_keys: &[String]) {
+    /// Drops these keys because an invalidation of them, sent after `mark` was taken
+    /// ([`mark`](Self::mark)), was delivered. A deferral made while that invalidation was
+    /// in flight (version `mark` or later) stays: its own write may have been lost, and
+    /// nothing says ours reached Redis after it.
+    pub(crate) fn delivered(&self, generation_keys: &[String], mark: u64) {
         if self.len() == 0 {
             return;
         }
         if let Ok(mut keys) = self.keys.lock() {
             for key in generation_keys {
-                keys.remove(key);
+                if keys.get(key).is_some_and(|(_, version)| *version < mark) {
+                    keys.remove(key);
+                }
             }
             self.count.store(keys.len(), Ordering::Release);
         }
@@ -83,5 +95,57 @@ impl Pending {
             }
             self.count.store(keys.len(), Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_delivery_drops_deferrals_made_before_it_was_sent() {
+        let pending = Pending::default();
+        let contacts = keys(&["g:contacts"]);
+        pending.add("t.org_1", &contacts);
+        let mark = pending.mark();
+        pending.delivered(&contacts, mark);
+        assert!(!pending.blocks(&contacts));
+        assert_eq!(pending.len(), 0);
+    }
+
+    /// The lost-invalidation bug: an MSET is in flight, another invalidation of the same
+    /// key fails meanwhile and is deferred, then the first MSET succeeds. The deferral
+    /// must survive: nothing says its write reached Redis.
+    #[test]
+    fn a_deferral_made_while_a_delivery_was_in_flight_survives_it() {
+        let pending = Pending::default();
+        let contacts = keys(&["g:contacts", "g:analytics"]);
+        let mark = pending.mark(); // the first invalidation is sent
+        pending.add("t.org_1", &contacts[..1]); // a second one fails and is deferred
+        pending.delivered(&contacts, mark); // the first one's MSET succeeds
+        assert!(pending.blocks(&contacts[..1]), "the deferral was lost");
+        assert_eq!(pending.len(), 1);
+        // A delivery sent after that deferral covers it.
+        let later = pending.mark();
+        pending.delivered(&contacts, later);
+        assert!(!pending.blocks(&contacts));
+    }
+
+    #[test]
+    fn a_redelivery_keeps_keys_deferred_again_since_its_snapshot() {
+        let pending = Pending::default();
+        let contacts = keys(&["g:contacts"]);
+        pending.add("t.org_1", &contacts);
+        let snapshot = pending.snapshot().remove("t.org_1").unwrap();
+        pending.add("t.org_1", &contacts);
+        pending.redelivered(&snapshot);
+        assert!(pending.blocks(&contacts));
+        let snapshot = pending.snapshot().remove("t.org_1").unwrap();
+        pending.redelivered(&snapshot);
+        assert!(!pending.blocks(&contacts));
     }
 }

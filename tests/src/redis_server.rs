@@ -305,3 +305,13 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// [`wait_until`] for async tests whose condition needs the runtime to make progress
+/// meanwhile (a proxy it runs, a background task): polls without blocking a worker.
+pub async fn wait_until_async(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

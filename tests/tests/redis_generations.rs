@@ -73,6 +73,57 @@ async fn deleted_generations_never_revive_old_entries() {
     );
 }
 
+fn pttl(server: &cache_tests::RedisServer, key: &str) -> i64 {
+    server.cmd(&["PTTL", key])
+}
+
+/// Generation keys expire (so unused tenants and resources do not pile up under
+/// `volatile-*` eviction), and an expired one can only cost a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_keys_have_a_ttl_and_expiring_only_costs_a_miss() {
+    let backend = TestBackend::redis();
+    let server = backend.server().unwrap();
+    let generation_ttl = Duration::from_millis(1500);
+    let cache = Cache::new(backend.config().with_generation_ttl(generation_ttl))
+        .await
+        .unwrap();
+    let k = key(&cache, "org_1", "/api/contacts");
+    let ttl_ms = generation_ttl.as_millis() as i64;
+    // Created by the first lookup (SET NX PX).
+    put(&cache, &k, "before").await;
+    for generation_key in k.generation_keys() {
+        let left = pttl(server, generation_key);
+        assert!(0 < left && left <= ttl_ms, "{generation_key}: PTTL {left}");
+    }
+    // Rewritten by an invalidation (SET PX), with a fresh lifetime.
+    cache.invalidate("org_1", &["contacts"]).await.unwrap();
+    let contacts = &k.generation_keys()[1];
+    assert!(contacts.ends_with(":contacts"), "{:?}", k.generation_keys());
+    let left = pttl(server, contacts);
+    assert!(0 < left && left <= ttl_ms, "{contacts}: PTTL {left}");
+
+    // An entry (TTL 600 s) outlives its generations: once they expired, a miss.
+    put(&cache, &k, "after").await;
+    assert!(is_hit(&cache, &k).await);
+    let entry_left = pttl(server, k.entry_key());
+    assert!(entry_left > ttl_ms, "entry PTTL {entry_left}");
+    cache_tests::redis_server::wait_until_async(
+        Duration::from_secs(10),
+        "the generation keys expire",
+        || k.generation_keys().iter().all(|g| pttl(server, g) == -2),
+    )
+    .await;
+    assert!(pttl(server, k.entry_key()) > 0, "the entry is still stored");
+    assert!(
+        !is_hit(&cache, &k).await,
+        "an entry must not outlive its generations"
+    );
+    // And they are back, with a TTL.
+    for generation_key in k.generation_keys() {
+        assert!(pttl(server, generation_key) > 0, "{generation_key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_and_restored_values_never_revive() {
     let (backend, cache) = redis_cache().await;
@@ -142,10 +193,12 @@ async fn invalidation_is_one_command_whatever_the_number_of_entries() {
         .await
         .unwrap();
     let calls = command_calls(&backend);
+    // One pipeline (one round trip): a SET with the generation TTL per resource, and the
+    // ROLE that tells whether replicas must confirm (none here: no WAIT).
     assert_eq!(
         calls,
-        HashMap::from([("mset".to_owned(), 1)]),
-        "one MSET, no KEYS/SCAN/DEL"
+        HashMap::from([("set".to_owned(), 2), ("role".to_owned(), 1)]),
+        "one SET per resource and a ROLE, no KEYS/SCAN/DEL, no WAIT without replicas"
     );
     for k in keys.iter().take(20) {
         assert!(!is_hit(&cache, k).await);

@@ -1,24 +1,36 @@
 //! The Redis backend, through redis-rs's `ConnectionManager` (one multiplexed connection,
-//! reconnecting by itself). Commands are plain (MGET, SET, MSET), so a Redis restart
-//! loses no script cache, and every key of one call shares the tenant's hash tag, so the
-//! same commands work on Redis Cluster. It never retries on a request path: timeouts and
-//! the circuit breaker are applied by the cache layer above.
+//! reconnecting by itself). Commands are plain (MGET, SET, ROLE, WAIT), so a Redis restart loses no script cache,
+//! and every key of one call shares the tenant's hash tag, so the same commands work on
+//! Redis Cluster. Generation keys are always written with their TTL. It never retries on
+//! a request path: timeouts and the circuit breaker are applied by the cache layer above.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
 
 use super::{EntrySlot, RawLookup};
+use crate::config::{CacheConfig, WaitReplicas};
 use crate::entry::Entry;
 use crate::error::BackendError;
 use crate::generation::Generation;
 use crate::key::CacheKey;
 
 pub(crate) struct RedisBackend {
+    /// Shared by every command. A `WAIT` holds it on the server until the replicas
+    /// answer (one replica round trip when they are healthy, at most `wait_budget`), so
+    /// commands sent meanwhile queue behind it. A second connection for invalidations
+    /// would avoid that, but would be found dead only by the first invalidation after a
+    /// Redis restart, which would then fail and go pending.
     manager: ConnectionManager,
+    wait_replicas: WaitReplicas,
+    /// Bound of one `WAIT`, counted from the start of the invalidation: half the response
+    /// timeout, so that the cache layer's timer (the whole response timeout) does not
+    /// fire and count a slow replica as a Redis failure.
+    wait_budget: Duration,
+    generation_ttl_ms: u64,
     url_for_logs: String,
 }
 
@@ -33,13 +45,14 @@ impl std::fmt::Debug for RedisBackend {
 impl RedisBackend {
     /// Creates the backend without connecting: the first command connects, and a lost
     /// connection is re-established on the next command after an I/O error.
-    pub(crate) fn new(url: &str, connect_timeout: Duration) -> Result<Self, redis::RedisError> {
+    pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Self, redis::RedisError> {
+        let connect_timeout = config.connect_timeout;
         let client = if url.starts_with("rediss://") {
             tls_client(url)?
         } else {
             redis::Client::open(url)?
         };
-        let config = ConnectionManagerConfig::new()
+        let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             // No response timeout of redis-rs's own: the cache layer bounds every
             // operation (connection wait included) with one timer, and a second one per
@@ -49,9 +62,12 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)?;
         Ok(RedisBackend {
             manager,
+            wait_replicas: config.wait_replicas,
+            wait_budget: (config.response_timeout / 2).max(Duration::from_millis(1)),
+            generation_ttl_ms: millis(config.generation_ttl),
             url_for_logs: crate::config::redact(url),
         })
     }
@@ -98,7 +114,12 @@ impl RedisBackend {
         pipe.ignore_errors();
         let fresh: Vec<Generation> = keys.iter().map(|_| Generation::fresh()).collect();
         for (key, token) in keys.iter().zip(&fresh) {
-            pipe.cmd("SET").arg(*key).arg(token.as_str()).arg("NX");
+            pipe.cmd("SET")
+                .arg(*key)
+                .arg(token.as_str())
+                .arg("NX")
+                .arg("PX")
+                .arg(self.generation_ttl_ms);
             pipe.cmd("GET").arg(*key);
         }
         let values: Vec<Value> = pipe.query_async(&mut self.manager.clone()).await?;
@@ -125,7 +146,13 @@ impl RedisBackend {
                 _ => None,
             };
             if current.is_none() {
-                foreign.cmd("SET").arg(*key).arg(ours.as_str()).ignore();
+                foreign
+                    .cmd("SET")
+                    .arg(*key)
+                    .arg(ours.as_str())
+                    .arg("PX")
+                    .arg(self.generation_ttl_ms)
+                    .ignore();
                 foreign_keys.push(*key);
             }
             generations.push(current.unwrap_or(ours));
@@ -155,7 +182,7 @@ impl RedisBackend {
         entry: &Entry,
         ttl: Duration,
     ) -> Result<(), BackendError> {
-        let ttl_ms = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        let ttl_ms = millis(ttl);
         redis::cmd("SET")
             .arg(&key.entry_key)
             .arg(entry.encode().as_ref())
@@ -166,15 +193,65 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// Sets a fresh token with the generation TTL on every key, in one round trip; then,
+    /// when the server is a primary with connected replicas and waiting is on, waits for
+    /// their acknowledgement (a second round trip, bounded by `wait_budget`). Fewer
+    /// acknowledgements than wanted is [`BackendError::NotReplicated`].
     pub(crate) async fn bump(&self, generation_keys: &[String]) -> Result<(), BackendError> {
         if generation_keys.is_empty() {
             return Ok(());
         }
-        let mut cmd = redis::cmd("MSET");
+        let started = Instant::now();
+        let mut connection = self.manager.clone();
+        // SET PX per key rather than one MSET, which cannot set a TTL; pipelined, it is
+        // still one round trip, and a refused SET (OOM, READONLY) fails the call.
+        let mut pipe = redis::pipe();
         for key in generation_keys {
-            cmd.arg(key).arg(Generation::fresh().as_str());
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(Generation::fresh().as_str())
+                .arg("PX")
+                .arg(self.generation_ttl_ms)
+                .ignore();
         }
-        cmd.query_async::<()>(&mut self.manager.clone()).await?;
+        if self.wait_replicas == WaitReplicas::Off {
+            pipe.query_async::<()>(&mut connection).await?;
+            return Ok(());
+        }
+        pipe.cmd("ROLE");
+        let mut replies: Vec<Value> = pipe.query_async(&mut connection).await?;
+        let role = replies.pop().unwrap_or(Value::Nil);
+        let connected = match connected_replicas(&role) {
+            Some(connected) => connected,
+            None => {
+                // A writable replica took the write, but its writes never reach the
+                // primary that other instances read: not delivered.
+                return Err(BackendError::Refused(
+                    "ROLE says this server is not a primary: invalidations written here do not reach the others".into(),
+                ));
+            }
+        };
+        let wanted = self.wait_replicas.wanted(connected);
+        if wanted == 0 {
+            return Ok(());
+        }
+        // What is left of the budget; at least 1 ms, since `WAIT n 0` blocks forever.
+        let timeout = self
+            .wait_budget
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let acknowledged: u64 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(millis(timeout))
+            .query_async(&mut connection)
+            .await?;
+        let wanted = wanted as u64;
+        if acknowledged < wanted {
+            return Err(BackendError::NotReplicated {
+                acknowledged,
+                wanted,
+            });
+        }
         Ok(())
     }
 
@@ -183,7 +260,7 @@ impl RedisBackend {
         lease_key: &str,
         ttl: Duration,
     ) -> Result<bool, BackendError> {
-        let ttl_ms = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        let ttl_ms = millis(ttl);
         let reply: Value = redis::cmd("SET")
             .arg(lease_key)
             .arg(1)
@@ -241,6 +318,32 @@ fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
     redis::Client::open(url)
 }
 
+/// A duration in whole milliseconds for `PX` and `WAIT`: at least 1 (0 is an error for
+/// `PX` and means "forever" for `WAIT`).
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().clamp(1, u128::from(u64::MAX)) as u64
+}
+
+/// The replicas a `ROLE` reply lists (connected ones: Redis lists no other), or `None`
+/// when the server is not a primary. `["master", offset, [[ip, port, offset], ...]]`.
+fn connected_replicas(role: &Value) -> Option<usize> {
+    let Value::Array(fields) = role else {
+        return None;
+    };
+    let is_master = match fields.first() {
+        Some(Value::BulkString(name)) => name.as_slice() == b"master",
+        Some(Value::SimpleString(name)) => name == "master",
+        _ => false,
+    };
+    if !is_master {
+        return None;
+    }
+    match fields.get(2) {
+        Some(Value::Array(replicas)) => Some(replicas.len()),
+        _ => Some(0),
+    }
+}
+
 fn bulk(value: Value) -> Option<Bytes> {
     match value {
         Value::BulkString(bytes) => Some(Bytes::from(bytes)),
@@ -254,5 +357,44 @@ fn bulk_or_nil(value: Value) -> Result<Option<Bytes>, ()> {
         Value::Nil => Ok(None),
         Value::BulkString(bytes) => Ok(Some(Bytes::from(bytes))),
         _ => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk_str(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn role_replies_give_the_connected_replicas() {
+        let master = |replicas: Vec<Value>| {
+            Value::Array(vec![
+                bulk_str("master"),
+                Value::Int(3129659),
+                Value::Array(replicas),
+            ])
+        };
+        assert_eq!(connected_replicas(&master(vec![])), Some(0));
+        let replica = Value::Array(vec![
+            bulk_str("127.0.0.1"),
+            bulk_str("9001"),
+            bulk_str("3129242"),
+        ]);
+        assert_eq!(
+            connected_replicas(&master(vec![replica.clone(), replica])),
+            Some(2)
+        );
+        let slave = Value::Array(vec![
+            bulk_str("slave"),
+            bulk_str("127.0.0.1"),
+            Value::Int(9000),
+            bulk_str("connected"),
+            Value::Int(3167038),
+        ]);
+        assert_eq!(connected_replicas(&slave), None);
+        assert_eq!(connected_replicas(&Value::Nil), None);
     }
 }

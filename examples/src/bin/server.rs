@@ -11,9 +11,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use examples::{start_demo, DemoConfig, SeedConfig};
 use tracing_subscriber::EnvFilter;
+
+/// How long shutdown waits for Redis to take the invalidations still pending.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
     match std::env::var(name) {
@@ -64,6 +68,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         seed,
         ..DemoConfig::default()
     };
+    let cache_at_exit = cache.clone();
     let mut demo = start_demo(config, cache, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
     let totals = &demo.seed.totals;
     tracing::info!(
@@ -89,6 +94,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             demo.shutdown().await;
         }
         result = demo.wait() => result?,
+    }
+    // Requests have drained (axum's graceful shutdown): deliver the invalidations Redis
+    // has not taken yet, or other instances could serve what they drop until it expires.
+    if cache_at_exit.flush_pending(SHUTDOWN_FLUSH).await {
+        tracing::info!("no cache invalidation left pending");
     }
     Ok(())
 }
