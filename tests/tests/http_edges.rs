@@ -568,3 +568,52 @@ async fn a_router_without_the_layer_bypasses() {
     assert_eq!(created.header("x-cache-invalidated"), "");
     assert_eq!(items(&fetch(&app, "/api/items", "org_1").await), vec!["x"]);
 }
+
+/// The same over a real connection: hyper drops the handler's future when the client
+/// closes its socket, and the invalidation still happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_still_invalidates() {
+    use tokio::io::AsyncWriteExt;
+
+    let backend = TestBackend::redis();
+    let cache = backend.cache().await;
+    let db = Db::default();
+    *db.linger.lock().unwrap() = Duration::from_secs(30);
+    let api = app(&cache, db.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let api_for_server = api.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, api_for_server).await });
+
+    fetch(&api, "/api/items", "org_1").await;
+    wait_for_hit(&api, "/api/items", "org_1").await;
+
+    let body = r#"{"name":"over tcp"}"#;
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST /api/items?then=linger HTTP/1.1\r\nhost: localhost\r\nx-tenant: org_1\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while db.committed.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(socket);
+
+    // Within a deadline far below the handler's 30 s: the dropped future invalidated.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cache.stats().totals.invalidations == 0 || cache.stats().pending_invalidations > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection's mutation never invalidated"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let read = fetch(&api, "/api/items", "org_1").await;
+    assert_eq!(read.x_cache(), "MISS");
+    assert_eq!(items(&read), vec!["over tcp"]);
+    server.abort();
+}
