@@ -29,7 +29,7 @@ use crate::stats::Outcome;
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// `X-Cache-Age`: seconds since the served entry was stored (hits only).
 pub const X_CACHE_AGE: HeaderName = HeaderName::from_static("x-cache-age");
-/// `X-Cache-Invalidated`: the resources a successful mutation invalidated.
+/// `X-Cache-Invalidated`: the resources a mutation invalidated (every outcome but a 4xx).
 pub const X_CACHE_INVALIDATED: HeaderName = HeaderName::from_static("x-cache-invalidated");
 
 /// What the cache needs from a request, taken before the handler's own extractors.

@@ -37,10 +37,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What a client sees: `X-Cache: MISS` then `HIT` with `X-Cache-Age`, `Cache-Control:
-//! private, max-age=<ttl>`; `BYPASS` when a request has no tenant scope, caching is off,
-//! or Redis is failing. A successful `#[invalidates]` mutation invalidates its resources
-//! for its tenant before it answers, so the next read is fresh.
+//! What a client sees: `X-Cache: MISS` then `HIT` with `X-Cache-Age` and `Age`,
+//! `Cache-Control: private, no-cache` and a strong `ETag` (a browser revalidates and gets
+//! a `304` while nothing changed); `BYPASS` when a request has no tenant scope, caching
+//! is off, or Redis is failing. An `#[invalidates]` mutation invalidates its resources
+//! for its tenant before it answers, on every outcome but a client error, and also when
+//! its client disconnects after the handler started, so the next read is fresh.
 //!
 //! ## Guarantees
 //! - Keys carry the tenant (hash-tagged, escaped) outside any hash: one tenant's entry
