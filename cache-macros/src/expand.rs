@@ -12,13 +12,28 @@ use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{parse_quote, AttrStyle, Attribute, Expr, FnArg, ItemFn, ReturnType, Signature, Type};
 
-use crate::validate::{CachedSpec, InvalidatesSpec, Scope, VaryPart};
+use crate::validate::{CachedSpec, InvalidatesSpec, Scope, Ttl, VaryPart};
 
 /// `#[cached]`: a handler served through the cache, or a plain function cached by `key`.
 pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> TokenStream {
     let name = function_name(&function);
     let resource = spec.resource.as_str();
-    let ttl_secs = Literal::u32_unsuffixed(spec.ttl_secs);
+    // Declared once as a constant of the function, so a constant expression (a preset)
+    // is type-checked as seconds and refused at compile time when it is 0.
+    let ttl_const = match &spec.ttl {
+        Ttl::Seconds(seconds) => {
+            let seconds = Literal::u32_unsuffixed(*seconds);
+            quote!(const __CACHE_TTL_SECS: u32 = #seconds;)
+        }
+        Ttl::Constant(expr) => quote_spanned! {expr.span()=>
+            const __CACHE_TTL_SECS: u32 = #expr;
+            const _: () = ::core::assert!(
+                __CACHE_TTL_SECS > 0,
+                "`ttl` is 0: entries would be stored already expired; give at least 1 second"
+            );
+        },
+    };
+    let ttl_secs = quote!(__CACHE_TTL_SECS);
     // Evaluated in the static's initializer, so at compile time: no work per request.
     // Without `browser_ttl` the browser keeps a copy but must ask before showing it
     // (answered with a 304 when nothing changed): a `max-age` would let it show its own
@@ -36,6 +51,7 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
     let skip_cache = spec.skip_cache;
     let scope = scope(&spec.scope);
     let declarations = quote! {
+        #ttl_const
         static __CACHE_SPEC: ::cache_runtime::__private::RouteSpec =
             ::cache_runtime::__private::RouteSpec {
                 resource: #resource,

@@ -38,9 +38,14 @@ use proc_macro::TokenStream;
 ///
 /// - `resource = "name"` (required): the group the entries belong to, which
 ///   `#[invalidates("name")]` drops. Lowercase letters, digits, `_` and `-`.
-/// - `ttl = seconds`: how long an entry lives. May be left out for the preset resources
-///   `conversations` (30), `contacts` (300), `templates` (1800), `analytics` (600),
-///   `campaigns` (300) and `organization` (900).
+/// - `ttl = seconds` (required): how long an entry lives, as a literal or a constant
+///   expression of type `u32`, such as the reference rollout's presets
+///   `cache_runtime::presets::CONTACTS` (300), `CONVERSATIONS` (30), `TEMPLATES` (1800),
+///   `ANALYTICS` (600), `CAMPAIGNS` (300) and `ORGANIZATION` (900). A TTL is never chosen
+///   by the resource's name. A constant that is 0 is a compile error.
+/// - `browser_ttl = seconds`: let a browser reuse its copy that long without asking
+///   (`Cache-Control: private, max-age=N`). By default it revalidates every time
+///   (`private, no-cache`, answered with a 304 while nothing changed).
 /// - `tags = ["contacts", "messages"]`: further groups whose invalidation drops the entries.
 /// - `vary = user`, `vary = header("accept-language")` or a list
 ///   `vary = [user, header("accept-language")]`: parts of the request the response depends

@@ -7,7 +7,7 @@ use syn::ItemFn;
 
 use crate::errors::Errors;
 use crate::parse::{CachedArgs, InvalidatesArgs};
-use crate::validate::{self, CachedSpec, InvalidatesSpec, Scope, VaryPart};
+use crate::validate::{self, CachedSpec, InvalidatesSpec, Scope, Ttl, VaryPart};
 
 fn handler() -> ItemFn {
     syn::parse_quote! {
@@ -65,36 +65,66 @@ fn assert_one_error_containing(errors: &[String], fragment: &str) {
     );
 }
 
-#[test]
-fn a_preset_resource_needs_no_ttl() {
-    let spec = cached(quote!(resource = "templates")).unwrap();
-    assert_eq!(spec.resource, "templates");
-    assert_eq!(spec.ttl_secs, 1800);
-    assert!(spec.cache_only_success);
-    assert!(!spec.skip_cache);
-    assert!(spec.key.is_none());
-    assert!(matches!(spec.scope, Scope::FromRequest));
-}
-
-#[test]
-fn every_preset_has_its_reference_ttl() {
-    for (resource, ttl) in [
-        ("conversations", 30),
-        ("contacts", 300),
-        ("templates", 1800),
-        ("analytics", 600),
-        ("campaigns", 300),
-        ("organization", 900),
-    ] {
-        let spec = cached(quote!(resource = #resource)).unwrap();
-        assert_eq!(spec.ttl_secs, ttl, "{resource}");
+fn seconds(spec: &CachedSpec) -> u32 {
+    match spec.ttl {
+        Ttl::Seconds(seconds) => seconds,
+        Ttl::Constant(_) => panic!("a constant TTL"),
     }
 }
 
 #[test]
-fn an_explicit_ttl_wins_over_the_preset() {
-    let spec = cached(quote!(resource = "templates", ttl = 60)).unwrap();
-    assert_eq!(spec.ttl_secs, 60);
+fn a_literal_ttl_and_the_defaults() {
+    let spec = cached(quote!(resource = "templates", ttl = 1800)).unwrap();
+    assert_eq!(spec.resource, "templates");
+    assert_eq!(seconds(&spec), 1800);
+    assert!(spec.cache_only_success);
+    assert!(!spec.skip_cache);
+    assert!(spec.key.is_none());
+    assert!(spec.browser_ttl_secs.is_none());
+    assert!(matches!(spec.scope, Scope::FromRequest));
+}
+
+#[test]
+fn a_preset_is_named_never_guessed_from_the_resource() {
+    for (resource, constant, ttl) in validate::PRESET_TTLS {
+        let errors = cached_errors(quote!(resource = #resource));
+        assert_one_error_containing(
+            &errors,
+            &format!("`ttl = cache_runtime::presets::{constant}` for the reference's {ttl} s"),
+        );
+    }
+    let spec = cached(quote!(
+        resource = "contacts",
+        ttl = cache_runtime::presets::CONTACTS
+    ))
+    .unwrap();
+    assert!(matches!(spec.ttl, Ttl::Constant(syn::Expr::Path(_))));
+    // Constant expressions are the compiler's to evaluate.
+    let spec = cached(quote!(resource = "contacts", ttl = 5 * MINUTE)).unwrap();
+    assert!(matches!(spec.ttl, Ttl::Constant(syn::Expr::Binary(_))));
+}
+
+#[test]
+fn browser_ttl_is_seconds() {
+    let spec = cached(quote!(resource = "countries", ttl = 3600, browser_ttl = 60)).unwrap();
+    assert_eq!(spec.browser_ttl_secs, Some(60));
+    for (args, fragment) in [
+        (
+            quote!(resource = "x", ttl = 60, browser_ttl = 0),
+            "`browser_ttl = 0` is what the route does without it",
+        ),
+        (
+            quote!(resource = "x", ttl = 60, browser_ttl = "30"),
+            "write `browser_ttl = 30` without quotes",
+        ),
+        (
+            quote!(resource = "x", ttl = 60, browser_ttl = SHORT),
+            "constants and arithmetic",
+        ),
+    ] {
+        let errors = cached_errors(args);
+        assert_one_error_containing(&errors, fragment);
+    }
 }
 
 #[test]
@@ -109,7 +139,7 @@ fn all_options_together() {
         cache_only_success = false,
     ))
     .unwrap();
-    assert_eq!(spec.ttl_secs, 600);
+    assert_eq!(seconds(&spec), 600);
     assert_eq!(spec.tags, ["contacts", "messages"]);
     assert_eq!(
         spec.vary,
@@ -125,6 +155,7 @@ fn all_options_together() {
 fn single_vary_parts_and_flag_values() {
     let spec = cached(quote!(
         resource = "contacts",
+        ttl = 300,
         vary = user,
         skip_cache = false
     ))
@@ -133,15 +164,20 @@ fn single_vary_parts_and_flag_values() {
     assert!(!spec.varies_by_header());
     assert!(!spec.skip_cache);
 
-    let spec = cached(quote!(resource = "contacts", vary = header("x-client"))).unwrap();
+    let spec = cached(quote!(
+        resource = "contacts",
+        ttl = 300,
+        vary = header("x-client")
+    ))
+    .unwrap();
     assert_eq!(spec.vary, [VaryPart::Header("x-client".into())]);
 }
 
 #[test]
 fn scope_global_is_a_keyword_and_anything_else_an_expression() {
-    let spec = cached(quote!(resource = "contacts", scope = global)).unwrap();
+    let spec = cached(quote!(resource = "contacts", ttl = 300, scope = global)).unwrap();
     assert!(matches!(spec.scope, Scope::Global));
-    let spec = cached(quote!(resource = "contacts", scope = org.global)).unwrap();
+    let spec = cached(quote!(resource = "contacts", ttl = 300, scope = org.global)).unwrap();
     assert!(matches!(spec.scope, Scope::Explicit(_)));
 }
 
@@ -149,6 +185,7 @@ fn scope_global_is_a_keyword_and_anything_else_an_expression() {
 fn key_selects_a_plain_function() {
     let spec = cached(quote!(
         resource = "contacts",
+        ttl = 300,
         key = (org_id, query),
         scope = org_id
     ))
@@ -156,24 +193,36 @@ fn key_selects_a_plain_function() {
     assert_eq!(spec.key.map(|key| key.len()), Some(2));
     let spec = cached(quote!(
         resource = "contacts",
+        ttl = 300,
         key = (org_id),
         scope = global
     ))
     .unwrap();
     assert_eq!(spec.key.map(|key| key.len()), Some(1));
-    let spec = cached(quote!(resource = "contacts", key = (), scope = global)).unwrap();
+    let spec = cached(quote!(
+        resource = "contacts",
+        ttl = 300,
+        key = (),
+        scope = global
+    ))
+    .unwrap();
     assert_eq!(spec.key.map(|key| key.len()), Some(0));
 }
 
 #[test]
 fn key_needs_scope() {
-    let errors = cached_errors(quote!(resource = "contacts", key = (org_id)));
+    let errors = cached_errors(quote!(resource = "contacts", ttl = 300, key = (org_id)));
     assert_one_error_containing(&errors, "needs `scope`");
 }
 
 #[test]
 fn key_must_be_a_tuple() {
-    let errors = cached_errors(quote!(resource = "contacts", key = org_id, scope = global));
+    let errors = cached_errors(quote!(
+        resource = "contacts",
+        ttl = 300,
+        key = org_id,
+        scope = global
+    ));
     assert_one_error_containing(&errors, "`key` is a tuple");
 }
 
@@ -181,6 +230,7 @@ fn key_must_be_a_tuple() {
 fn plain_functions_reject_request_options() {
     let errors = cached_errors(quote!(
         resource = "contacts",
+        ttl = 300,
         key = (),
         scope = global,
         vary = user,
@@ -193,7 +243,7 @@ fn plain_functions_reject_request_options() {
 
 #[test]
 fn unknown_options_list_the_valid_ones() {
-    let errors = cached_errors(quote!(resource = "contacts", ttl_secs = 30));
+    let errors = cached_errors(quote!(resource = "contacts", ttl = 300, ttl_secs = 30));
     assert_one_error_containing(&errors, "unknown option `ttl_secs`");
     assert!(errors[0].contains("`resource`, `ttl`, `tags`, `vary`, `scope`"));
 }
@@ -258,10 +308,6 @@ fn ttl_is_a_positive_integer_literal() {
             quote!(resource = "x", ttl = 30s),
             "without a unit suffix: write `ttl = 30`",
         ),
-        (
-            quote!(resource = "x", ttl = FIVE_MINUTES),
-            "constants and arithmetic",
-        ),
         (quote!(resource = "x", ttl = 4294967296), "too large"),
     ] {
         let errors = cached_errors(args);
@@ -270,28 +316,39 @@ fn ttl_is_a_positive_integer_literal() {
 }
 
 #[test]
-fn a_resource_without_preset_needs_a_ttl() {
+fn a_resource_without_ttl_is_an_error() {
     let errors = cached_errors(quote!(resource = "widgets"));
-    assert_one_error_containing(&errors, "resource \"widgets\" has no preset TTL");
-    assert!(errors[0].contains("templates (1800s)"));
+    assert_one_error_containing(
+        &errors,
+        "missing `ttl`: how long entries of \"widgets\" live",
+    );
 }
 
 #[test]
 fn tags_and_vary_reject_duplicates_and_bad_parts() {
-    let errors = cached_errors(quote!(resource = "contacts", tags = ["a", "a"]));
+    let errors = cached_errors(quote!(resource = "contacts", ttl = 300, tags = ["a", "a"]));
     assert_one_error_containing(&errors, "tag \"a\" is listed twice");
-    let errors = cached_errors(quote!(resource = "contacts", tags = "a"));
+    let errors = cached_errors(quote!(resource = "contacts", ttl = 300, tags = "a"));
     assert_one_error_containing(&errors, "`tags` is a list");
-    let errors = cached_errors(quote!(resource = "contacts", vary = [user, user]));
+    let errors = cached_errors(quote!(
+        resource = "contacts",
+        ttl = 300,
+        vary = [user, user]
+    ));
     assert_one_error_containing(&errors, "listed twice");
     let errors = cached_errors(quote!(
         resource = "contacts",
+        ttl = 300,
         vary = header("accept language")
     ));
     assert_one_error_containing(&errors, "not a valid HTTP header name");
-    let errors = cached_errors(quote!(resource = "contacts", vary = header()));
+    let errors = cached_errors(quote!(resource = "contacts", ttl = 300, vary = header()));
     assert_one_error_containing(&errors, "`header` takes one header name");
-    let errors = cached_errors(quote!(resource = "contacts", vary = cookie("session")));
+    let errors = cached_errors(quote!(
+        resource = "contacts",
+        ttl = 300,
+        vary = cookie("session")
+    ));
     assert_one_error_containing(&errors, "unknown `vary` part");
 }
 
@@ -302,7 +359,7 @@ fn the_function_must_be_async_and_not_a_method() {
             1
         }
     );
-    let errors = cached_with(quote!(resource = "contacts"), &function)
+    let errors = cached_with(quote!(resource = "contacts", ttl = 300), &function)
         .err()
         .unwrap();
     assert_one_error_containing(&errors, "applies to async functions only");
@@ -312,12 +369,12 @@ fn the_function_must_be_async_and_not_a_method() {
             1
         }
     );
-    let errors = cached_with(quote!(resource = "contacts"), &method)
+    let errors = cached_with(quote!(resource = "contacts", ttl = 300), &method)
         .err()
         .unwrap();
     assert_one_error_containing(&errors, "cannot take `self`");
     assert!(cached_with(
-        quote!(resource = "contacts", key = (), scope = global),
+        quote!(resource = "contacts", ttl = 300, key = (), scope = global),
         &method
     )
     .is_ok());

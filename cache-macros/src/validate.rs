@@ -14,20 +14,31 @@ use crate::attr::Set;
 use crate::errors::Errors;
 use crate::parse::{CachedArgs, InvalidatesArgs};
 
-/// The TTLs of resources that need no `ttl = N` (the reference rollout's presets).
-pub(crate) const PRESET_TTLS: &[(&str, u32)] = &[
-    ("conversations", 30),
-    ("contacts", 300),
-    ("templates", 1800),
-    ("analytics", 600),
-    ("campaigns", 300),
-    ("organization", 900),
+/// The reference rollout's TTLs, named in the "missing `ttl`" message: the runtime's
+/// `presets` constants. A resource never gets one by its name alone; the user writes
+/// `ttl = cache_runtime::presets::CONTACTS` to choose it.
+pub(crate) const PRESET_TTLS: &[(&str, &str, u32)] = &[
+    ("conversations", "CONVERSATIONS", 30),
+    ("contacts", "CONTACTS", 300),
+    ("templates", "TEMPLATES", 1800),
+    ("analytics", "ANALYTICS", 600),
+    ("campaigns", "CAMPAIGNS", 300),
+    ("organization", "ORGANIZATION", 900),
 ];
+
+/// How long entries live.
+pub(crate) enum Ttl {
+    /// `ttl = 300`: checked here.
+    Seconds(u32),
+    /// `ttl = cache_runtime::presets::CONTACTS`, or any constant expression of type
+    /// `u32`: evaluated by the compiler, which also checks it is not 0.
+    Constant(Expr),
+}
 
 /// A validated `#[cached(...)]`.
 pub(crate) struct CachedSpec {
     pub(crate) resource: String,
-    pub(crate) ttl_secs: u32,
+    pub(crate) ttl: Ttl,
     pub(crate) tags: Vec<String>,
     pub(crate) vary: Vec<VaryPart>,
     pub(crate) scope: Scope,
@@ -84,11 +95,21 @@ pub(crate) fn cached(args: CachedArgs, function: &ItemFn, errors: &mut Errors) -
             None
         }
     };
-    let ttl_secs = match (args.ttl.get(), &resource) {
-        (Some(set), _) => seconds(&set.value, &TTL, errors),
-        (None, Some(name)) => preset_ttl(name, errors),
+    let ttl = match (args.ttl.get(), &resource) {
+        (
+            Some(Set {
+                value: Expr::Lit(literal),
+                ..
+            }),
+            _,
+        ) => Ttl::Seconds(seconds(&Expr::Lit(literal), &TTL, errors)),
+        (Some(set), _) => Ttl::Constant(set.value),
+        (None, Some(name)) => {
+            missing_ttl(name, errors);
+            Ttl::Seconds(0)
+        }
         // The missing or broken resource is already reported; a TTL error would be noise.
-        (None, None) => 0,
+        (None, None) => Ttl::Seconds(0),
     };
 
     let tags = args
@@ -154,7 +175,7 @@ pub(crate) fn cached(args: CachedArgs, function: &ItemFn, errors: &mut Errors) -
     CachedSpec {
         resource: resource.map(|r| r.value()).unwrap_or_default(),
         browser_ttl_secs,
-        ttl_secs,
+        ttl,
         tags,
         vary,
         scope: scope(args.scope.get()),
@@ -376,24 +397,22 @@ fn seconds(value: &Expr, option: &SecondsOption, errors: &mut Errors) -> u32 {
     }
 }
 
-fn preset_ttl(resource: &LitStr, errors: &mut Errors) -> u32 {
+/// No `ttl`: say how to write one, naming the preset constant when the resource is one
+/// of the reference's (it is never taken from the name alone: any app may have a
+/// resource called `contacts` with data of another lifetime).
+fn missing_ttl(resource: &LitStr, errors: &mut Errors) {
     let name = resource.value();
-    if let Some((_, seconds)) = PRESET_TTLS.iter().find(|(preset, _)| *preset == name) {
-        return *seconds;
-    }
-    let presets = PRESET_TTLS
-        .iter()
-        .map(|(preset, seconds)| format!("{preset} ({seconds}s)"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    errors.spanned(
-        resource,
-        format_args!(
-            "resource \"{name}\" has no preset TTL: add `ttl = <seconds>` \
-             (the presets are {presets})"
+    let message = match PRESET_TTLS.iter().find(|(preset, _, _)| *preset == name) {
+        Some((_, constant, seconds)) => format!(
+            "missing `ttl`: write `ttl = <seconds>`, or `ttl = cache_runtime::presets::{constant}` \
+             for the reference's {seconds} s"
         ),
-    );
-    0
+        None => format!(
+            "missing `ttl`: how long entries of \"{name}\" live, like `ttl = 300` \
+             (or a constant such as `cache_runtime::presets::CONTACTS`)"
+        ),
+    };
+    errors.spanned(resource, message);
 }
 
 fn tags(value: &Expr, errors: &mut Errors) -> Vec<String> {

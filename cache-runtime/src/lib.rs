@@ -74,6 +74,7 @@ pub mod key;
 pub mod observe;
 mod pending;
 mod plain;
+pub mod presets;
 pub mod registry;
 mod scope;
 pub mod stats;

@@ -19,7 +19,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use cache_runtime::cached;
+use cache_runtime::{cached, presets};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter};
 use serde::{Deserialize, Serialize};
@@ -380,6 +380,7 @@ pub async fn campaign_totals(db: &Db, org_id: i64) -> Result<CampaignTotals, DbE
 /// composed response.
 #[cached(
     resource = "analytics",
+    ttl = presets::ANALYTICS,
     tags = ["contacts", "conversations", "messages", "campaigns"]
 )]
 pub async fn dashboard(

@@ -7,7 +7,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use cache_runtime::{cached, invalidates};
+use cache_runtime::{cached, invalidates, presets};
 use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
@@ -94,7 +94,7 @@ fn status_filter(raw: Option<String>, allowed: &[&str]) -> Result<Option<String>
 }
 
 /// `GET /api/broadcast?status=&page=&limit=`
-#[cached(resource = "campaigns", tags = ["templates"])]
+#[cached(resource = "campaigns", ttl = presets::CAMPAIGNS, tags = ["templates"])]
 pub async fn list_broadcasts(
     State(app): State<AppState>,
     auth: Auth,
@@ -263,7 +263,7 @@ pub struct DripPage {
 }
 
 /// `GET /api/drip-campaigns?status=&page=&limit=`
-#[cached(resource = "campaigns")]
+#[cached(resource = "campaigns", ttl = presets::CAMPAIGNS)]
 pub async fn list_drips(
     State(app): State<AppState>,
     auth: Auth,

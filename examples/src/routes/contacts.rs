@@ -8,7 +8,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use cache_runtime::{cached, invalidates};
+use cache_runtime::{cached, invalidates, presets};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Row};
 use serde::{Deserialize, Serialize};
@@ -130,7 +130,7 @@ fn like_pattern(search: &str) -> String {
 }
 
 /// `GET /api/contacts?search=&tags=a,b&page=&limit=`
-#[cached(resource = "contacts")]
+#[cached(resource = "contacts", ttl = presets::CONTACTS)]
 pub async fn list_contacts(
     State(app): State<AppState>,
     auth: Auth,

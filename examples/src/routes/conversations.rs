@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use cache_runtime::{cached, invalidates};
+use cache_runtime::{cached, invalidates, presets};
 use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +80,7 @@ pub struct ConversationPage {
 const STATUSES: [&str; 3] = ["open", "pending", "closed"];
 
 /// `GET /api/conversations?status=&page=&limit=`
-#[cached(resource = "conversations")]
+#[cached(resource = "conversations", ttl = presets::CONVERSATIONS)]
 pub async fn list_conversations(
     State(app): State<AppState>,
     auth: Auth,

@@ -6,7 +6,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use cache_runtime::{cached, invalidates};
+use cache_runtime::{cached, invalidates, presets};
 use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +64,7 @@ fn organization_from_row(row: &Row<'_>) -> rusqlite::Result<Organization> {
 }
 
 /// `GET /api/organizations/current`
-#[cached(resource = "organization")]
+#[cached(resource = "organization", ttl = presets::ORGANIZATION)]
 pub async fn current_organization(
     State(app): State<AppState>,
     auth: Auth,

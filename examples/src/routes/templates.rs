@@ -7,7 +7,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use cache_runtime::{cached, invalidates};
+use cache_runtime::{cached, invalidates, presets};
 use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
@@ -99,7 +99,7 @@ fn category_filter(raw: Option<String>) -> Result<Option<String>, ApiError> {
 }
 
 /// `GET /api/templates?category=&page=&limit=`
-#[cached(resource = "templates")]
+#[cached(resource = "templates", ttl = presets::TEMPLATES)]
 pub async fn list_templates(
     State(app): State<AppState>,
     auth: Auth,

@@ -1,6 +1,6 @@
 use cache_runtime::cached;
 
-#[cached(resource = "templates")]
+#[cached(resource = "templates", ttl = 60)]
 fn list_templates() -> &'static str {
     "[]"
 }

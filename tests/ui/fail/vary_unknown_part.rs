@@ -1,6 +1,6 @@
 use cache_runtime::cached;
 
-#[cached(resource = "contacts", vary = [user, cookie("session")])]
+#[cached(resource = "contacts", ttl = 60, vary = [user, cookie("session")])]
 async fn list_contacts() -> &'static str {
     "[]"
 }

@@ -10,7 +10,7 @@ mod routes {
     use super::cached;
 
     /// Lists the templates of the caller's organization.
-    #[cached(resource = "templates")]
+    #[cached(resource = "templates", ttl = 60)]
     #[allow(clippy::unused_async)]
     pub(crate) async fn list_templates() -> String {
         #![allow(unused_mut)]
@@ -20,7 +20,7 @@ mod routes {
     }
 }
 
-#[cached(resource = "templates")]
+#[cached(resource = "templates", ttl = 60)]
 async fn r#match() -> &'static str {
     "raw identifiers are fine"
 }

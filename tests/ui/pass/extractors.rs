@@ -25,7 +25,7 @@ struct Search {
     text: String,
 }
 
-#[cached(resource = "contacts")]
+#[cached(resource = "contacts", ttl = 60)]
 async fn contact(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,

@@ -7,22 +7,22 @@ use axum::routing::get;
 use axum::Router;
 use cache_runtime::cached;
 
-#[cached(resource = "campaigns", skip_cache)]
+#[cached(resource = "campaigns", ttl = 60, skip_cache)]
 async fn campaigns_rolled_back() -> &'static str {
     "[]"
 }
 
-#[cached(resource = "campaigns", skip_cache = false)]
+#[cached(resource = "campaigns", ttl = 60, skip_cache = false)]
 async fn campaigns() -> &'static str {
     "[]"
 }
 
-#[cached(resource = "campaigns", cache_only_success = false)]
+#[cached(resource = "campaigns", ttl = 60, cache_only_success = false)]
 async fn campaign_lookup() -> (StatusCode, &'static str) {
     (StatusCode::NOT_FOUND, "no such campaign")
 }
 
-#[cached(resource = "campaigns", skip_cache = true, cache_only_success = true)]
+#[cached(resource = "campaigns", ttl = 60, skip_cache = true, cache_only_success = true)]
 async fn campaigns_explicit() -> &'static str {
     "[]"
 }

@@ -26,7 +26,7 @@ impl Db {
         }])
     }
 
-    #[cached(resource = "contacts", key = (org_id), scope = org_id)]
+    #[cached(resource = "contacts", ttl = 60, key = (org_id), scope = org_id)]
     async fn contact_count(&self, org_id: i64) -> u64 {
         self.query(org_id, "")
             .await
@@ -40,12 +40,12 @@ async fn search_contacts(db: &Db, org_id: i64, text: &str) -> Result<Vec<Contact
     Ok(rows)
 }
 
-#[cached(resource = "analytics", key = (), scope = global)]
+#[cached(resource = "analytics", ttl = 60, key = (), scope = global)]
 async fn platform_totals() -> (u64, u64) {
     (3, 4)
 }
 
-#[cached(resource = "templates", key = (names.len(), prefix), scope = global)]
+#[cached(resource = "templates", ttl = 60, key = (names.len(), prefix), scope = global)]
 pub(crate) async fn render<T>(names: Vec<T>, prefix: String) -> Vec<String>
 where
     T: AsRef<str>,

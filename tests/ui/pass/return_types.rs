@@ -26,23 +26,23 @@ fn fetch(ok: bool) -> Result<u32, ApiError> {
     }
 }
 
-#[cached(resource = "analytics")]
+#[cached(resource = "analytics", ttl = 60)]
 async fn opaque() -> impl IntoResponse {
     (StatusCode::OK, "opaque")
 }
 
-#[cached(resource = "analytics")]
+#[cached(resource = "analytics", ttl = 60)]
 async fn opaque_result() -> Result<impl IntoResponse, ApiError> {
     let count = fetch(true)?;
     Ok(Json(count))
 }
 
-#[cached(resource = "analytics")]
+#[cached(resource = "analytics", ttl = 60)]
 async fn tuple() -> (StatusCode, Json<Vec<u32>>) {
     (StatusCode::OK, Json(vec![1, 2, 3]))
 }
 
-#[cached(resource = "analytics")]
+#[cached(resource = "analytics", ttl = 60)]
 async fn response() -> Response {
     match fetch(false) {
         Ok(count) => Json(count).into_response(),
@@ -50,12 +50,12 @@ async fn response() -> Response {
     }
 }
 
-#[cached(resource = "analytics")]
+#[cached(resource = "analytics", ttl = 60)]
 async fn std_result() -> std::result::Result<String, (StatusCode, String)> {
     Err((StatusCode::NOT_FOUND, "none".to_owned()))
 }
 
-#[cached(resource = "analytics")]
+#[cached(resource = "analytics", ttl = 60)]
 async fn nothing() {}
 
 fn main() {

@@ -13,22 +13,22 @@ struct Auth {
     org_slug: Option<String>,
 }
 
-#[cached(resource = "templates", scope = global)]
+#[cached(resource = "templates", ttl = 60, scope = global)]
 async fn shared_templates() -> &'static str {
     "[]"
 }
 
-#[cached(resource = "organization", scope = auth.org_id)]
+#[cached(resource = "organization", ttl = 60, scope = auth.org_id)]
 async fn organization(Extension(auth): Extension<Auth>) -> String {
     format!("org {}", auth.org_id)
 }
 
-#[cached(resource = "organization", scope = auth.org_slug)]
+#[cached(resource = "organization", ttl = 60, scope = auth.org_slug)]
 async fn organization_by_slug(Extension(auth): Extension<Auth>) -> String {
     auth.org_slug.unwrap_or_default()
 }
 
-#[cached(resource = "contacts", scope = org_id)]
+#[cached(resource = "contacts", ttl = 60, scope = org_id)]
 async fn contacts_of(Path(org_id): Path<String>) -> String {
     org_id
 }

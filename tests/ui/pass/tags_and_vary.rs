@@ -6,17 +6,17 @@ use axum::routing::get;
 use axum::Router;
 use cache_runtime::cached;
 
-#[cached(resource = "analytics", tags = ["contacts", "conversations"])]
+#[cached(resource = "analytics", ttl = 60, tags = ["contacts", "conversations"])]
 async fn dashboard() -> &'static str {
     "{}"
 }
 
-#[cached(resource = "conversations", vary = user)]
+#[cached(resource = "conversations", ttl = 60, vary = user)]
 async fn my_conversations() -> &'static str {
     "[]"
 }
 
-#[cached(resource = "templates", vary = header("Accept-Language"))]
+#[cached(resource = "templates", ttl = 60, vary = header("Accept-Language"))]
 async fn localized_templates() -> &'static str {
     "[]"
 }

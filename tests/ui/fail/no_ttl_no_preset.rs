@@ -1,8 +1,0 @@
-use cache_runtime::cached;
-
-#[cached(resource = "message-templates")]
-async fn list_templates() -> &'static str {
-    "[]"
-}
-
-fn main() {}
