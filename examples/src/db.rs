@@ -26,6 +26,9 @@ pub enum DbError {
     /// The pool was closed (the app is shutting down).
     #[error("database pool closed")]
     Closed,
+    /// A database shared by several instances cannot be used as it is.
+    #[error("shared database: {0}")]
+    Shared(String),
 }
 
 /// Handle to the database; cheap to clone.
@@ -36,6 +39,8 @@ pub struct Db {
 
 struct DbInner {
     path: PathBuf,
+    /// A temporary database is removed with its last handle; a shared file is kept.
+    temporary: bool,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
     /// SQLite has one writer at a time; queueing writers here keeps them off the
@@ -65,6 +70,17 @@ impl Db {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        Db::with_pool(path, pool_size, true)
+    }
+
+    /// Opens (creating if needed) the SQLite file at `path`, shared with any other
+    /// process that opens it: WAL mode lets their readers run alongside one writer, and
+    /// SQLite's own file locks order the writers of all processes. The file is kept.
+    pub fn open_file(path: impl Into<PathBuf>, pool_size: usize) -> Result<Db, DbError> {
+        Db::with_pool(path.into(), pool_size, false)
+    }
+
+    fn with_pool(path: PathBuf, pool_size: usize, temporary: bool) -> Result<Db, DbError> {
         let pool_size = pool_size.max(1);
         let mut idle = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
@@ -73,6 +89,7 @@ impl Db {
         Ok(Db {
             inner: Arc::new(DbInner {
                 path,
+                temporary,
                 idle: Mutex::new(idle),
                 permits: Arc::new(Semaphore::new(pool_size)),
                 writer: tokio::sync::Mutex::new(()),
@@ -182,6 +199,9 @@ impl Drop for DbInner {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
+        if !self.temporary {
+            return;
+        }
         for suffix in ["", "-wal", "-shm"] {
             let mut file = self.path.clone().into_os_string();
             file.push(suffix);

@@ -26,6 +26,7 @@ pub mod routes;
 pub mod seed;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -53,6 +54,10 @@ pub struct DemoConfig {
     pub seed: SeedConfig,
     /// SQLite connections (concurrent readers). Default 8.
     pub db_connections: usize,
+    /// A SQLite file shared with other instances (`DATABASE_URL`): the first instance to
+    /// open it seeds it, the others use its data. `None` (the default): a temporary file
+    /// of this instance alone, seeded afresh and removed at exit.
+    pub database: Option<PathBuf>,
 }
 
 impl Default for DemoConfig {
@@ -60,6 +65,7 @@ impl Default for DemoConfig {
         DemoConfig {
             seed: SeedConfig::default(),
             db_connections: 8,
+            database: None,
         }
     }
 }
@@ -87,13 +93,58 @@ pub struct Demo {
     pub seed: Arc<SeedSummary>,
 }
 
-/// Creates and seeds a fresh database and builds the router around `cache`.
+/// How long an instance waits for another to finish seeding a shared database.
+const SHARED_SEED_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Parses `DATABASE_URL`: `sqlite://<path>`, `sqlite:<path>` or a bare path.
+///
+/// ```
+/// let path = examples::database_path("sqlite:///tmp/demo.sqlite3").unwrap();
+/// assert_eq!(path, std::path::PathBuf::from("/tmp/demo.sqlite3"));
+/// assert!(examples::database_path("postgres://localhost/demo").is_err());
+/// ```
+pub fn database_path(url: &str) -> Result<PathBuf, String> {
+    let url = url.trim();
+    let path = if let Some(rest) = url.strip_prefix("sqlite://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        rest
+    } else if url.contains("://") {
+        return Err(format!(
+            "DATABASE_URL={url:?}: the demo runs on SQLite; write sqlite://<path> or a path"
+        ));
+    } else {
+        url
+    };
+    if path.is_empty() {
+        return Err("DATABASE_URL names no file".to_owned());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Creates and seeds a fresh database (or opens the shared one) and builds the router
+/// around `cache`.
 pub async fn build_demo(config: &DemoConfig, cache: Cache) -> Result<Demo, StartupError> {
-    let db = Db::create_temp(config.db_connections)?;
     let seed_config = config.seed.clone();
-    let summary = db
-        .setup(move |conn| seed::seed(conn, &seed_config, extract::now()))
-        .await?;
+    let summary = match &config.database {
+        None => {
+            let db = Db::create_temp(config.db_connections)?;
+            let summary = db
+                .setup(move |conn| seed::seed(conn, &seed_config, extract::now()))
+                .await?;
+            (db, summary)
+        }
+        Some(path) => {
+            let db = Db::open_file(path, config.db_connections)?;
+            let summary = db
+                .setup(move |conn| {
+                    seed::seed_shared(conn, &seed_config, extract::now(), SHARED_SEED_WAIT)
+                })
+                .await?;
+            (db, summary)
+        }
+    };
+    let (db, summary) = summary;
     let seed = Arc::new(summary);
     let tokens = Tokens::load(&db).await?;
     let state = AppState { db: db.clone() };

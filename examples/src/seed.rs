@@ -8,7 +8,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::db::DbError;
@@ -551,4 +551,81 @@ fn skewed_index(rng: &mut impl Rng, n: usize) -> usize {
         x -= w;
     }
     n - 1
+}
+
+/// Seeds a database shared by several instances once: the first instance to claim it
+/// seeds and records the summary; the others wait for that summary and use it. Claiming
+/// is one `BEGIN IMMEDIATE` transaction, so two instances started together cannot both
+/// seed. A claim whose seeding never finished (the instance died) is reported after
+/// `wait`, with what to do.
+pub fn seed_shared(
+    conn: &mut Connection,
+    config: &SeedConfig,
+    now: i64,
+    wait: std::time::Duration,
+) -> Result<SeedSummary, DbError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS demo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    )?;
+    let wanted = format!(
+        "seed={} scale={} organizations={}",
+        config.seed, config.scale, config.organizations
+    );
+    let claimed = {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT value FROM demo_meta WHERE key = 'seeding'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(existing) = &existing {
+            if *existing != wanted {
+                return Err(DbError::Shared(format!(
+                    "the shared database was seeded with {existing}, this instance wants {wanted}"
+                )));
+            }
+        } else {
+            tx.execute(
+                "INSERT INTO demo_meta (key, value) VALUES ('seeding', ?1)",
+                [&wanted],
+            )?;
+        }
+        tx.commit()?;
+        existing.is_none()
+    };
+    if claimed {
+        let summary = seed(conn, config, now)?;
+        let json = serde_json::to_string(&summary)
+            .map_err(|err| DbError::Shared(format!("cannot record the seed summary: {err}")))?;
+        conn.execute(
+            "INSERT INTO demo_meta (key, value) VALUES ('summary', ?1)",
+            [&json],
+        )?;
+        return Ok(summary);
+    }
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let summary: Option<String> = conn
+            .query_row(
+                "SELECT value FROM demo_meta WHERE key = 'summary'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(json) = summary {
+            return serde_json::from_str(&json).map_err(|err| {
+                DbError::Shared(format!("the recorded seed summary does not parse: {err}"))
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(DbError::Shared(format!(
+                "another instance claimed the shared database for seeding and has not \
+                 finished after {} s; if it died, delete the database file and start again",
+                wait.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -29,6 +29,7 @@ async fn demo_on(redis: &RedisServer) -> RunningDemo {
             ..SeedConfig::default()
         },
         db_connections: 4,
+        database: None,
     };
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
     start_demo(config, cache, addr)

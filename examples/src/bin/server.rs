@@ -6,8 +6,18 @@
 //! ```
 //!
 //! Environment: `PORT` (default 3000; listens on 127.0.0.1), `REDIS_URL` (unset: the
-//! in-memory cache), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume),
-//! `RUST_LOG` (default `info`: one line per request).
+//! in-memory cache), `DATABASE_URL` (unset: a temporary SQLite file of this process;
+//! `sqlite:///path/demo.sqlite3`: a file shared with other instances, seeded by the
+//! first), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume), `RUST_LOG`
+//! (default `info`: one line per request).
+//!
+//! Two instances on one database and one Redis, as behind a load balancer:
+//!
+//! ```text
+//! export REDIS_URL=redis://127.0.0.1:6379/ DATABASE_URL=sqlite:///tmp/demo.sqlite3
+//! PORT=3001 cargo run --release -p examples --bin server &
+//! PORT=3002 cargo run --release -p examples --bin server &
+//! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -64,8 +74,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if cache.clone().install_global().is_err() {
         tracing::warn!("a process-wide cache was already installed; keeping it");
     }
+    let database = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(examples::database_path(&url)?),
+        _ => None,
+    };
+    if database.is_some() && std::env::var_os("REDIS_URL").is_none() {
+        tracing::warn!(
+            "DATABASE_URL is shared but REDIS_URL is unset: each instance's in-memory cache \
+             cannot see the others' invalidations, so they will serve each other's stale data"
+        );
+    }
     let config = DemoConfig {
         seed,
+        database,
         ..DemoConfig::default()
     };
     let cache_at_exit = cache.clone();
@@ -90,7 +111,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         result = shutdown_signal() => {
             result?;
             tracing::info!("shutting down");
-            // Also removes the temporary database file.
+            // Also removes the temporary database file (a shared one is kept).
             demo.shutdown().await;
         }
         result = demo.wait() => result?,
