@@ -20,6 +20,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::early_refresh::RandomSource;
 use crate::error::ConfigError;
 
 /// How a [`Cache`](crate::Cache) behaves. Build it with [`CacheConfig::from_env`] or
@@ -69,6 +70,9 @@ pub struct CacheConfig {
     pub lease: Option<Duration>,
     /// XFetch (Vattani et al., 2015) early-refresh strength; 0 disables.
     pub early_refresh_beta: f64,
+    /// Where the early-refresh decision draws its randomness (`rand::random`); set a
+    /// seeded or constant source to reproduce decisions. No environment variable.
+    pub early_refresh_random: RandomSource,
 }
 
 impl Default for CacheConfig {
@@ -87,6 +91,7 @@ impl Default for CacheConfig {
             flight_wait: Duration::from_millis(5000),
             lease: None,
             early_refresh_beta: 1.0,
+            early_refresh_random: RandomSource::default(),
         }
     }
 }
@@ -260,6 +265,13 @@ impl CacheConfig {
     /// Sets the XFetch early-refresh strength (0 disables).
     pub fn with_early_refresh_beta(mut self, beta: f64) -> Self {
         self.early_refresh_beta = if beta.is_finite() { beta.max(0.0) } else { 0.0 };
+        self
+    }
+
+    /// Sets where the early-refresh decision draws its randomness (tests, replays); see
+    /// [`RandomSource`].
+    pub fn with_early_refresh_random(mut self, source: RandomSource) -> Self {
+        self.early_refresh_random = source;
         self
     }
 }
