@@ -133,15 +133,34 @@ impl Setup {
     /// invalidation raced with the repair); the next read caches as usual.
     async fn expect_repair_then_recovery(
         &self,
+        warnings: &Warnings,
         tenant: &str,
         resource: &str,
         what: &str,
     ) -> CounterSnapshot {
         let runs = self.api.db.runs();
-        let (_, api) = self.instance().await;
+        let (cache, api) = self.instance().await;
         let read = api.read(tenant, resource, None).await;
         assert_eq!(read.x_cache(), "MISS", "{what}: the repairing read");
         assert_eq!(self.api.db.runs(), runs + 1, "{what}");
+        // README: "`errors`; a `WARN replaced generation values that were not ours`".
+        let counted = cache.stats().totals;
+        assert_eq!(
+            (
+                counted.misses,
+                counted.errors,
+                counted.corrupt,
+                counted.stores
+            ),
+            (1, 1, 0, 0),
+            "{what}: {counted:?}"
+        );
+        let warned = warnings.take();
+        assert_eq!(warned.len(), 1, "{what}: {warned:?}");
+        assert!(
+            warned[0].contains("replaced generation values that were not ours"),
+            "{what}: {warned:?}"
+        );
         let generation = format!("api-cache:{{t.{tenant}}}:g:{resource}");
         let repaired: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&generation)
@@ -275,6 +294,7 @@ async fn other_types_under_an_entry_key_are_misses_then_overwritten() {
 async fn foreign_values_under_a_generation_key_are_misses_then_overwritten() {
     let s = setup().await;
     s.warm("org_1", "contacts").await;
+    let (warnings, _guard) = Warnings::capture();
     let generation = "api-cache:{t.org_1}:g:contacts";
     let not_a_token: &[u8] = &[0xff, 0xfe, 0x00, 0x80];
     let too_long = vec![b'g'; 200];
@@ -284,12 +304,12 @@ async fn foreign_values_under_a_generation_key_are_misses_then_overwritten() {
         ("an empty token", Vec::new()),
     ] {
         s.set_raw(generation, &value);
-        s.expect_repair_then_recovery("org_1", "contacts", what)
+        s.expect_repair_then_recovery(&warnings, "org_1", "contacts", what)
             .await;
     }
     let _: i64 = s.server.cmd(&["DEL", generation]);
     let _: i64 = s.server.cmd(&["RPUSH", generation, "x"]);
-    s.expect_repair_then_recovery("org_1", "contacts", "a list")
+    s.expect_repair_then_recovery(&warnings, "org_1", "contacts", "a list")
         .await;
     // The invalidation still works on the recovered generation.
     s.api.change("org_1", "contacts").await;
