@@ -649,7 +649,7 @@ impl Cache {
         if beta <= 0.0 || entry.compute_ms == 0 {
             return false;
         }
-        let random: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+        let random = self.inner.config.early_refresh_random.draw();
         let head_start_ms = f64::from(entry.compute_ms) * beta * -random.ln();
         now_ms() as f64 + head_start_ms >= entry.expires_at_ms() as f64
     }

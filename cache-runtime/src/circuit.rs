@@ -209,6 +209,56 @@ mod tests {
         assert_eq!(circuit.permit(), Permit::Closed);
     }
 
+    /// The back-off of each opening: how long from now the circuit stays open.
+    fn open_for(circuit: &Circuit) -> Duration {
+        let until = circuit.open_until.load(Acquire);
+        assert_ne!(until, 0, "the circuit is closed");
+        Duration::from_millis(until.saturating_sub(circuit.now_ms()))
+    }
+
+    /// README: after the first back-off (`API_CACHE_CIRCUIT_OPEN_MS`, 1 s) each failed
+    /// probe keeps the circuit open twice as long, "2 s, 4 s, ... at most 30 s"; a probe
+    /// that succeeds closes it, and the next outage starts from 1 s again.
+    #[test]
+    fn each_failed_probe_doubles_the_back_off_up_to_30_s() {
+        let circuit = Circuit::new(3, Duration::from_secs(1));
+        for _ in 0..3 {
+            circuit.on_failure(false);
+        }
+        let mut back_offs = vec![circuit.current_open_ms.load(Relaxed)];
+        let within = |expected_ms: u64| {
+            let open_for = open_for(&circuit);
+            // Milliseconds pass between the failure and this reading; none are added.
+            assert!(
+                open_for <= Duration::from_millis(expected_ms)
+                    && open_for + Duration::from_millis(500) > Duration::from_millis(expected_ms),
+                "open for {open_for:?}, expected {expected_ms} ms"
+            );
+        };
+        within(1000);
+        for _ in 0..6 {
+            assert!(
+                !circuit.on_failure(true),
+                "a failed probe is not a new opening"
+            );
+            back_offs.push(circuit.current_open_ms.load(Relaxed));
+            within(*back_offs.last().unwrap());
+            assert_eq!(circuit.permit(), Permit::Denied);
+        }
+        assert_eq!(
+            back_offs,
+            [1000, 2000, 4000, 8000, 16000, 30000, 30000],
+            "milliseconds open after the opening and each failed probe"
+        );
+        circuit.on_success();
+        assert_eq!(circuit.permit(), Permit::Closed);
+        for _ in 0..3 {
+            circuit.on_failure(false);
+        }
+        assert_eq!(circuit.current_open_ms.load(Relaxed), 1000);
+        within(1000);
+    }
+
     #[test]
     fn success_resets_the_failure_count() {
         let circuit = Circuit::new(2, Duration::from_secs(10));

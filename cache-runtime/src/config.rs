@@ -22,6 +22,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::early_refresh::RandomSource;
 use crate::error::ConfigError;
 
 /// How a [`Cache`](crate::Cache) behaves. Build it with [`CacheConfig::from_env`] or
@@ -83,6 +84,9 @@ pub struct CacheConfig {
     /// before: the entries it guarded miss, none is ever served stale. Entries whose TTL
     /// is longer than this may miss before they expire.
     pub generation_ttl: Duration,
+    /// Where the early-refresh decision draws its randomness (`rand::random`); set a
+    /// seeded or constant source to reproduce decisions. No environment variable.
+    pub early_refresh_random: RandomSource,
 }
 
 /// Which replicas must acknowledge an invalidation (Redis `WAIT`), read from
@@ -145,6 +149,7 @@ impl Default for CacheConfig {
             early_refresh_beta: 1.0,
             wait_replicas: WaitReplicas::All,
             generation_ttl: Duration::from_secs(7 * 24 * 3600),
+            early_refresh_random: RandomSource::default(),
         }
     }
 }
@@ -360,6 +365,13 @@ impl CacheConfig {
     /// Sets the XFetch early-refresh strength (0 disables).
     pub fn with_early_refresh_beta(mut self, beta: f64) -> Self {
         self.early_refresh_beta = if beta.is_finite() { beta.max(0.0) } else { 0.0 };
+        self
+    }
+
+    /// Sets where the early-refresh decision draws its randomness (tests, replays); see
+    /// [`RandomSource`].
+    pub fn with_early_refresh_random(mut self, source: RandomSource) -> Self {
+        self.early_refresh_random = source;
         self
     }
 }

@@ -64,6 +64,7 @@ mod backend;
 mod cache;
 mod circuit;
 pub mod config;
+pub mod early_refresh;
 mod entry;
 pub mod error;
 mod flight;

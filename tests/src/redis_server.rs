@@ -1,9 +1,10 @@
 //! A `redis-server` child process owned by one test.
 //!
-//! Started on a free loopback port with no persistence, in its own temporary directory;
-//! killed when dropped. The test may stop it (SIGKILL), pause it (SIGSTOP / SIGCONT),
-//! restart it on the same port (all keys gone), or reconfigure it. Nothing here depends
-//! on a server someone started by hand.
+//! Started on a free loopback port in its own temporary directory, with no persistence
+//! unless asked ([`RedisServer::start_persistent`]); killed when dropped. The test may
+//! stop it (SIGKILL), pause it (SIGSTOP / SIGCONT), restart it on the same port (all keys
+//! gone, or all kept when persistent), bring it back as a read-only replica of its own
+//! data, or reconfigure it. Nothing here depends on a server someone started by hand.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Every write is in an append-only file, fsynced at once: a SIGKILL loses nothing.
+    persistent: bool,
     /// TLS only: the plain port is closed and readiness is checked by the TLS port.
     tls: bool,
 }
@@ -123,6 +126,7 @@ impl RedisServer {
             dir,
             child: None,
             extra_args: tls_args,
+            persistent: false,
             tls: true,
         };
         server.spawn();
@@ -154,13 +158,28 @@ impl RedisServer {
             dir: Self::directory(port),
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            persistent: false,
             tls: false,
         };
         server.spawn();
         server
     }
 
+    /// Starts a server that keeps every write in an append-only file fsynced at once, so
+    /// that [`RedisServer::restart_keeping_data`] (SIGKILL, then start on the same
+    /// directory) brings back exactly what it held.
+    pub fn start_persistent() -> RedisServer {
+        let mut server = Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+        server.persistent = true;
+        server
+    }
+
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// Spawns the server with its arguments and, for this run only, `run_args`.
+    fn spawn_with(&mut self, run_args: &[&str]) {
         let plain_port = if self.tls { 0 } else { self.port };
         let child = Command::new(redis_server_binary())
             .arg("--port")
@@ -170,6 +189,7 @@ impl RedisServer {
             .arg(&self.dir)
             .args(["--protected-mode", "no", "--loglevel", "warning"])
             .args(&self.extra_args)
+            .args(run_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -248,8 +268,37 @@ impl RedisServer {
 
     /// Starts the server again on the same port, with nothing stored.
     pub fn restart(&mut self) {
+        assert!(
+            !self.persistent,
+            "a persistent server comes back with its data: use restart_keeping_data"
+        );
         self.kill();
         self.spawn();
+    }
+
+    /// Kills a server from [`RedisServer::start_persistent`] (SIGKILL: no shutdown save)
+    /// and starts it again on the same port and directory: it loads its append-only file
+    /// and holds every key it held, values and TTLs as they were.
+    pub fn restart_keeping_data(&mut self) {
+        assert!(self.persistent, "only a persistent server keeps its data");
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts a killed persistent server again with its data, as a read-only replica of
+    /// a master that does not answer (like a replica about to be promoted): it serves
+    /// reads of what it held and refuses every write (`-READONLY`) until
+    /// [`RedisServer::promote`].
+    pub fn start_again_as_replica(&mut self) {
+        assert!(self.child.is_none(), "server still running");
+        assert!(self.persistent, "only a persistent server keeps its data");
+        let nobody = free_port().to_string();
+        self.spawn_with(&["--replicaof", "127.0.0.1", &nobody]);
+    }
+
+    /// Promotes a replica to master (`REPLICAOF NO ONE`): writes are accepted again.
+    pub fn promote(&self) {
+        let _: () = self.cmd(&["REPLICAOF", "NO", "ONE"]);
     }
 
     /// Starts a killed server again on the same port.

@@ -129,7 +129,7 @@ async fn change_contacts(
 }
 
 /// A short TTL, for measuring what bounds staleness when an invalidation is lost.
-#[cached(resource = "conversations", ttl = 3)]
+#[cached(resource = "conversations", ttl = 8)]
 async fn list_conversations(
     State(db): State<Db>,
     Extension(scope): Extension<CacheScope>,

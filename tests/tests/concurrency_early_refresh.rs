@@ -2,14 +2,17 @@
 //! entry is recomputed by one request shortly before it expires, so requests do not all
 //! miss at expiry; requests that also draw an early refresh while it runs keep being
 //! answered from the still-valid entry instead of waiting. Both backends, through
-//! `#[cached]` on an axum Router.
+//! `#[cached]` on an axum Router. The decision's random draws come from a seeded source
+//! (`CacheConfig::with_early_refresh_random`), so what is drawn does not vary from run
+//! to run.
 
 mod concurrency_support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cache_runtime::early_refresh::RandomSource;
 use cache_runtime::Cache;
 use cache_tests::backends::TestBackend;
 use cache_tests::both_backends;
@@ -17,6 +20,23 @@ use cache_tests::http::{send, Reply};
 use concurrency_support::{request, router, wait_until, within_deadline, App, Flavor};
 
 const CLIENTS: usize = 4;
+
+/// Draws `exp(-x)` for `x` uniform in `[low, high)`, from a splitmix64 sequence seeded
+/// with `seed`: a lookup then refreshes when the entry's remaining life is under
+/// `compute_time * beta * x`.
+fn seeded_draws(seed: u64, low: f64, high: f64) -> RandomSource {
+    let state = AtomicU64::new(seed);
+    RandomSource::new(move || {
+        let mut z = state
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let uniform = (z >> 11) as f64 / (1u64 << 53) as f64;
+        (-(low + (high - low) * uniform)).exp()
+    })
+}
 
 /// `CLIENTS` clients request `/hot` (TTL 1 s) back to back until `enough` holds.
 async fn steady_load(api: &axum::Router, enough: impl Fn() -> bool) -> Vec<Reply> {
@@ -49,9 +69,21 @@ async fn steady_load(api: &axum::Router, enough: impl Fn() -> bool) -> Vec<Reply
 /// With the default strength (beta 1) and a handler that takes 50 ms, a TTL of 1 s
 /// under load: after the cold miss, every handler run is an early refresh of a valid
 /// entry by one request, and no request finds the entry expired.
+///
+/// The draws are seeded and lie in `[e^-16, e^-12)`: each refresh is drawn 600 to 800 ms
+/// before expiry (more if the handler measured slower), by the first request after that
+/// point. For a request to find the entry expired, the four clients would all have to
+/// stall for over half a second; random draws near 1 (no refresh until the last
+/// milliseconds) made that a matter of luck on a loaded machine.
 async fn refresh_before_expiry(backend: TestBackend) {
-    let cache = backend.cache().await;
-    assert_eq!(cache.config().early_refresh_beta, 1.0, "on by default");
+    assert_eq!(backend.config().early_refresh_beta, 1.0, "on by default");
+    let cache = Cache::new(
+        backend
+            .config()
+            .with_early_refresh_random(seeded_draws(13, 12.0, 16.0)),
+    )
+    .await
+    .unwrap();
     let app = App::default();
     app.set_compute(Duration::from_millis(50));
     let api = router(&cache, app.clone(), Flavor::Correct);
@@ -129,10 +161,12 @@ async fn without_early_refresh_clients_wait_at_each_expiry() {
 /// next request, which draws one too, is answered from the still-valid entry at once
 /// (the flight wait is longer than the test's deadline), and only the first recomputes.
 async fn refresh_in_progress_serves_the_valid_entry(backend: TestBackend) {
-    // A huge beta makes every lookup of an entry with a measurable compute time draw.
+    // A huge beta and a draw of one half make every lookup of an entry with a measurable
+    // compute time draw a refresh.
     let config = backend
         .config()
         .with_early_refresh_beta(1e9)
+        .with_early_refresh_random(RandomSource::new(|| 0.5))
         .with_flight_wait(Duration::from_secs(60));
     let cache = Cache::new(config.clone()).await.unwrap();
     // With Redis the cold miss goes through another instance: an instance keeps its

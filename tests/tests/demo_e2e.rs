@@ -15,11 +15,17 @@ use serde_json::{json, Value};
 /// Small data: seeding takes well under a second in a debug build.
 const SCALE: f64 = 0.02;
 
+/// Redis timeouts fit for a shared test machine: the 30 ms default can turn an expected
+/// `HIT` into a `MISS` when a busy machine answers late, and this test asserts exact hits.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn demo_on(redis: &RedisServer) -> RunningDemo {
     let cache = Cache::new(
         CacheConfig::default()
             .with_redis_url(redis.url())
-            .with_prefix("demo-e2e"),
+            .with_prefix("demo-e2e")
+            .with_response_timeout(REDIS_TIMEOUT)
+            .with_connect_timeout(REDIS_TIMEOUT),
     )
     .await
     .expect("a cache on the test's redis-server");
@@ -128,7 +134,17 @@ async fn the_reference_manual_flow_over_http() {
     assert_eq!(page["organization_id"], 1);
     assert_eq!(page["pagination"]["page"], 1);
     assert!(page["pagination"]["total"].as_i64().unwrap_or(0) > 0);
-    assert!(!redis.keys("demo-e2e*").is_empty(), "the entry is in Redis");
+    // The entry itself (not the generation keys the lookup created), stored off the
+    // request path: wait for it, with a deadline. Organization 1 is tenant "1".
+    let entry_pattern = "demo-e2e:{t.1}:e:templates:*";
+    cache_tests::redis_server::wait_until(Duration::from_secs(10), "the entry is in Redis", || {
+        redis.keys(entry_pattern).len() == 1
+    });
+    let entry: Vec<u8> = redis.cmd(&["GET", &redis.keys(entry_pattern)[0]]);
+    assert!(
+        entry.starts_with(b"AC") && entry.ends_with(first.body.as_bytes()),
+        "an entry holding the body as sent"
+    );
 
     // Second: a hit with its age, the same bytes, and no database query.
     let queries = client.db_queries().await;

@@ -171,11 +171,20 @@ async fn invalidation_held_by_a_write_pause_is_pending_then_delivered() {
     assert_eq!(cache.stats().pending_invalidations, 1);
 
     // Interleave reads of the invalidated tenant+resource (checked against the database:
-    // never version 1) and of another tenant (still served from the cache).
+    // never version 1) and of another tenant (still served from the cache). Each read of
+    // org_a is checked to fall in the risky window: Redis still holds version 1 under the
+    // old generation, the invalidation is pending.
     let mut seen_a = Vec::new();
-    while paused.elapsed() < Duration::from_millis(pause_ms / 2) {
+    while seen_a.len() < 3 || paused.elapsed() < Duration::from_millis(pause_ms / 2) {
         let read = api.read("org_a", "contacts", None).await;
         assert!(read.elapsed < bound());
+        assert_eq!(
+            cache.stats().pending_invalidations,
+            1,
+            "read {} of org_a came after the delivery, {:?} into a {pause_ms} ms pause",
+            seen_a.len() + 1,
+            paused.elapsed()
+        );
         seen_a.push(read.x_cache().to_owned());
         // org_b is correct either way; it is not always a HIT: the held MSET blocks the
         // one multiplexed connection, so reads queued behind it time out meanwhile.

@@ -3,13 +3,64 @@
 //! an entry of another format version, random bytes, JSON, an empty string, a list or a
 //! hash; a generation key holding bytes that are no token, or a list. Each is a miss
 //! with the correct uncached answer (never a 500, never a panic, never the planted
-//! data), counted, and then overwritten so that caching resumes: the next reads hit.
+//! data), counted as the README's failure-mode table says (with one WARN per corrupt
+//! value), and then overwritten so that caching resumes: the next reads hit.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cache_runtime::stats::CounterSnapshot;
 use cache_runtime::{Cache, CacheConfig};
 use cache_tests::versioned_api::Api;
 use cache_tests::RedisServer;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+/// The messages of the cache's WARN events, recorded by a subscriber set for the test's
+/// own thread. The lookup that finds a foreign value runs in the request future, which
+/// the test's thread polls (tower `oneshot`), so its events land here; other tests of
+/// this binary, on other threads, do not.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let metadata = event.metadata();
+        if *metadata.level() == tracing::Level::WARN && metadata.target() == "api_cache" {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
+        }
+    }
+}
+
+impl Warnings {
+    /// Records WARN events of this thread until the guard is dropped.
+    fn capture() -> (Warnings, tracing::subscriber::DefaultGuard) {
+        let warnings = Warnings::default();
+        let subscriber = tracing_subscriber::registry().with(warnings.clone());
+        (warnings, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The messages recorded since the last call.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// The README's WARN for a value under an entry key that is not a valid entry.
+const CORRUPT_WARNING: &str = "not a valid entry";
 
 fn config(server: &RedisServer) -> CacheConfig {
     CacheConfig::default()
@@ -75,16 +126,41 @@ impl Setup {
 
     /// After a value was planted: a miss with the correct answer (the handler ran
     /// once), counted; then the entry is overwritten with ours and the next reader hits
-    /// it from Redis (the handler idle). Returns the corrupt values counted.
+    /// it from Redis (the handler idle). Returns the counters of the instance that missed
+    /// and stored.
     /// A foreign value under a generation key: the read that finds it repairs the key and
     /// is served uncached (it must not store under a token it wrote itself, in case an
     /// invalidation raced with the repair); the next read caches as usual.
-    async fn expect_repair_then_recovery(&self, tenant: &str, resource: &str, what: &str) -> u64 {
+    async fn expect_repair_then_recovery(
+        &self,
+        warnings: &Warnings,
+        tenant: &str,
+        resource: &str,
+        what: &str,
+    ) -> CounterSnapshot {
         let runs = self.api.db.runs();
-        let (_, api) = self.instance().await;
+        let (cache, api) = self.instance().await;
         let read = api.read(tenant, resource, None).await;
         assert_eq!(read.x_cache(), "MISS", "{what}: the repairing read");
         assert_eq!(self.api.db.runs(), runs + 1, "{what}");
+        // README: "`errors`; a `WARN replaced generation values that were not ours`".
+        let counted = cache.stats().totals;
+        assert_eq!(
+            (
+                counted.misses,
+                counted.errors,
+                counted.corrupt,
+                counted.stores
+            ),
+            (1, 1, 0, 0),
+            "{what}: {counted:?}"
+        );
+        let warned = warnings.take();
+        assert_eq!(warned.len(), 1, "{what}: {warned:?}");
+        assert!(
+            warned[0].contains("replaced generation values that were not ours"),
+            "{what}: {warned:?}"
+        );
         let generation = format!("api-cache:{{t.{tenant}}}:g:{resource}");
         let repaired: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&generation)
@@ -98,7 +174,12 @@ impl Setup {
         self.expect_miss_then_recovery(tenant, resource, what).await
     }
 
-    async fn expect_miss_then_recovery(&self, tenant: &str, resource: &str, what: &str) -> u64 {
+    async fn expect_miss_then_recovery(
+        &self,
+        tenant: &str,
+        resource: &str,
+        what: &str,
+    ) -> CounterSnapshot {
         let runs = self.api.db.runs();
         let planted = self
             .entry_keys(tenant, resource)
@@ -131,7 +212,7 @@ impl Setup {
             runs + 1,
             "{what}: the hit ran the handler"
         );
-        cache.stats().totals.corrupt
+        cache.stats().totals
     }
 }
 
@@ -158,10 +239,29 @@ async fn foreign_string_values_under_an_entry_key_are_misses_then_overwritten() 
         // Same key digest, other generations: not corrupt, just not valid here.
         ("another tenant's entry", other_tenant, false),
     ];
-    for (what, value, counted_corrupt) in cases {
+    let (warnings, _guard) = Warnings::capture();
+    for (what, value, corrupt) in cases {
         s.set_raw(&key, &value);
-        let corrupt = s.expect_miss_then_recovery("org_1", "contacts", what).await;
-        assert_eq!(corrupt, u64::from(counted_corrupt), "{what}");
+        let counted = s.expect_miss_then_recovery("org_1", "contacts", what).await;
+        let warned = warnings.take();
+        if corrupt {
+            // README: "`corrupt` and `errors`, one `WARN` per value".
+            assert_eq!(
+                (counted.misses, counted.corrupt, counted.errors),
+                (1, 1, 1),
+                "{what}: {counted:?}"
+            );
+            assert_eq!(warned.len(), 1, "{what}: {warned:?}");
+            assert!(warned[0].contains(CORRUPT_WARNING), "{what}: {warned:?}");
+        } else {
+            // README: "`misses` only".
+            assert_eq!(
+                (counted.misses, counted.corrupt, counted.errors),
+                (1, 0, 0),
+                "{what}: {counted:?}"
+            );
+            assert_eq!(warned, Vec::<String>::new(), "{what}");
+        }
     }
 }
 
@@ -175,10 +275,18 @@ async fn other_types_under_an_entry_key_are_misses_then_overwritten() {
         ("a set", &["SADD", &key, "member"]),
         ("a stream", &["XADD", &key, "*", "field", "value"]),
     ];
+    let (warnings, _guard) = Warnings::capture();
     for (what, command) in plant {
         let _: i64 = s.server.cmd(&["DEL", &key]);
         let _: redis::Value = s.server.cmd(command);
-        s.expect_miss_then_recovery("org_1", "contacts", what).await;
+        let counted = s.expect_miss_then_recovery("org_1", "contacts", what).await;
+        // README: "`misses` only" (MGET answers nil for a key of another type).
+        assert_eq!(
+            (counted.misses, counted.corrupt, counted.errors),
+            (1, 0, 0),
+            "{what}: {counted:?}"
+        );
+        assert_eq!(warnings.take(), Vec::<String>::new(), "{what}");
     }
 }
 
@@ -186,6 +294,7 @@ async fn other_types_under_an_entry_key_are_misses_then_overwritten() {
 async fn foreign_values_under_a_generation_key_are_misses_then_overwritten() {
     let s = setup().await;
     s.warm("org_1", "contacts").await;
+    let (warnings, _guard) = Warnings::capture();
     let generation = "api-cache:{t.org_1}:g:contacts";
     let not_a_token: &[u8] = &[0xff, 0xfe, 0x00, 0x80];
     let too_long = vec![b'g'; 200];
@@ -195,12 +304,12 @@ async fn foreign_values_under_a_generation_key_are_misses_then_overwritten() {
         ("an empty token", Vec::new()),
     ] {
         s.set_raw(generation, &value);
-        s.expect_repair_then_recovery("org_1", "contacts", what)
+        s.expect_repair_then_recovery(&warnings, "org_1", "contacts", what)
             .await;
     }
     let _: i64 = s.server.cmd(&["DEL", generation]);
     let _: i64 = s.server.cmd(&["RPUSH", generation, "x"]);
-    s.expect_repair_then_recovery("org_1", "contacts", "a list")
+    s.expect_repair_then_recovery(&warnings, "org_1", "contacts", "a list")
         .await;
     // The invalidation still works on the recovered generation.
     s.api.change("org_1", "contacts").await;

@@ -144,6 +144,27 @@ async fn countries(State(db): State<Db>) -> &'static str {
     "[\"NZ\",\"PT\"]"
 }
 
+/// Answers in the language asked for: the response depends on a request header.
+#[cached(resource = "greetings", ttl = 60, vary = header("accept-language"))]
+async fn greeting(State(db): State<Db>, headers: HeaderMap) -> String {
+    db.ran("greeting");
+    match headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("pt") => "olá".to_owned(),
+        Some(language) => format!("hello ({language})"),
+        None => "hello".to_owned(),
+    }
+}
+
+/// Never cached: `skip_cache`, as in the reference configuration.
+#[cached(resource = "news", ttl = 60, skip_cache)]
+async fn news(State(db): State<Db>) -> String {
+    db.ran("news");
+    format!("news #{}", db.runs("news"))
+}
+
 #[invalidates("templtes")]
 async fn typo_mutation() -> StatusCode {
     StatusCode::NO_CONTENT
@@ -179,6 +200,8 @@ fn app(cache: &Cache, db: Db) -> Router {
         .route("/api/cookie", get(with_cookie))
         .route("/api/no-store", get(no_store))
         .route("/api/countries", get(countries))
+        .route("/api/greeting", get(greeting))
+        .route("/api/news", get(news))
         .route("/api/typo", post_route(typo_mutation))
         .with_state(db)
         .layer(middleware::from_fn(scope_from_headers))
@@ -567,6 +590,104 @@ both_backends!(
     hits_replay_the_stored_bytes_and_content_type,
     byte_identical
 );
+
+fn head_req(uri: &str, tenant: &str) -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::head(uri)
+        .header("x-tenant", tenant)
+        .body(axum::body::Body::empty())
+        .unwrap()
+}
+
+/// Every header but the age, which may have ticked between two hits.
+fn headers_but_age(reply: &Reply) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = reply
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != "x-cache-age")
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    headers
+}
+
+/// `HEAD` is served from the `GET` entry (HEAD keys as GET): the same status and headers
+/// as a `GET` hit, no body; and a `HEAD` that misses stores the entry a `GET` then hits,
+/// body included.
+async fn head_from_get(backend: TestBackend) {
+    let cache = backend.cache().await;
+    let db = Db::default();
+    let app = app(&cache, db.clone());
+    assert_eq!(fetch(&app, "/api/export", "org_1").await.x_cache(), "MISS");
+    let get_hit = fetch(&app, "/api/export", "org_1").await;
+    assert_eq!(get_hit.x_cache(), "HIT");
+    let head_hit = send(&app, head_req("/api/export", "org_1")).await;
+    assert_eq!(head_hit.status, get_hit.status);
+    assert_eq!(head_hit.x_cache(), "HIT");
+    assert_eq!(headers_but_age(&head_hit), headers_but_age(&get_hit));
+    assert!(head_hit.body.is_empty(), "a HEAD answered a body");
+    assert_eq!(db.runs("export"), 1);
+
+    let head_miss = send(&app, head_req("/api/templates", "org_1")).await;
+    assert_eq!(head_miss.x_cache(), "MISS");
+    assert!(head_miss.body.is_empty(), "a HEAD answered a body");
+    let get_after = fetch(&app, "/api/templates", "org_1").await;
+    assert_eq!(get_after.x_cache(), "HIT");
+    assert_eq!(get_after.json()["organization_id"], "org_1");
+    assert_eq!(db.runs("list_templates"), 1);
+}
+both_backends!(head_is_served_from_the_get_entry, head_from_get);
+
+/// `vary = header("accept-language")`: one entry per value of the header (and one for
+/// its absence), each hit by requests with the same value only.
+async fn vary_header(backend: TestBackend) {
+    let cache = backend.cache().await;
+    let db = Db::default();
+    let app = app(&cache, db.clone());
+    let ask = |language: Option<&'static str>| {
+        let mut request = get_req("/api/greeting", Some("org_1"));
+        if let Some(language) = language {
+            request
+                .headers_mut()
+                .insert(header::ACCEPT_LANGUAGE, language.parse().unwrap());
+        }
+        send(&app, request)
+    };
+    for (language, answer) in [
+        (Some("en"), "hello (en)"),
+        (Some("pt"), "olá"),
+        (None, "hello"),
+        (Some(""), "hello ()"),
+    ] {
+        let first = ask(language).await;
+        assert_eq!((first.x_cache(), first.text().as_str()), ("MISS", answer));
+        let again = ask(language).await;
+        assert_eq!((again.x_cache(), again.text().as_str()), ("HIT", answer));
+    }
+    assert_eq!(db.runs("greeting"), 4, "one run per language");
+    let en = ask(Some("en")).await;
+    assert_eq!((en.x_cache(), en.text().as_str()), ("HIT", "hello (en)"));
+}
+both_backends!(vary_header_keeps_one_entry_per_value, vary_header);
+
+/// `skip_cache`: the route answers `BYPASS`, runs its handler every time and stores
+/// nothing.
+async fn skip_cache(backend: TestBackend) {
+    let cache = backend.cache().await;
+    let db = Db::default();
+    let app = app(&cache, db.clone());
+    for run in 1..=3 {
+        let reply = fetch(&app, "/api/news", "org_1").await;
+        assert_eq!(reply.x_cache(), "BYPASS");
+        assert_eq!(reply.text(), format!("news #{run}"));
+    }
+    assert_eq!(db.runs("news"), 3);
+    let totals = cache.stats().totals;
+    assert_eq!((totals.bypasses, totals.misses, totals.stores), (3, 0, 0));
+    if let Some(server) = backend.server() {
+        assert_eq!(server.keys("*"), Vec::<String>::new(), "nothing in Redis");
+    }
+}
+both_backends!(skip_cache_never_looks_up_or_stores, skip_cache);
 
 #[tokio::test]
 async fn non_get_methods_bypass() {

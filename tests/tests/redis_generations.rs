@@ -150,22 +150,14 @@ async fn flushall_and_restored_values_never_revive() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_server_never_revives_old_entries() {
-    let (mut backend, cache) = redis_cache().await;
-    let k = key(&cache, "org_1", "/api/contacts");
-    put(&cache, &k, "before").await;
-    if let TestBackend::Redis(server) = &mut backend {
-        server.restart();
-    }
-    // The first command after the restart may see the dropped connection; the manager
-    // reconnects by itself. Wait for caching to resume, with a deadline.
+/// Looks `key` up until the lookup itself succeeds (the first command after a restart may
+/// meet the reset connection; the manager reconnects by itself), with a deadline.
+async fn lookup_after_restart(cache: &Cache, key: &CacheKey) -> Lookup {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match cache.lookup(&k).await {
-            Lookup::Miss(ticket) if ticket.can_store() => break,
-            Lookup::Hit(_) => panic!("old entry served after restart"),
-            _ => {}
+        match cache.lookup(key).await {
+            Lookup::Miss(ticket) if !ticket.can_store() => {}
+            answered => return answered,
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -173,8 +165,51 @@ async fn restarted_server_never_revives_old_entries() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    put(&cache, &k, "after").await;
-    assert!(is_hit(&cache, &k).await);
+}
+
+/// A server restarted with its data (append-only file) holds the entries cached before
+/// an invalidation again, next to the generations that invalidation wrote: none of them
+/// is served. Entries nothing invalidated are served as before, which shows the data
+/// really came back and was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_server_never_revives_old_entries() {
+    let server = cache_tests::RedisServer::start_persistent();
+    let mut backend = TestBackend::Redis(server);
+    let cache = backend.cache().await;
+    let invalidated = key(&cache, "org_1", "/api/contacts");
+    let kept = key(&cache, "org_2", "/api/contacts");
+    put(&cache, &invalidated, "before").await;
+    put(&cache, &kept, "kept").await;
+    let raw_entry = |backend: &TestBackend| -> Option<Vec<u8>> {
+        let mut conn = backend.server().unwrap().connection();
+        redis::cmd("GET")
+            .arg(invalidated.entry_key())
+            .query(&mut conn)
+            .unwrap()
+    };
+    let old_entry = raw_entry(&backend).expect("the entry is stored");
+    cache.invalidate("org_1", &["contacts"]).await.unwrap();
+    assert!(!is_hit(&cache, &invalidated).await);
+
+    if let TestBackend::Redis(server) = &mut backend {
+        server.restart_keeping_data();
+    }
+    assert_eq!(
+        raw_entry(&backend).as_ref(),
+        Some(&old_entry),
+        "the old entry is in Redis again after the restart"
+    );
+    match lookup_after_restart(&cache, &invalidated).await {
+        Lookup::Miss(ticket) => assert!(ticket.can_store()),
+        Lookup::Hit(_) => panic!("an entry from before the invalidation served after restart"),
+        other => panic!("expected a miss, got {other:?}"),
+    }
+    match lookup_after_restart(&cache, &kept).await {
+        Lookup::Hit(entry) => assert_eq!(entry.response().body, "kept"),
+        other => panic!("the entry nothing invalidated is lost: {other:?}"),
+    }
+    put(&cache, &invalidated, "after").await;
+    assert!(is_hit(&cache, &invalidated).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
