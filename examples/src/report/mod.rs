@@ -5,8 +5,10 @@
 //! under a key prefix of its own, so a shared Redis holds nothing from earlier runs),
 //! or uses a running server (`url`), switching its cache through `PUT /debug/cache`.
 //! The database queries of a run are read from `/debug/db` before and after it.
-//! See [`workload`] for what is replayed and [`driver`] for what is checked.
+//! See [`workload`] for what is replayed, [`browser`] for the virtual users' browser
+//! cache, and [`driver`] for what is checked.
 
+pub mod browser;
 pub mod chart;
 pub mod driver;
 pub mod summary;
