@@ -70,7 +70,8 @@ pub struct Sample {
 /// A failed correctness check.
 #[derive(Debug, Clone, Serialize)]
 pub struct Violation {
-    /// `read_your_writes`, `cross_tenant` or `cross_user`.
+    /// `read_your_writes`, `cross_tenant`, `cross_user`, or `unusable_304` (a 304 that
+    /// does not validate the browser's stored copy).
     pub kind: &'static str,
     /// The request.
     pub request: String,
@@ -388,16 +389,21 @@ async fn send(
         match browser.after_get(&request.path, status, &headers, bytes, SystemTime::now()) {
             Ok(shown) => shown,
             Err(err) => {
+                // A browser shows its stored copy on any 304 to a conditional request, so
+                // a 304 that does not validate what was stored is a server fault that
+                // can show a user stale data: it fails the report like a stale body.
                 result
                     .samples
                     .push(sample(status.as_u16(), cache, None, body_bytes));
-                if result.unexpected.len() < 5 {
-                    result.unexpected.push(format!(
-                        "{} as {}: {err}",
-                        describe(request),
-                        user.token
-                    ));
-                }
+                result.violations.push(Violation {
+                    kind: "unusable_304",
+                    request: describe(request),
+                    token: user.token.clone(),
+                    detail: err.to_string(),
+                    cache,
+                    browser: BrowserOutcome::NotModified,
+                    browser_age_secs: None,
+                });
                 return None;
             }
         }

@@ -523,6 +523,13 @@ impl Report {
             sum(&|p| p.checks.profile),
             self.violations("cross_user")
         );
+        let unusable = self.violations("unusable_304");
+        if unusable > 0 {
+            let _ = writeln!(
+                out,
+                "  304s that did not validate the browser's copy: {unusable}"
+            );
+        }
         for phase in self
             .phases
             .iter()
