@@ -1,21 +1,28 @@
 //! Runs one phase of the report: virtual users send the workload to a demo over HTTP for
 //! a fixed time, every response is timed and checked, and progress is printed.
 //!
-//! Checks on every response: a JSON body of tenant data whose `organization_id` (at any
+//! Each virtual user reads through a browser cache of its own per token
+//! ([`BrowserCache`]): a fresh stored copy is shown without a request, a stale one is
+//! revalidated, and a 304 shows the stored body. The checks judge the body the user is
+//! shown, wherever it came from, so a browser lifetime that hides a write is caught.
+//!
+//! Checks on every body shown: a JSON body of tenant data whose `organization_id` (at any
 //! depth) is not the caller's is a cross-tenant response; a profile whose user is not the
 //! caller is a cross-user response; a verifying read that does not show the caller's own
 //! write is a read-your-writes violation.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::report::browser::{BrowserCache, BrowserOutcome, Lookup, Shown};
 use crate::report::workload::{Expectation, Method, Purpose, Request, Route, VirtualUser};
 use crate::seed::OrgSummary;
 
@@ -44,18 +51,27 @@ pub struct Sample {
     pub method: Method,
     /// Why it was sent.
     pub purpose: Purpose,
-    /// HTTP status; 0 for a transport error.
+    /// HTTP status; 0 for a transport error. A 304 stays a 304 here (the status the
+    /// server sent); a fresh browser copy has its stored status.
     pub status: u16,
-    /// Send to last body byte, microseconds.
+    /// Send to last body byte, microseconds; for a fresh browser copy, the time the
+    /// browser took to find it.
     pub latency_us: u32,
-    /// `X-Cache`.
+    /// `X-Cache` (`None` for a fresh browser copy: the server was not asked).
     pub cache: CacheOutcome,
+    /// Where the body shown came from.
+    pub browser: BrowserOutcome,
+    /// Body bytes received from the server.
+    pub body_bytes: u32,
+    /// Body bytes shown from the browser's cache (a 304 or a fresh copy).
+    pub saved_bytes: u32,
 }
 
 /// A failed correctness check.
 #[derive(Debug, Clone, Serialize)]
 pub struct Violation {
-    /// `read_your_writes`, `cross_tenant` or `cross_user`.
+    /// `read_your_writes`, `cross_tenant`, `cross_user`, or `unusable_304` (a 304 that
+    /// does not validate the browser's stored copy).
     pub kind: &'static str,
     /// The request.
     pub request: String,
@@ -63,8 +79,12 @@ pub struct Violation {
     pub token: String,
     /// What was wrong.
     pub detail: String,
-    /// `X-Cache` of the response.
+    /// `X-Cache` of the response (`None` for a fresh browser copy).
     pub cache: CacheOutcome,
+    /// Where the body shown came from.
+    pub browser: BrowserOutcome,
+    /// Age of the browser's copy, seconds (a 304 or a fresh copy).
+    pub browser_age_secs: Option<u64>,
 }
 
 /// Counts of checks made.
@@ -125,6 +145,8 @@ struct Shared {
     latency_us: AtomicU64,
     hits: AtomicU64,
     lookups: AtomicU64,
+    not_modified: AtomicU64,
+    browser_hits: AtomicU64,
 }
 
 struct UserResult {
@@ -152,6 +174,8 @@ pub async fn drive(
         latency_us: AtomicU64::new(0),
         hits: AtomicU64::new(0),
         lookups: AtomicU64::new(0),
+        not_modified: AtomicU64::new(0),
+        browser_hits: AtomicU64::new(0),
     });
     let progress = tokio::spawn(progress_loop(Arc::clone(&shared)));
     let mut tasks = Vec::with_capacity(shared.config.users);
@@ -204,6 +228,9 @@ async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser) -> UserResult {
         checks: CheckCounts::default(),
         unexpected: Vec::new(),
     };
+    // One browser cache per token: a person's browser, kept when the virtual user comes
+    // back to the same user in a later session, never shared with another user.
+    let mut browsers: HashMap<String, BrowserCache> = HashMap::new();
     // Arrivals follow a schedule (one think time after the previous arrival, not after
     // the previous response), so a slower server gets the same offered load: a user that
     // fell behind sends at once until it has caught up.
@@ -220,12 +247,23 @@ async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser) -> UserResult {
         }
         next_at += think(&mut user, mean);
         let request = user.next_request(&shared.orgs, shared.config.write_share);
-        let Some(body) = send(&shared, &user, &request, None, &mut result).await else {
+        let browser = browsers
+            .entry(user.token.clone())
+            .or_insert_with(|| BrowserCache::new(&user.token));
+        let Some(body) = send(&shared, &user, browser, &request, None, &mut result).await else {
             continue;
         };
         if let Some((verify, expectation)) = user.after_success(&request, &body) {
-            if let Some(body) = send(&shared, &user, &verify, Some(&expectation), &mut result).await
-            {
+            let verified = send(
+                &shared,
+                &user,
+                browser,
+                &verify,
+                Some(&expectation),
+                &mut result,
+            )
+            .await;
+            if let Some(body) = verified {
                 user.after_success(&verify, &body);
             }
         }
@@ -239,14 +277,51 @@ fn think(user: &mut VirtualUser, mean_secs: f64) -> Duration {
     Duration::from_secs_f64(-u.ln() * mean_secs)
 }
 
-/// Sends one request, records and checks it; returns the JSON body of a 2xx.
+/// Sends one request through the user's browser cache, records it, and checks the body
+/// shown; returns that body as JSON when it is a 2xx.
 async fn send(
     shared: &Shared,
     user: &VirtualUser,
+    browser: &mut BrowserCache,
     request: &Request,
     expectation: Option<&Expectation>,
     result: &mut UserResult,
 ) -> Option<Value> {
+    let at_ms = shared.started.elapsed().as_millis() as u32;
+    let sent = Instant::now();
+    let is_get = request.method == Method::Get;
+    let conditional = if is_get {
+        match browser.before_get(&request.path, SystemTime::now()) {
+            Lookup::Fresh(shown) => {
+                // What a browser does with a fresh copy: shows it, asks nobody.
+                let latency_us = elapsed_us(sent);
+                shared.browser_hits.fetch_add(1, Ordering::Relaxed);
+                result.samples.push(Sample {
+                    at_ms,
+                    route: request.route,
+                    method: request.method,
+                    purpose: request.purpose,
+                    status: shown.status.as_u16(),
+                    latency_us,
+                    cache: CacheOutcome::None,
+                    browser: shown.outcome,
+                    body_bytes: 0,
+                    saved_bytes: saturating_u32(shown.saved_bytes),
+                });
+                return check_shown(
+                    user,
+                    request,
+                    expectation,
+                    &shown,
+                    CacheOutcome::None,
+                    result,
+                );
+            }
+            Lookup::Send(conditional) => conditional,
+        }
+    } else {
+        http::HeaderMap::new()
+    };
     let url = format!("{}{}", shared.config.url, request.path);
     let builder = match request.method {
         Method::Get => shared.client.get(&url),
@@ -254,65 +329,51 @@ async fn send(
         Method::Put => shared.client.put(&url),
         Method::Delete => shared.client.delete(&url),
     };
-    let builder = builder.bearer_auth(&user.token);
+    let builder = builder.bearer_auth(&user.token).headers(conditional);
     let builder = match &request.body {
         Some(body) if !body.is_null() => builder.json(body),
         _ => builder,
     };
-    let at_ms = shared.started.elapsed().as_millis() as u32;
-    let sent = Instant::now();
     let outcome = match builder.send().await {
         Ok(response) => {
-            let status = response.status().as_u16();
-            let cache = match response
-                .headers()
-                .get("x-cache")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some("HIT") => CacheOutcome::Hit,
-                Some("MISS") => CacheOutcome::Miss,
-                Some("BYPASS") => CacheOutcome::Bypass,
-                _ => CacheOutcome::None,
-            };
-            response.bytes().await.map(|bytes| (status, cache, bytes))
+            let status = response.status();
+            let headers = response.headers().clone();
+            response.bytes().await.map(|bytes| (status, headers, bytes))
         }
         Err(err) => Err(err),
     };
-    let latency_us = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-    let describe = || {
-        format!(
-            "{} {}",
-            format!("{:?}", request.method).to_uppercase(),
-            request.path
-        )
-    };
-    let (status, cache, bytes) = match outcome {
+    let latency_us = elapsed_us(sent);
+    let sample =
+        |status: u16, cache: CacheOutcome, shown: Option<&Shown>, body_bytes: usize| Sample {
+            at_ms,
+            route: request.route,
+            method: request.method,
+            purpose: request.purpose,
+            status,
+            latency_us,
+            cache,
+            browser: shown.map_or(BrowserOutcome::Network, |s| s.outcome),
+            body_bytes: saturating_u32(body_bytes),
+            saved_bytes: shown.map_or(0, |s| saturating_u32(s.saved_bytes)),
+        };
+    let (status, headers, bytes) = match outcome {
         Ok(parts) => parts,
         Err(err) => {
-            result.samples.push(Sample {
-                at_ms,
-                route: request.route,
-                method: request.method,
-                purpose: request.purpose,
-                status: 0,
-                latency_us,
-                cache: CacheOutcome::None,
-            });
+            result.samples.push(sample(0, CacheOutcome::None, None, 0));
             if result.unexpected.len() < 5 {
-                result.unexpected.push(format!("{}: {err}", describe()));
+                result
+                    .unexpected
+                    .push(format!("{}: {err}", describe(request)));
             }
             return None;
         }
     };
-    result.samples.push(Sample {
-        at_ms,
-        route: request.route,
-        method: request.method,
-        purpose: request.purpose,
-        status,
-        latency_us,
-        cache,
-    });
+    let cache = match headers.get("x-cache").and_then(|v| v.to_str().ok()) {
+        Some("HIT") => CacheOutcome::Hit,
+        Some("MISS") => CacheOutcome::Miss,
+        Some("BYPASS") => CacheOutcome::Bypass,
+        _ => CacheOutcome::None,
+    };
     shared.requests.fetch_add(1, Ordering::Relaxed);
     shared
         .latency_us
@@ -323,22 +384,94 @@ async fn send(
             shared.hits.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if !(200..300).contains(&status) {
+    let body_bytes = bytes.len();
+    let shown = if is_get {
+        match browser.after_get(&request.path, status, &headers, bytes, SystemTime::now()) {
+            Ok(shown) => shown,
+            Err(err) => {
+                // A browser shows its stored copy on any 304 to a conditional request, so
+                // a 304 that does not validate what was stored is a server fault that
+                // can show a user stale data: it fails the report like a stale body.
+                result
+                    .samples
+                    .push(sample(status.as_u16(), cache, None, body_bytes));
+                result.violations.push(Violation {
+                    kind: "unusable_304",
+                    request: describe(request),
+                    token: user.token.clone(),
+                    detail: err.to_string(),
+                    cache,
+                    browser: BrowserOutcome::NotModified,
+                    browser_age_secs: None,
+                });
+                return None;
+            }
+        }
+    } else {
+        browser.after_unsafe(&request.path, status);
+        Shown {
+            status,
+            body: bytes,
+            outcome: BrowserOutcome::Network,
+            saved_bytes: 0,
+            age: None,
+        }
+    };
+    if shown.outcome == BrowserOutcome::NotModified {
+        shared.not_modified.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+        .samples
+        .push(sample(status.as_u16(), cache, Some(&shown), body_bytes));
+    check_shown(user, request, expectation, &shown, cache, result)
+}
+
+fn describe(request: &Request) -> String {
+    format!(
+        "{} {}",
+        format!("{:?}", request.method).to_uppercase(),
+        request.path
+    )
+}
+
+fn elapsed_us(since: Instant) -> u32 {
+    since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Runs the checks on the body the user is shown; returns it as JSON when it is a 2xx.
+fn check_shown(
+    user: &VirtualUser,
+    request: &Request,
+    expectation: Option<&Expectation>,
+    shown: &Shown,
+    cache: CacheOutcome,
+    result: &mut UserResult,
+) -> Option<Value> {
+    let status = shown.status.as_u16();
+    let body: Value = serde_json::from_slice(&shown.body).unwrap_or(Value::Null);
+    if !shown.status.is_success() {
         if result.unexpected.len() < 5 {
-            result
-                .unexpected
-                .push(format!("{} as {}: {status} {body}", describe(), user.token));
+            result.unexpected.push(format!(
+                "{} as {}: {status} {body}",
+                describe(request),
+                user.token
+            ));
         }
         return None;
     }
     let mut violation = |kind: &'static str, detail: String| {
         result.violations.push(Violation {
             kind,
-            request: describe(),
+            request: describe(request),
             token: user.token.clone(),
             detail,
             cache,
+            browser: shown.outcome,
+            browser_age_secs: shown.age.map(|age| age.as_secs()),
         });
     };
     result.checks.tenant += 1;
@@ -414,6 +547,8 @@ fn print_progress(shared: &Shared, last: bool) {
     } else {
         shared.latency_us.load(Ordering::Relaxed) as f64 / requests as f64 / 1000.0
     };
+    let not_modified = shared.not_modified.load(Ordering::Relaxed);
+    let browser_hits = shared.browser_hits.load(Ordering::Relaxed);
     let lookups = shared.lookups.load(Ordering::Relaxed);
     let hit_rate = if lookups == 0 {
         0.0
@@ -421,7 +556,7 @@ fn print_progress(shared: &Shared, last: bool) {
         shared.hits.load(Ordering::Relaxed) as f64 * 100.0 / lookups as f64
     };
     let line = format!(
-        "[{}] {:>4.0}s/{}s{}  {:>6} requests ({:>4.0}/s)  avg {:>7.2} ms  hit rate {:>5.1}%",
+        "[{}] {:>4.0}s/{}s{}  {:>6} requests ({:>4.0}/s)  avg {:>7.2} ms  hit rate {:>5.1}%  304s {:>5}  browser hits {:>5}",
         shared.config.label,
         elapsed,
         total.as_secs(),
@@ -433,7 +568,9 @@ fn print_progress(shared: &Shared, last: bool) {
         requests,
         requests as f64 / elapsed.max(0.001),
         avg_ms,
-        hit_rate
+        hit_rate,
+        not_modified,
+        browser_hits
     );
     let mut err = std::io::stderr().lock();
     let _ = if interactive && !last {

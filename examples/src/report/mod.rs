@@ -5,8 +5,10 @@
 //! under a key prefix of its own, so a shared Redis holds nothing from earlier runs),
 //! or uses a running server (`url`), switching its cache through `PUT /debug/cache`.
 //! The database queries of a run are read from `/debug/db` before and after it.
-//! See [`workload`] for what is replayed and [`driver`] for what is checked.
+//! See [`workload`] for what is replayed, [`browser`] for the virtual users' browser
+//! cache, and [`driver`] for what is checked.
 
+pub mod browser;
 pub mod chart;
 pub mod driver;
 pub mod summary;
@@ -23,6 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::db::DbStats;
+use crate::report::browser::BrowserOutcome;
 use crate::report::driver::{drive, CheckCounts, DriveConfig, PhaseRun, Violation};
 use crate::report::summary::{phase_figures, PhaseFigures, Second};
 use crate::report::workload::{Route, READ_MIX, WRITE_MIX};
@@ -520,6 +523,34 @@ impl Report {
             sum(&|p| p.checks.profile),
             self.violations("cross_user")
         );
+        let unusable = self.violations("unusable_304");
+        if unusable > 0 {
+            let _ = writeln!(
+                out,
+                "  304s that did not validate the browser's copy: {unusable}"
+            );
+        }
+        for phase in self
+            .phases
+            .iter()
+            .filter(|p| p.violations.iter().any(|v| v.kind == "read_your_writes"))
+        {
+            let by_browser = |outcome: BrowserOutcome| {
+                phase
+                    .violations
+                    .iter()
+                    .filter(|v| v.kind == "read_your_writes" && v.browser == outcome)
+                    .count()
+            };
+            let _ = writeln!(
+                out,
+                "  read-your-writes, {}: {} shown from the browser's fresh copy, {} after a 304, {} from the server",
+                phase.name,
+                by_browser(BrowserOutcome::Fresh),
+                by_browser(BrowserOutcome::NotModified),
+                by_browser(BrowserOutcome::Network)
+            );
+        }
         let _ = writeln!(
             out,
             "  server errors (5xx): {}, no response: {}, other non-2xx: {}",
@@ -529,10 +560,23 @@ impl Report {
         );
         for phase in &self.phases {
             for v in phase.violations.iter().take(10) {
+                let age = v.browser_age_secs.unwrap_or(0);
+                let shown = match v.browser {
+                    BrowserOutcome::Fresh => {
+                        format!("no request: the browser's copy, {age} s old")
+                    }
+                    BrowserOutcome::NotModified => {
+                        format!(
+                            "X-Cache {:?}, 304: the browser's copy, {age} s old",
+                            v.cache
+                        )
+                    }
+                    BrowserOutcome::Network => format!("X-Cache {:?}", v.cache),
+                };
                 let _ = writeln!(
                     out,
-                    "  [{}] {} {} as {} (X-Cache {:?}): {}",
-                    phase.name, v.kind, v.request, v.token, v.cache, v.detail
+                    "  [{}] {} {} as {} ({shown}): {}",
+                    phase.name, v.kind, v.request, v.token, v.detail
                 );
             }
             for u in phase.unexpected.iter().take(5) {

@@ -1,5 +1,9 @@
 //! Turns a phase's samples into the reference's success figures, and prints them side by
 //! side with the reference's own "before" and "target" columns.
+//!
+//! The server's figures (times, hit rate, requests, database per request) count the
+//! requests that reached it; GETs a virtual user's browser answered from its own cache
+//! are counted apart (`browser_hits`), as are the 304s and the body bytes they saved.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,13 +11,15 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::report::browser::BrowserOutcome;
 use crate::report::driver::{CacheOutcome, Sample};
 use crate::report::workload::{Method, Route};
 
 /// The success-table figures of a set of requests.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Figures {
-    /// Requests answered (any status; transport errors excluded).
+    /// Requests the server answered (any status; transport errors and fresh browser
+    /// copies excluded). The times, the hit rate and the rate below are of these.
     pub requests: u64,
     /// Requests per minute.
     pub requests_per_minute: f64,
@@ -31,14 +37,47 @@ pub struct Figures {
     pub lookups: u64,
     /// hits / lookups, percent.
     pub hit_rate: f64,
+    /// GETs whose body the user was shown (from the server, after a 304, or from the
+    /// browser's fresh copy).
+    pub gets_shown: u64,
+    /// Mean time until a GET's body was shown, ms (a fresh browser copy counts its
+    /// lookup, a few microseconds).
+    pub gets_shown_avg_ms: f64,
+    /// GETs the browser answered from its fresh copy, sending nothing.
+    pub browser_hits: u64,
+    /// browser_hits / gets_shown, percent.
+    pub browser_hit_rate: f64,
+    /// Stored body bytes shown by browser hits.
+    pub browser_hit_bytes: u64,
+    /// GETs sent to the server.
+    pub gets_sent: u64,
+    /// `304 Not Modified` answers to them.
+    pub not_modified: u64,
+    /// not_modified / gets_sent, percent.
+    pub not_modified_share: f64,
+    /// Stored body bytes shown after a 304: what the 304s saved the network.
+    pub not_modified_saved_bytes: u64,
+    /// Body bytes received for GETs.
+    pub get_body_bytes: u64,
 }
 
 /// Figures of `samples` over `elapsed`.
 pub fn figures<'a>(samples: impl IntoIterator<Item = &'a Sample>, elapsed: Duration) -> Figures {
     let mut latencies: Vec<u32> = Vec::new();
     let (mut hits, mut lookups) = (0_u64, 0_u64);
+    let mut f = Figures::default();
+    let mut shown_us = 0_u64;
     for sample in samples {
         if sample.status == 0 {
+            continue;
+        }
+        if sample.method == Method::Get {
+            f.gets_shown += 1;
+            shown_us += u64::from(sample.latency_us);
+        }
+        if sample.browser == BrowserOutcome::Fresh {
+            f.browser_hits += 1;
+            f.browser_hit_bytes += u64::from(sample.saved_bytes);
             continue;
         }
         latencies.push(sample.latency_us);
@@ -48,11 +87,26 @@ pub fn figures<'a>(samples: impl IntoIterator<Item = &'a Sample>, elapsed: Durat
                 hits += 1;
             }
         }
+        if sample.method == Method::Get {
+            f.gets_sent += 1;
+            f.get_body_bytes += u64::from(sample.body_bytes);
+            if sample.browser == BrowserOutcome::NotModified {
+                f.not_modified += 1;
+                f.not_modified_saved_bytes += u64::from(sample.saved_bytes);
+            }
+        }
     }
     latencies.sort_unstable();
     let requests = latencies.len() as u64;
     let minutes = elapsed.as_secs_f64() / 60.0;
     let sum: u64 = latencies.iter().map(|&l| u64::from(l)).sum();
+    let share = |part: u64, whole: u64| {
+        if whole > 0 {
+            part as f64 * 100.0 / whole as f64
+        } else {
+            0.0
+        }
+    };
     Figures {
         requests,
         requests_per_minute: if minutes > 0.0 {
@@ -70,11 +124,15 @@ pub fn figures<'a>(samples: impl IntoIterator<Item = &'a Sample>, elapsed: Durat
         p99_ms: percentile_ms(&latencies, 99.0),
         hits,
         lookups,
-        hit_rate: if lookups > 0 {
-            hits as f64 * 100.0 / lookups as f64
+        hit_rate: share(hits, lookups),
+        gets_shown_avg_ms: if f.gets_shown > 0 {
+            shown_us as f64 / f.gets_shown as f64 / 1000.0
         } else {
             0.0
         },
+        browser_hit_rate: share(f.browser_hits, f.gets_shown),
+        not_modified_share: share(f.not_modified, f.gets_sent),
+        ..f
     }
 }
 
@@ -208,6 +266,40 @@ fn pct(value: f64) -> String {
     format!("{value:+.1}%")
 }
 
+fn pts(before: f64, after: f64) -> String {
+    format!("{:+.1} pts", after - before)
+}
+
+/// Bytes in decimal units, as browsers' developer tools show them.
+pub(crate) fn bytes(value: u64) -> String {
+    let v = value as f64;
+    if v >= 1e9 {
+        format!("{:.2} GB", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.1} MB", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1} kB", v / 1e3)
+    } else {
+        format!("{value} B")
+    }
+}
+
+/// Bytes the 304s saved, and their share of the bodies of the GETs sent (received or
+/// saved): what revalidation spared the network.
+fn saved(f: &Figures) -> String {
+    let total = f.get_body_bytes + f.not_modified_saved_bytes;
+    let share = if total > 0 {
+        f.not_modified_saved_bytes as f64 * 100.0 / total as f64
+    } else {
+        0.0
+    };
+    format!("{} ({share:.1}%)", bytes(f.not_modified_saved_bytes))
+}
+
+fn share_of(rate: f64, count: u64) -> String {
+    format!("{rate:.1}% ({count})")
+}
+
 /// The success table: the reference's columns, then cache off, cache on, change.
 pub fn success_table(off: &PhaseFigures, on: &PhaseFigures) -> String {
     let mut out = String::new();
@@ -280,6 +372,49 @@ pub fn success_table(off: &PhaseFigures, on: &PhaseFigures) -> String {
             format!("{:+.1} pts", on.all.hit_rate - off.all.hit_rate),
         ],
         [
+            "Browser-cache hits (shown, no request)".into(),
+            "-".into(),
+            "-".into(),
+            share_of(off.all.browser_hit_rate, off.all.browser_hits),
+            share_of(on.all.browser_hit_rate, on.all.browser_hits),
+            pts(off.all.browser_hit_rate, on.all.browser_hit_rate),
+        ],
+        [
+            "304 Not Modified among GETs sent".into(),
+            "-".into(),
+            "-".into(),
+            share_of(off.all.not_modified_share, off.all.not_modified),
+            share_of(on.all.not_modified_share, on.all.not_modified),
+            pts(off.all.not_modified_share, on.all.not_modified_share),
+        ],
+        [
+            "Body bytes saved by 304s".into(),
+            "-".into(),
+            "-".into(),
+            saved(&off.all),
+            saved(&on.all),
+            "-".into(),
+        ],
+        [
+            "GET body bytes received".into(),
+            "-".into(),
+            "-".into(),
+            bytes(off.all.get_body_bytes),
+            bytes(on.all.get_body_bytes),
+            pct(change(
+                off.all.get_body_bytes as f64,
+                on.all.get_body_bytes as f64,
+            )),
+        ],
+        [
+            "Average GET as the user saw it".into(),
+            "-".into(),
+            "-".into(),
+            ms(off.all.gets_shown_avg_ms),
+            ms(on.all.gets_shown_avg_ms),
+            pct(change(off.all.gets_shown_avg_ms, on.all.gets_shown_avg_ms)),
+        ],
+        [
             "Requests per minute".into(),
             "-".into(),
             "-".into(),
@@ -297,7 +432,7 @@ pub fn success_table(off: &PhaseFigures, on: &PhaseFigures) -> String {
 
 /// Per-route rows: GETs of each route, then the writes.
 pub fn route_table(off: &PhaseFigures, on: &PhaseFigures, ttls: &BTreeMap<Route, u64>) -> String {
-    let mut rows: Vec<[String; 8]> = vec![[
+    let mut rows: Vec<[String; 10]> = vec![[
         "Route (GET)".into(),
         "TTL".into(),
         "Requests off/on".into(),
@@ -306,8 +441,12 @@ pub fn route_table(off: &PhaseFigures, on: &PhaseFigures, ttls: &BTreeMap<Route,
         "p95 off".into(),
         "p95 on".into(),
         "Hit rate on".into(),
+        "304 on".into(),
+        "Browser hits on".into(),
     ]];
-    let row = |name: String, ttl: String, a: &Figures, b: &Figures, hit: String| {
+    // `gets`: the browser columns, which mean nothing for writes (never stored).
+    let row = |name: String, ttl: String, a: &Figures, b: &Figures, hit: String, gets: bool| {
+        let get_only = |value: String| if gets { value } else { "-".into() };
         [
             name,
             ttl,
@@ -317,6 +456,8 @@ pub fn route_table(off: &PhaseFigures, on: &PhaseFigures, ttls: &BTreeMap<Route,
             ms(a.p95_ms),
             format!("{} ({})", ms(b.p95_ms), pct(change(a.p95_ms, b.p95_ms))),
             hit,
+            get_only(format!("{:.1}%", b.not_modified_share)),
+            get_only(format!("{:.1}%", b.browser_hit_rate)),
         ]
     };
     for route in Route::ALL {
@@ -333,6 +474,7 @@ pub fn route_table(off: &PhaseFigures, on: &PhaseFigures, ttls: &BTreeMap<Route,
             a,
             b,
             format!("{:.1}%", b.hit_rate),
+            true,
         ));
     }
     rows.push(row(
@@ -341,6 +483,7 @@ pub fn route_table(off: &PhaseFigures, on: &PhaseFigures, ttls: &BTreeMap<Route,
         &off.writes,
         &on.writes,
         "-".into(),
+        false,
     ));
     let mut out = String::new();
     render(&mut out, &rows, 2);
@@ -369,5 +512,56 @@ fn render<const N: usize>(out: &mut String, rows: &[[String; N]], split: usize) 
             out.push_str(&"-".repeat(total));
             out.push('\n');
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::workload::Purpose;
+
+    fn get(browser: BrowserOutcome, status: u16, body_bytes: u32, saved_bytes: u32) -> Sample {
+        Sample {
+            at_ms: 0,
+            route: Route::Templates,
+            method: Method::Get,
+            purpose: Purpose::Read,
+            status,
+            latency_us: if browser == BrowserOutcome::Fresh {
+                3
+            } else {
+                2_000
+            },
+            cache: if browser == BrowserOutcome::Fresh {
+                CacheOutcome::None
+            } else {
+                CacheOutcome::Hit
+            },
+            browser,
+            body_bytes,
+            saved_bytes,
+        }
+    }
+
+    #[test]
+    fn browser_hits_are_not_server_requests_and_304s_count_the_bytes_they_saved() {
+        let samples = [
+            get(BrowserOutcome::Network, 200, 1_000, 0),
+            get(BrowserOutcome::NotModified, 304, 0, 1_000),
+            get(BrowserOutcome::NotModified, 304, 0, 1_000),
+            get(BrowserOutcome::Fresh, 200, 0, 1_000),
+        ];
+        let f = figures(&samples, Duration::from_secs(60));
+        assert_eq!(f.requests, 3, "the fresh copy never reached the server");
+        assert_eq!((f.hits, f.lookups), (3, 3));
+        assert_eq!((f.gets_shown, f.gets_sent), (4, 3));
+        assert_eq!((f.browser_hits, f.browser_hit_bytes), (1, 1_000));
+        assert_eq!(f.not_modified, 2);
+        assert!((f.not_modified_share - 200.0 / 3.0).abs() < 1e-9);
+        assert_eq!(f.not_modified_saved_bytes, 2_000);
+        assert_eq!(f.get_body_bytes, 1_000);
+        assert!((f.avg_ms - 2.0).abs() < 1e-9, "server time: {}", f.avg_ms);
+        assert!((f.gets_shown_avg_ms - 6.003 / 4.0).abs() < 1e-9);
+        assert_eq!(saved(&f), "2.0 kB (66.7%)");
     }
 }
