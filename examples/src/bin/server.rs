@@ -5,8 +5,8 @@
 //! PORT=8080 REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin server
 //! ```
 //!
-//! Environment: `PORT` (default 3000; listens on 127.0.0.1), `REDIS_URL` (unset: the
-//! in-memory cache), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume),
+//! Environment: `PORT` (default 3000; listens on 127.0.0.1), `REDIS_URL` or
+//! `REDIS_CLUSTER_URLS` (seed nodes; both unset: the in-memory cache), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume),
 //! `RUST_LOG` (default `info`: one line per request).
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -51,10 +51,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         scale: env_or("DEMO_SCALE", 1.0)?,
         ..SeedConfig::default()
     };
-    let backend = if std::env::var_os("REDIS_URL").is_some() {
+    let backend = if std::env::var_os("REDIS_CLUSTER_URLS").is_some() {
+        "Redis Cluster (REDIS_CLUSTER_URLS)"
+    } else if std::env::var_os("REDIS_URL").is_some() {
         "Redis (REDIS_URL)"
     } else {
-        "in-memory (set REDIS_URL for Redis)"
+        "in-memory (set REDIS_URL or REDIS_CLUSTER_URLS for Redis)"
     };
     let cache = cache_runtime::Cache::from_env().await?;
     // One cache per process here: make it the process-wide one too, so cached plain
