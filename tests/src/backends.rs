@@ -1,5 +1,5 @@
 //! Building caches for behaviour tests: the same test body runs against a private
-//! redis-server, the in-memory backend and (with [`all_backends!`]) a Redis Cluster.
+//! redis-server, the in-memory backend and (with [`all_backends!`](crate::all_backends)) a Redis Cluster.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
