@@ -12,8 +12,9 @@ bash scripts/setup.sh
 # in the test run, so say up front how much room there is.
 echo "disk free where target/ goes: $(df -h --output=avail . | tail -n 1 | tr -d ' ')"
 
-# Tests start their own redis-server; a developer's REDIS_URL must not leak into them.
-unset REDIS_URL
+# Tests start their own redis-server and clusters; a developer's REDIS_URL or
+# REDIS_CLUSTER_URLS must not leak into them.
+unset REDIS_URL REDIS_CLUSTER_URLS
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${API_CACHE_TEST_THREADS:-4}"

@@ -249,16 +249,16 @@ impl Cache {
 
     fn build(config: CacheConfig) -> Result<Cache, ConfigError> {
         config.validate()?;
-        let backend = match &config.redis_url {
-            Some(url) => {
+        let backend = match config.redis_target() {
+            Some(target) => {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(ConfigError::NoRuntime);
                 }
-                if url.starts_with("rediss://") {
-                    prepare_tls(url)?;
+                if target.uses_tls() {
+                    prepare_tls(&target.for_logs())?;
                 }
-                let backend = RedisBackend::new(url, &config).map_err(|err| {
-                    ConfigError::RedisUrl(format!("{}: {err}", crate::config::redact(url)))
+                let backend = RedisBackend::new(target, &config).map_err(|err| {
+                    ConfigError::RedisUrl(format!("{}: {err}", target.for_logs()))
                 })?;
                 Backend::Redis(backend)
             }
@@ -366,7 +366,7 @@ impl Cache {
         &self.inner.config
     }
 
-    /// `"redis"` or `"memory"`.
+    /// `"redis"`, `"redis-cluster"` or `"memory"`.
     pub fn backend_name(&self) -> &'static str {
         self.inner.backend.name()
     }

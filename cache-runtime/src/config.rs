@@ -3,7 +3,8 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `REDIS_URL` | unset | `redis://` or `rediss://`; unset selects the in-memory backend |
+//! | `REDIS_URL` | unset | `redis://` or `rediss://`; unset (and no `REDIS_CLUSTER_URLS`) selects the in-memory backend |
+//! | `REDIS_CLUSTER_URLS` | unset | Redis Cluster: comma list of seed nodes, all `redis://` or all `rediss://` (any few nodes; the rest are discovered); excludes `REDIS_URL`. See [`CacheConfig::redis_cluster_urls`] |
 //! | `API_CACHE_PREFIX` | `api-cache` | first segment of every key |
 //! | `API_CACHE_ENABLED` | `true` | global off switch (`false`, `0`, `off` disable) |
 //! | `API_CACHE_DISABLED_RESOURCES` | empty | comma list of resources served uncached |
@@ -42,8 +43,15 @@ use crate::error::ConfigError;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct CacheConfig {
-    /// Redis URL; `None` selects the in-memory backend.
+    /// Redis URL; `None` (and no cluster seeds) selects the in-memory backend.
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://`, one scheme for all);
+    /// non-empty selects the cluster backend. Every command of one lookup or one
+    /// invalidation touches one tenant's keys, which share a hash tag and so one slot:
+    /// each is one round trip to the master owning that slot. Replicas are never read
+    /// (replication is asynchronous: a replica may still hold a generation that an
+    /// invalidation already replaced on its master).
+    pub redis_cluster_urls: Vec<String>,
     /// First segment of every key (no braces, no whitespace).
     pub prefix: String,
     /// Global switch: when false every cached route answers `X-Cache: BYPASS`
@@ -135,6 +143,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             redis_url: None,
+            redis_cluster_urls: Vec::new(),
             prefix: "api-cache".to_owned(),
             enabled: true,
             disabled_resources: HashSet::new(),
@@ -179,6 +188,14 @@ impl CacheConfig {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         if let Some(url) = get("REDIS_URL") {
             config.redis_url = Some(url.trim().to_owned());
+        }
+        if let Some(list) = get("REDIS_CLUSTER_URLS") {
+            config.redis_cluster_urls = list
+                .split(',')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(prefix) = get("API_CACHE_PREFIX") {
             config.prefix = prefix.trim().to_owned();
@@ -273,12 +290,60 @@ impl CacheConfig {
                 return Err(ConfigError::RedisUrl(redact(url)));
             }
         }
+        if !self.redis_cluster_urls.is_empty() {
+            if self.redis_url.is_some() {
+                return Err(ConfigError::StandaloneAndCluster);
+            }
+            let tls = self.redis_cluster_urls[0].starts_with("rediss://");
+            for url in &self.redis_cluster_urls {
+                let scheme_ok = if tls {
+                    url.starts_with("rediss://")
+                } else {
+                    url.starts_with("redis://")
+                };
+                if !scheme_ok {
+                    return Err(ConfigError::RedisUrl(redact(url)));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The Redis the cache talks to, if any.
+    pub(crate) fn redis_target(&self) -> Option<RedisTarget<'_>> {
+        match (&self.redis_url, self.redis_cluster_urls.as_slice()) {
+            (_, []) => self.redis_url.as_deref().map(RedisTarget::Standalone),
+            (_, seeds) => Some(RedisTarget::Cluster(seeds)),
+        }
     }
 
     /// Uses Redis at `url` (`redis://` or `rediss://`).
     pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Uses the Redis Cluster these seed nodes belong to (`redis://` or `rediss://`).
+    ///
+    /// ```
+    /// use cache_runtime::CacheConfig;
+    ///
+    /// let config = CacheConfig::from_lookup(|name| {
+    ///     (name == "REDIS_CLUSTER_URLS")
+    ///         .then(|| "redis://10.0.0.1:6379, redis://10.0.0.2:6379".to_owned())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.redis_cluster_urls.len(), 2);
+    /// let same = CacheConfig::default()
+    ///     .with_redis_cluster_urls(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
+    /// assert_eq!(same.redis_cluster_urls, config.redis_cluster_urls);
+    /// ```
+    pub fn with_redis_cluster_urls<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redis_cluster_urls = seeds.into_iter().map(Into::into).collect();
         self
     }
 
@@ -376,6 +441,35 @@ impl CacheConfig {
     }
 }
 
+/// Where the Redis backend connects: one server (or a primary behind one address), or
+/// a cluster through its seed nodes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RedisTarget<'a> {
+    Standalone(&'a str),
+    Cluster(&'a [String]),
+}
+
+impl RedisTarget<'_> {
+    pub(crate) fn uses_tls(self) -> bool {
+        match self {
+            RedisTarget::Standalone(url) => url.starts_with("rediss://"),
+            RedisTarget::Cluster(seeds) => seeds.iter().any(|url| url.starts_with("rediss://")),
+        }
+    }
+
+    /// The URL(s) with passwords replaced, for logs and errors.
+    pub(crate) fn for_logs(self) -> String {
+        match self {
+            RedisTarget::Standalone(url) => redact(url),
+            RedisTarget::Cluster(seeds) => seeds
+                .iter()
+                .map(|url| redact(url))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
 fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "on" | "yes" => Ok(true),
@@ -437,6 +531,33 @@ mod tests {
         assert!(matches!(err, Err(ConfigError::RedisUrl(_))));
         let err = CacheConfig::from_lookup(|n| (n == "API_CACHE_PREFIX").then(|| "a{b}".into()));
         assert!(matches!(err, Err(ConfigError::Prefix(_))));
+    }
+
+    #[test]
+    fn reads_cluster_seeds_and_refuses_mixed_targets() {
+        let config = CacheConfig::from_lookup(|n| {
+            (n == "REDIS_CLUSTER_URLS").then(|| " redis://a:1 ,redis://b:2,, ".into())
+        })
+        .unwrap();
+        assert_eq!(config.redis_cluster_urls, ["redis://a:1", "redis://b:2"]);
+        assert!(matches!(
+            config.redis_target(),
+            Some(RedisTarget::Cluster(seeds)) if seeds.len() == 2
+        ));
+        let both = CacheConfig::from_lookup(|n| match n {
+            "REDIS_CLUSTER_URLS" => Some("redis://a:1".into()),
+            "REDIS_URL" => Some("redis://c:3".into()),
+            _ => None,
+        });
+        assert!(matches!(both, Err(ConfigError::StandaloneAndCluster)));
+        let mixed = CacheConfig::from_lookup(|n| {
+            (n == "REDIS_CLUSTER_URLS").then(|| "rediss://a:1,redis://b:2".into())
+        });
+        assert!(matches!(mixed, Err(ConfigError::RedisUrl(_))));
+        let not_redis =
+            CacheConfig::from_lookup(|n| (n == "REDIS_CLUSTER_URLS").then(|| "http://a:1".into()));
+        assert!(matches!(not_redis, Err(ConfigError::RedisUrl(_))));
+        assert!(CacheConfig::default().redis_target().is_none());
     }
 
     #[test]

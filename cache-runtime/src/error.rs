@@ -10,6 +10,10 @@ pub enum ConfigError {
     /// `REDIS_URL` (or the builder's URL) is not a `redis://` / `rediss://` URL.
     #[error("invalid Redis URL: {0}")]
     RedisUrl(String),
+    /// Both `REDIS_URL` and `REDIS_CLUSTER_URLS` are set: which one is meant cannot be
+    /// guessed, and caching into the wrong one would miss every invalidation.
+    #[error("both REDIS_URL and REDIS_CLUSTER_URLS are set: set one")]
+    StandaloneAndCluster,
     /// An environment variable holds a value of the wrong form.
     #[error("environment variable {name}={value:?}: {reason}")]
     Env {

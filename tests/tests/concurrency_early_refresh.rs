@@ -173,7 +173,7 @@ async fn refresh_in_progress_serves_the_valid_entry(backend: TestBackend) {
     // finished flight visible a moment after the store, and answers a refresh drawn in
     // that moment from it, which would leave nothing to hold here.
     let seeder = match backend {
-        TestBackend::Redis(_) => Cache::new(config).await.unwrap(),
+        TestBackend::Redis(_) | TestBackend::Cluster { .. } => Cache::new(config).await.unwrap(),
         TestBackend::Memory => cache.clone(),
     };
     let app = App::default();

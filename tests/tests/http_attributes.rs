@@ -1,5 +1,5 @@
 //! `#[cached]` and `#[invalidates]` through a real axum Router (issue 3), against a
-//! private redis-server and the in-memory backend: the reference manual test, tenant and
+//! private redis-server, the in-memory backend and a Redis Cluster: the reference manual test, tenant and
 //! user isolation, query normalization, what is never stored, failed mutations, tag
 //! fan-out, the run-time per-resource switch, bypasses, and byte-identical hits.
 
@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post as post_route};
 use axum::{Json, Router};
 use cache_runtime::{cached, invalidates, Cache, CacheScope};
+use cache_tests::all_backends;
 use cache_tests::backends::TestBackend;
-use cache_tests::both_backends;
 use cache_tests::http::{get as get_req, post, send, Reply};
 use serde_json::{json, Value};
 
@@ -266,7 +266,7 @@ async fn reference_manual_flow(backend: TestBackend) {
     assert_eq!(third.json()["templates"], json!(["welcome"]));
     assert_eq!(db.runs("list_templates"), 2);
 }
-both_backends!(reference_manual_flow_works, reference_manual_flow);
+all_backends!(reference_manual_flow_works, reference_manual_flow);
 
 async fn tenants_never_see_each_other(backend: TestBackend) {
     let cache = backend.cache().await;
@@ -316,7 +316,7 @@ async fn tenants_never_see_each_other(backend: TestBackend) {
         "MISS"
     );
 }
-both_backends!(
+all_backends!(
     two_tenants_never_see_each_others_data,
     tenants_never_see_each_other
 );
@@ -350,7 +350,7 @@ async fn vary_user_separates_users(backend: TestBackend) {
     let anonymous = fetch(&app, "/api/profiles/me", "org_1").await;
     assert_eq!(anonymous.x_cache(), "BYPASS");
 }
-both_backends!(
+all_backends!(
     vary_user_separates_users_and_bypasses_without_one,
     vary_user_separates_users
 );
@@ -390,7 +390,7 @@ async fn query_normalization(backend: TestBackend) {
         "MISS"
     );
 }
-both_backends!(
+all_backends!(
     same_query_in_another_order_hits_and_a_different_one_misses,
     query_normalization
 );
@@ -433,7 +433,7 @@ async fn errors_are_never_cached(backend: TestBackend) {
     );
     assert_eq!(db.runs("no_store"), 2, "no-store responses are not stored");
 }
-both_backends!(
+all_backends!(
     errors_cookies_and_no_store_are_never_cached,
     errors_are_never_cached
 );
@@ -456,7 +456,7 @@ async fn failed_mutation_invalidates_nothing(backend: TestBackend) {
     );
     assert_eq!(cache.stats().totals.invalidations, 0);
 }
-both_backends!(
+all_backends!(
     a_failed_mutation_invalidates_nothing,
     failed_mutation_invalidates_nothing
 );
@@ -490,7 +490,7 @@ async fn tags_fan_out(backend: TestBackend) {
     );
     assert_eq!(after.json()["template_count"], 1);
 }
-both_backends!(
+all_backends!(
     invalidating_templates_drops_the_tagged_dashboard,
     tags_fan_out
 );
@@ -538,7 +538,7 @@ async fn resource_switch(backend: TestBackend) {
         "BYPASS"
     );
 }
-both_backends!(
+all_backends!(
     the_per_resource_switch_turns_one_route_off_at_run_time,
     resource_switch
 );
@@ -570,7 +570,7 @@ async fn bypass_and_global(backend: TestBackend) {
     );
     assert_eq!(db.runs("countries"), 1);
 }
-both_backends!(
+all_backends!(
     unscoped_requests_bypass_and_global_routes_are_shared,
     bypass_and_global
 );
@@ -586,7 +586,7 @@ async fn byte_identical(backend: TestBackend) {
     assert_eq!(&second.body[..], b"id ,  name\n1 ,\t\"a\"\n");
     assert_eq!(second.header("content-type"), "text/csv; charset=utf-8");
 }
-both_backends!(
+all_backends!(
     hits_replay_the_stored_bytes_and_content_type,
     byte_identical
 );

@@ -261,7 +261,7 @@ async fn a_redis_outage_shows_in_errors_and_circuit_metrics() {
 
     let server = match &mut backend {
         TestBackend::Redis(server) => server,
-        TestBackend::Memory => unreachable!(),
+        TestBackend::Memory | TestBackend::Cluster { .. } => unreachable!(),
     };
     server.kill();
     // Two failed lookups (served uncached, X-Cache: MISS) open the circuit; the third

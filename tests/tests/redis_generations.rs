@@ -323,3 +323,103 @@ async fn is_available_answers_within_the_timeout() {
         server.resume();
     }
 }
+
+/// The same round trips on a Redis Cluster: a hit is one `MGET` and an invalidation one
+/// pipeline (a `SET` per resource and the `ROLE`), each sent to the master owning the
+/// tenant's slot and to no other node; `scope = global` data and `invalidate_all` live
+/// on the master of their own tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_each_operation_is_one_command_on_the_tenants_master() {
+    let cluster = cache_tests::RedisCluster::start();
+    let cache = Cache::new(
+        CacheConfig::default()
+            .with_redis_cluster_urls(cluster.seed_urls())
+            .with_response_timeout(Duration::from_secs(2))
+            .with_connect_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cache.backend_name(), "redis-cluster");
+    let calls = |port: u16| -> HashMap<String, u64> {
+        let info: String = cluster.cmd(port, &["INFO", "commandstats"]);
+        info.lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
+                Some((name.to_owned(), calls.parse().ok()?))
+            })
+            // The test's own inspection, and the nodes' and client's topology queries.
+            .filter(|(name, _)| {
+                !(name.starts_with("config")
+                    || name.starts_with("info")
+                    || name.starts_with("cluster")
+                    || name == "ping")
+            })
+            .collect()
+    };
+    // Asked once: asking (ROLE) would count among the commands.
+    let masters = cluster.masters();
+    let reset = || {
+        for &port in &masters {
+            let _: () = cluster.cmd(port, &["CONFIG", "RESETSTAT"]);
+        }
+    };
+    let global = cache
+        .key(Tenant::Global, "countries")
+        .unwrap()
+        .request("GET", "/api/countries", None)
+        .build();
+    for (tenant, k) in [
+        ("org_1", key(&cache, "org_1", "/api/contacts")),
+        ("org_2", key(&cache, "org_2", "/api/contacts")),
+        ("{global}", global),
+    ] {
+        let tag =
+            &k.entry_key()[k.entry_key().find('{').unwrap()..=k.entry_key().find('}').unwrap()];
+        let owner = cluster.master_of_key(tag);
+        put(&cache, &k, "v").await;
+        reset();
+        assert!(is_hit(&cache, &k).await, "{tenant}");
+        for &port in &masters {
+            let expected = if port == owner {
+                HashMap::from([("mget".to_owned(), 1)])
+            } else {
+                HashMap::new()
+            };
+            assert_eq!(
+                calls(port),
+                expected,
+                "{tenant}: hit, master {port} (owner {owner})"
+            );
+        }
+        reset();
+        if tenant == "{global}" {
+            cache.invalidate_global(&["countries"]).await.unwrap();
+        } else {
+            cache
+                .invalidate(tenant, &["contacts", "analytics"])
+                .await
+                .unwrap();
+        }
+        let sets = if tenant == "{global}" { 1 } else { 2 };
+        for &port in &masters {
+            let expected = if port == owner {
+                HashMap::from([("set".to_owned(), sets), ("role".to_owned(), 1)])
+            } else {
+                HashMap::new()
+            };
+            assert_eq!(
+                calls(port),
+                expected,
+                "{tenant}: invalidation, master {port}"
+            );
+        }
+        assert!(!is_hit(&cache, &k).await, "{tenant}: invalidated");
+    }
+    // invalidate_all: the tenant's "all" generation, on its master.
+    let k = key(&cache, "org_1", "/api/contacts/7");
+    put(&cache, &k, "v").await;
+    assert!(is_hit(&cache, &k).await);
+    cache.invalidate_all("org_1").await.unwrap();
+    assert!(!is_hit(&cache, &k).await);
+}

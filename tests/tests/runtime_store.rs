@@ -1,13 +1,13 @@
 //! The runtime by hand (issue 2): store, hit, TTL, invalidation by resource, tag and
 //! tenant, the stale-set interleaving, and generations that vanish. Every test runs
-//! against a private redis-server and against the in-memory backend.
+//! against a private redis-server, the in-memory backend and a Redis Cluster.
 
 use std::time::{Duration, Instant};
 
 use cache_runtime::key::{CacheKey, Tenant};
 use cache_runtime::{Cache, CachedResponse, Lookup};
+use cache_tests::all_backends;
 use cache_tests::backends::TestBackend;
-use cache_tests::both_backends;
 
 fn key(cache: &Cache, tenant: &str, resource: &str, path: &str) -> CacheKey {
     cache
@@ -50,7 +50,7 @@ async fn store_then_hit(backend: TestBackend) {
     assert_eq!(stats.resources["templates"].counters.hits, 1);
     assert!((cache.hit_rate() - 100.0 / 3.0).abs() < 1e-9);
 }
-both_backends!(store_then_hit_works, store_then_hit);
+all_backends!(store_then_hit_works, store_then_hit);
 
 async fn ttl_expiry(backend: TestBackend) {
     let cache = backend.cache().await;
@@ -66,7 +66,7 @@ async fn ttl_expiry(backend: TestBackend) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-both_backends!(entries_expire_after_their_ttl, ttl_expiry);
+all_backends!(entries_expire_after_their_ttl, ttl_expiry);
 
 async fn invalidation_is_scoped(backend: TestBackend) {
     let cache = backend.cache().await;
@@ -98,7 +98,7 @@ async fn invalidation_is_scoped(backend: TestBackend) {
         1
     );
 }
-both_backends!(
+all_backends!(
     invalidation_drops_one_tenant_and_resource_only,
     invalidation_is_scoped
 );
@@ -125,7 +125,7 @@ async fn tags_fan_out(backend: TestBackend) {
     );
     assert!(hit_body(&cache, &templates).await.is_some());
 }
-both_backends!(invalidating_a_tag_drops_entries_carrying_it, tags_fan_out);
+all_backends!(invalidating_a_tag_drops_entries_carrying_it, tags_fan_out);
 
 async fn invalidate_all(backend: TestBackend) {
     let cache = backend.cache().await;
@@ -143,7 +143,7 @@ async fn invalidate_all(backend: TestBackend) {
     }
     assert!(hit_body(&cache, &theirs).await.is_some());
 }
-both_backends!(invalidate_all_drops_one_tenant, invalidate_all);
+all_backends!(invalidate_all_drops_one_tenant, invalidate_all);
 
 /// Read the generation (lookup), invalidate, then store what was computed before the
 /// invalidation: the stored entry must never be served.
@@ -165,7 +165,7 @@ async fn stale_set_race(backend: TestBackend) {
         "a value computed before an invalidation must not be served after it"
     );
 }
-both_backends!(stale_set_interleaving_ends_in_a_miss, stale_set_race);
+all_backends!(stale_set_interleaving_ends_in_a_miss, stale_set_race);
 
 async fn hostile_inputs_get_bounded_keys(backend: TestBackend) {
     let cache = backend.cache().await;
@@ -183,7 +183,7 @@ async fn hostile_inputs_get_bounded_keys(backend: TestBackend) {
     cache.invalidate(&tenant, &["contacts"]).await.unwrap();
     assert_eq!(hit_body(&cache, &k).await, None);
 }
-both_backends!(
+all_backends!(
     hostile_tenants_and_queries_are_bounded_and_work,
     hostile_inputs_get_bounded_keys
 );

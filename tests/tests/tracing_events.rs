@@ -206,7 +206,7 @@ async fn a_redis_outage_warns_once_per_state_change() {
 
     match &mut backend {
         TestBackend::Redis(server) => server.kill(),
-        TestBackend::Memory => unreachable!(),
+        TestBackend::Memory | TestBackend::Cluster { .. } => unreachable!(),
     }
     let mut outcomes = Vec::new();
     for _ in 0..4 {

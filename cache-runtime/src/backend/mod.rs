@@ -1,5 +1,5 @@
-//! The stores behind a [`Cache`](crate::Cache): Redis, or an in-process memory store that
-//! is the embedded default. Both keep the same semantics (TTL, generations, O(1)
+//! The stores behind a [`Cache`](crate::Cache): Redis (one server or a cluster), or an
+//! in-process memory store that is the embedded default. Both keep the same semantics (TTL, generations, O(1)
 //! invalidation); neither decides anything about HTTP, stats or timeouts, which the
 //! cache layer above applies uniformly.
 
@@ -41,7 +41,7 @@ impl Backend {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Backend::Memory(_) => "memory",
-            Backend::Redis(_) => "redis",
+            Backend::Redis(r) => r.name(),
         }
     }
 

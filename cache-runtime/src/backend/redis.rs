@@ -1,30 +1,104 @@
-//! The Redis backend, through redis-rs's `ConnectionManager` (one multiplexed connection,
-//! reconnecting by itself). Commands are plain (MGET, SET, ROLE, WAIT), so a Redis restart loses no script cache,
-//! and every key of one call shares the tenant's hash tag, so the same commands work on
-//! Redis Cluster. Generation keys are always written with their TTL. It never retries on
-//! a request path: timeouts and the circuit breaker are applied by the cache layer above.
+//! The Redis backend: one server through redis-rs's `ConnectionManager` (one multiplexed
+//! connection, reconnecting by itself), or a Redis Cluster through redis-rs's async
+//! cluster client (one multiplexed connection per node, following `MOVED`/`ASK`). Both
+//! are driven by the same commands on one code path: they are plain (MGET, SET, ROLE,
+//! WAIT), so a Redis restart loses no script cache, and every key of one call shares the
+//! tenant's hash tag, so each call is one round trip to the master of one slot.
+//! Generation keys are always written with their TTL. It never reads from replicas and
+//! never retries on a request path beyond following a redirection: timeouts and the
+//! circuit breaker are applied by the cache layer above.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Value;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::{EntrySlot, RawLookup};
-use crate::config::{CacheConfig, WaitReplicas};
+use crate::config::{CacheConfig, RedisTarget, WaitReplicas};
 use crate::entry::Entry;
 use crate::error::BackendError;
 use crate::generation::Generation;
 use crate::key::CacheKey;
 
+/// The connection every command goes through. Cloning it is cheap (both kinds are
+/// handles to a shared multiplexed connection).
+#[derive(Clone)]
+enum Connection {
+    Standalone(ConnectionManager),
+    /// Routes each command or pipeline to the master owning its keys' slot, and a
+    /// pipeline by its first keyed command: a pipeline of one tenant's keys is one
+    /// round trip to one node, unkeyed commands in it (`ROLE`) included.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Standalone(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// `WAIT wanted timeout` on the server that took the writes to `key`. Sent alone,
+    /// the cluster client would fan `WAIT` out to every master and return the smallest
+    /// count; it is routed to the master of `key`'s slot instead, which is the node
+    /// (and the multiplexed connection) the invalidation's pipeline went to.
+    async fn wait(
+        &mut self,
+        key: &str,
+        wanted: usize,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(millis(timeout));
+        match self {
+            Connection::Standalone(c) => Ok(wait.query_async(c).await?),
+            Connection::Cluster(c) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                match c.route_command(wait, routing).await? {
+                    Value::Int(acknowledged) => Ok(u64::try_from(acknowledged).unwrap_or(0)),
+                    other => Err(BackendError::Refused(format!("WAIT answered {other:?}"))),
+                }
+            }
+        }
+    }
+}
+
 pub(crate) struct RedisBackend {
     /// Shared by every command. A `WAIT` holds it on the server until the replicas
     /// answer (one replica round trip when they are healthy, at most `wait_budget`), so
-    /// commands sent meanwhile queue behind it. A second connection for invalidations
-    /// would avoid that, but would be found dead only by the first invalidation after a
-    /// Redis restart, which would then fail and go pending.
-    manager: ConnectionManager,
+    /// commands sent meanwhile queue behind it (on a cluster: those to the same node).
+    /// A second connection for invalidations would avoid that, but would be found dead
+    /// only by the first invalidation after a Redis restart, which would then fail and
+    /// go pending.
+    connection: Connection,
     wait_replicas: WaitReplicas,
     /// Bound of one `WAIT`, counted from the start of the invalidation: half the response
     /// timeout, so that the cache layer's timer (the whole response timeout) does not
@@ -37,6 +111,7 @@ pub(crate) struct RedisBackend {
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
+            .field("name", &self.name())
             .field("url", &self.url_for_logs)
             .finish()
     }
@@ -44,32 +119,31 @@ impl std::fmt::Debug for RedisBackend {
 
 impl RedisBackend {
     /// Creates the backend without connecting: the first command connects, and a lost
-    /// connection is re-established on the next command after an I/O error.
-    pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Self, redis::RedisError> {
-        let connect_timeout = config.connect_timeout;
-        let client = if url.starts_with("rediss://") {
-            tls_client(url)?
-        } else {
-            redis::Client::open(url)?
+    /// connection is re-established on the next command after an I/O error (on a
+    /// cluster, the slot map is refreshed after a `MOVED` or a lost node).
+    pub(crate) fn new(
+        target: RedisTarget<'_>,
+        config: &CacheConfig,
+    ) -> Result<Self, redis::RedisError> {
+        let connection = match target {
+            RedisTarget::Standalone(url) => Connection::Standalone(standalone(url, config)?),
+            RedisTarget::Cluster(seeds) => Connection::Cluster(cluster(seeds, config)?),
         };
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            // No response timeout of redis-rs's own: the cache layer bounds every
-            // operation (connection wait included) with one timer, and a second one per
-            // command was measurable on the hit path (BENCHMARKS.md, hot path 4).
-            .set_response_timeout(None)
-            // One quick attempt per reconnection; the circuit breaker paces the rest.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)?;
         Ok(RedisBackend {
-            manager,
+            connection,
             wait_replicas: config.wait_replicas,
             wait_budget: (config.response_timeout / 2).max(Duration::from_millis(1)),
             generation_ttl_ms: millis(config.generation_ttl),
-            url_for_logs: crate::config::redact(url),
+            url_for_logs: target.for_logs(),
         })
+    }
+
+    /// `"redis"` or `"redis-cluster"`: the backend label of stats and metrics.
+    pub(crate) fn name(&self) -> &'static str {
+        match self.connection {
+            Connection::Standalone(_) => "redis",
+            Connection::Cluster(_) => "redis-cluster",
+        }
     }
 
     pub(crate) fn url_for_logs(&self) -> &str {
@@ -79,7 +153,7 @@ impl RedisBackend {
     pub(crate) async fn lookup(&self, key: &CacheKey) -> Result<RawLookup, BackendError> {
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&key.generation_keys).arg(&key.entry_key);
-        let values: Vec<Value> = cmd.query_async(&mut self.manager.clone()).await?;
+        let values: Vec<Value> = cmd.query_async(&mut self.connection.clone()).await?;
         if values.len() != key.generation_keys.len() + 1 {
             return Err(BackendError::Refused(format!(
                 "MGET returned {} values for {} keys",
@@ -122,7 +196,7 @@ impl RedisBackend {
                 .arg(self.generation_ttl_ms);
             pipe.cmd("GET").arg(*key);
         }
-        let values: Vec<Value> = pipe.query_async(&mut self.manager.clone()).await?;
+        let values: Vec<Value> = pipe.query_async(&mut self.connection.clone()).await?;
         if values.len() != 2 * keys.len() {
             return Err(BackendError::Refused(format!(
                 "generation init returned {} replies for {} keys",
@@ -162,7 +236,9 @@ impl RedisBackend {
             // would make every lookup of these entries miss and never store. It is replaced
             // by a fresh token: a token never used before can only make entries miss, never
             // revive one. The caller must not store under it, though (see below).
-            foreign.query_async::<()>(&mut self.manager.clone()).await?;
+            foreign
+                .query_async::<()>(&mut self.connection.clone())
+                .await?;
             tracing::warn!(target: "api_cache", keys = ?foreign_keys, "replaced generation values that were not ours");
             // The unconditional SET may have overwritten the token of an invalidation
             // that raced with it, and this lookup may have started before that
@@ -188,7 +264,7 @@ impl RedisBackend {
             .arg(entry.encode().as_ref())
             .arg("PX")
             .arg(ttl_ms)
-            .query_async::<()>(&mut self.manager.clone())
+            .query_async::<()>(&mut self.connection.clone())
             .await?;
         Ok(())
     }
@@ -202,7 +278,7 @@ impl RedisBackend {
             return Ok(());
         }
         let started = Instant::now();
-        let mut connection = self.manager.clone();
+        let mut connection = self.connection.clone();
         // SET PX per key rather than one MSET, which cannot set a TTL; pipelined, it is
         // still one round trip, and a refused SET (OOM, READONLY) fails the call.
         let mut pipe = redis::pipe();
@@ -240,10 +316,8 @@ impl RedisBackend {
             .wait_budget
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        let acknowledged: u64 = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(millis(timeout))
-            .query_async(&mut connection)
+        let acknowledged = connection
+            .wait(&generation_keys[0], wanted, timeout)
             .await?;
         let wanted = wanted as u64;
         if acknowledged < wanted {
@@ -267,17 +341,57 @@ impl RedisBackend {
             .arg("NX")
             .arg("PX")
             .arg(ttl_ms)
-            .query_async(&mut self.manager.clone())
+            .query_async(&mut self.connection.clone())
             .await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
     pub(crate) async fn ping(&self) -> Result<(), BackendError> {
         redis::cmd("PING")
-            .query_async::<String>(&mut self.manager.clone())
+            .query_async::<String>(&mut self.connection.clone())
             .await?;
         Ok(())
     }
+}
+
+/// The standalone connection: one quick attempt per reconnection, no response timeout
+/// of its own.
+fn standalone(url: &str, config: &CacheConfig) -> Result<ConnectionManager, redis::RedisError> {
+    let client = if url.starts_with("rediss://") {
+        tls_client(url)?
+    } else {
+        redis::Client::open(url)?
+    };
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        // No response timeout of redis-rs's own: the cache layer bounds every
+        // operation (connection wait included) with one timer, and a second one per
+        // command was measurable on the hit path (BENCHMARKS.md, hot path 4).
+        .set_response_timeout(None)
+        // One quick attempt per reconnection; the circuit breaker paces the rest.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(100));
+    ConnectionManager::new_lazy_with_config(client, manager_config)
+}
+
+/// The cluster connection, connecting in the background. Reads go to masters only (no
+/// read routing strategy is set). The client's retries exist to follow `MOVED`/`ASK`
+/// (and `TRYAGAIN` while a slot migrates) and to reach a promoted replica: a few quick
+/// ones, all within the cache layer's timer, which bounds the whole operation as for
+/// the standalone connection.
+fn cluster(seeds: &[String], config: &CacheConfig) -> Result<ClusterConnection, redis::RedisError> {
+    let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        .connection_timeout(config.connect_timeout)
+        .retries(3)
+        .min_retry_wait(5)
+        .max_retry_wait(50)
+        .retry_wait_formula(5, 2);
+    if seeds.iter().any(|url| url.starts_with("rediss://")) {
+        builder = with_native_roots(builder);
+    }
+    let client = builder.build()?;
+    Ok(client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new()))
 }
 
 /// A client for `rediss://` that trusts the platform's roots (and `SSL_CERT_FILE` /
@@ -286,13 +400,50 @@ impl RedisBackend {
 /// with an empty root store, and every certificate would be refused.
 #[cfg(feature = "tls")]
 fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+    match native_roots_pem() {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+    redis::Client::open(url)
+}
+
+/// [`tls_client`] for a cluster: every node connection trusts the platform's roots.
+#[cfg(feature = "tls")]
+fn with_native_roots(builder: ClusterClientBuilder) -> ClusterClientBuilder {
+    match native_roots_pem() {
+        Some(pem) => builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        }),
+        None => builder,
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_native_roots(builder: ClusterClientBuilder) -> ClusterClientBuilder {
+    builder
+}
+
+/// The platform's root certificates as one PEM bundle; `None` when there are none.
+#[cfg(feature = "tls")]
+fn native_roots_pem() -> Option<Vec<u8>> {
     use base64::Engine as _;
     let roots = rustls_native_certs::load_native_certs();
     for error in &roots.errors {
         tracing::warn!(target: "api_cache", %error, "could not load some platform root certificates");
     }
     if roots.certs.is_empty() {
-        return redis::Client::open(url);
+        return None;
     }
     let mut pem = Vec::new();
     for cert in &roots.certs {
@@ -304,18 +455,7 @@ fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
         }
         pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
     }
-    redis::Client::build_with_tls(
-        url,
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem),
-        },
-    )
-}
-
-#[cfg(not(feature = "tls"))]
-fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
-    redis::Client::open(url)
+    Some(pem)
 }
 
 /// A duration in whole milliseconds for `PX` and `WAIT`: at least 1 (0 is an error for

@@ -5,8 +5,8 @@
 //! PORT=8080 REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin server
 //! ```
 //!
-//! Environment: `PORT` (default 3000; listens on 127.0.0.1), `REDIS_URL` (unset: the
-//! in-memory cache), `DATABASE_URL` (unset: a temporary SQLite file of this process;
+//! Environment: `PORT` (default 3000; listens on 127.0.0.1), `REDIS_URL` or
+//! `REDIS_CLUSTER_URLS` (seed nodes; both unset: the in-memory cache), `DATABASE_URL` (unset: a temporary SQLite file of this process;
 //! `sqlite:///path/demo.sqlite3`: a file shared with other instances, seeded by the
 //! first), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume), `RUST_LOG`
 //! (default `info`: one line per request).
@@ -61,10 +61,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         scale: env_or("DEMO_SCALE", 1.0)?,
         ..SeedConfig::default()
     };
-    let backend = if std::env::var_os("REDIS_URL").is_some() {
+    let backend = if std::env::var_os("REDIS_CLUSTER_URLS").is_some() {
+        "Redis Cluster (REDIS_CLUSTER_URLS)"
+    } else if std::env::var_os("REDIS_URL").is_some() {
         "Redis (REDIS_URL)"
     } else {
-        "in-memory (set REDIS_URL for Redis)"
+        "in-memory (set REDIS_URL or REDIS_CLUSTER_URLS for Redis)"
     };
     let cache = cache_runtime::Cache::from_env().await?;
     // One cache per process here: make it the process-wide one too, so cached plain
@@ -78,7 +80,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(url) if !url.trim().is_empty() => Some(examples::database_path(&url)?),
         _ => None,
     };
-    if database.is_some() && std::env::var_os("REDIS_URL").is_none() {
+    if database.is_some() && cache.backend_name() == "memory" {
         tracing::warn!(
             "DATABASE_URL is shared but REDIS_URL is unset: each instance's in-memory cache \
              cannot see the others' invalidations, so they will serve each other's stale data"
