@@ -635,7 +635,7 @@ async fn head_from_get(backend: TestBackend) {
     assert_eq!(get_after.json()["organization_id"], "org_1");
     assert_eq!(db.runs("list_templates"), 1);
 }
-both_backends!(head_is_served_from_the_get_entry, head_from_get);
+all_backends!(head_is_served_from_the_get_entry, head_from_get);
 
 /// `vary = header("accept-language")`: one entry per value of the header (and one for
 /// its absence), each hit by requests with the same value only.
@@ -667,7 +667,7 @@ async fn vary_header(backend: TestBackend) {
     let en = ask(Some("en")).await;
     assert_eq!((en.x_cache(), en.text().as_str()), ("HIT", "hello (en)"));
 }
-both_backends!(vary_header_keeps_one_entry_per_value, vary_header);
+all_backends!(vary_header_keeps_one_entry_per_value, vary_header);
 
 /// `skip_cache`: the route answers `BYPASS`, runs its handler every time and stores
 /// nothing.
@@ -687,7 +687,7 @@ async fn skip_cache(backend: TestBackend) {
         assert_eq!(server.keys("*"), Vec::<String>::new(), "nothing in Redis");
     }
 }
-both_backends!(skip_cache_never_looks_up_or_stores, skip_cache);
+all_backends!(skip_cache_never_looks_up_or_stores, skip_cache);
 
 #[tokio::test]
 async fn non_get_methods_bypass() {

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cache_runtime::{cached, invalidates, Cache, CacheScope};
+use cache_tests::all_backends;
 use cache_tests::backends::TestBackend;
-use cache_tests::both_backends;
 use cache_tests::http::{get as get_req, post as post_req, send, Reply};
 use serde_json::{json, Value};
 
@@ -302,7 +302,7 @@ async fn browser_revalidates(backend: TestBackend) {
     assert_eq!(unchanged.x_cache(), "MISS");
     assert!(unchanged.body.is_empty());
 }
-both_backends!(the_browser_revalidates, browser_revalidates);
+all_backends!(the_browser_revalidates, browser_revalidates);
 
 /// Identical bodies of two tenants never validate each other's copies: after switching
 /// accounts a browser never gets a 304 for the other account's copy.
@@ -316,7 +316,7 @@ async fn etags_are_per_key(backend: TestBackend) {
     let switched = revalidate(&app, "/api/same", "org_2", one.header("etag")).await;
     assert_eq!(switched.status, StatusCode::OK);
 }
-both_backends!(etags_are_per_key_not_per_body, etags_are_per_key);
+all_backends!(etags_are_per_key_not_per_body, etags_are_per_key);
 
 /// Every instance gives the same ETag for the same entry, and for the same content
 /// computed afresh.
@@ -370,7 +370,7 @@ async fn browser_lifetimes(backend: TestBackend) {
         assert_eq!(own.headers.get_all(header::CACHE_CONTROL).iter().count(), 1);
     }
 }
-both_backends!(browser_lifetimes_are_opt_in, browser_lifetimes);
+all_backends!(browser_lifetimes_are_opt_in, browser_lifetimes);
 
 /// The client hangs up after the mutation committed, while it still works: its
 /// invalidation happens anyway, and the next read on any instance shows the write.
@@ -418,7 +418,7 @@ async fn client_hangs_up(backend: TestBackend) {
     }
     assert_eq!(cache.stats().totals.invalidations, 1);
 }
-both_backends!(a_client_that_hangs_up_still_invalidates, client_hangs_up);
+all_backends!(a_client_that_hangs_up_still_invalidates, client_hangs_up);
 
 /// Post/redirect/get and a write that then fails invalidate; a client error does not.
 async fn outcomes_that_invalidate(backend: TestBackend) {
@@ -449,7 +449,7 @@ async fn outcomes_that_invalidate(backend: TestBackend) {
     assert_eq!(fetch(&app, "/api/items", "org_1").await.x_cache(), "HIT");
     assert_eq!(cache.stats().totals.invalidations, 2);
 }
-both_backends!(
+all_backends!(
     redirects_and_server_errors_invalidate,
     outcomes_that_invalidate
 );
@@ -477,7 +477,7 @@ async fn request_dependent_statuses(backend: TestBackend) {
         wait_for_hit(&app, &uri, "org_1").await;
     }
 }
-both_backends!(
+all_backends!(
     never_stores_request_dependent_statuses,
     request_dependent_statuses
 );
@@ -494,7 +494,7 @@ async fn nested_routers(backend: TestBackend) {
     assert_eq!(two.text(), "contacts of project 2");
     assert_eq!(two.x_cache(), "MISS");
 }
-both_backends!(nested_routers_key_on_the_original_uri, nested_routers);
+all_backends!(nested_routers_key_on_the_original_uri, nested_routers);
 
 /// One header line `a,b` and two lines `a` and `b` are different requests.
 async fn vary_header_lines(backend: TestBackend) {
@@ -520,7 +520,7 @@ async fn vary_header_lines(backend: TestBackend) {
     assert_eq!(fetch(&app, "/api/flags", "org_1").await.json(), json!([]));
     assert_eq!(db.runs("flags"), 4);
 }
-both_backends!(vary_header_lines_are_length_prefixed, vary_header_lines);
+all_backends!(vary_header_lines_are_length_prefixed, vary_header_lines);
 
 /// `scope = global, vary = user`: user ids are unique within a tenant only.
 async fn global_data_per_user(backend: TestBackend) {
@@ -545,7 +545,7 @@ async fn global_data_per_user(backend: TestBackend) {
     assert_eq!(other_tenant.x_cache(), "MISS");
     assert_eq!(other_tenant.text(), "preferences of user user_1 of org_2");
 }
-both_backends!(
+all_backends!(
     global_data_per_user_keys_on_the_tenant_too,
     global_data_per_user
 );
