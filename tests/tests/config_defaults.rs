@@ -83,10 +83,13 @@ fn check_table(source: &str, table: &BTreeMap<String, String>) {
     let defaults = CacheConfig::default();
     for (name, default) in table {
         match default.as_str() {
-            "unset" => {
-                assert_eq!(name, "REDIS_URL", "{source}: only REDIS_URL is unset");
-                assert!(defaults.redis_url.is_none(), "{source}: {name}");
-            }
+            "unset" => match name.as_str() {
+                "REDIS_URL" => assert!(defaults.redis_url.is_none(), "{source}: {name}"),
+                "REDIS_CLUSTER_URLS" => {
+                    assert!(defaults.redis_cluster_urls.is_empty(), "{source}: {name}")
+                }
+                _ => panic!("{source}: only REDIS_URL and REDIS_CLUSTER_URLS are unset"),
+            },
             "empty" => {
                 assert_eq!(name, "API_CACHE_DISABLED_RESOURCES", "{source}");
                 assert!(defaults.disabled_resources.is_empty(), "{source}: {name}");

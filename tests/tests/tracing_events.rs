@@ -122,6 +122,11 @@ async fn lookups_and_invalidations_are_debug_events_in_the_request_span() {
     let cache = Cache::new(deterministic(TestBackend::Memory.config()))
         .await
         .expect("cache");
+    // Building the cache says once which backend it is; requests log nothing else.
+    let startup = recorder.take();
+    assert_eq!(startup.len(), 1, "{startup:#?}");
+    assert_eq!(startup[0].level, Level::INFO);
+    assert!(startup[0].message.contains("per process"), "{startup:?}");
     let app = traced_app(&cache);
 
     send(&app, get("/api/templates", Some("org_1"))).await;
