@@ -4,7 +4,6 @@
 //! the circuit, nothing is retried on a request path, and an invalidation that is
 //! refused stays pending: its tenant+resource bypasses until a write is accepted.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cache_runtime::{Cache, CacheConfig};
@@ -29,37 +28,6 @@ async fn warm(api: &Api, tenant: &str) {
     api.read(tenant, "contacts", None).await;
     api.read_until_hit(tenant, "contacts", None, Duration::from_secs(10))
         .await;
-}
-
-/// Attempts per command so far: executed, failed and rejected (an `-OOM` or
-/// `-READONLY` reply is a rejected call). Compared between snapshots rather than reset
-/// with `CONFIG RESETSTAT`: with a reset in between, a full Redis 7.0 was seen to
-/// accept the next write.
-fn attempts(server: &RedisServer) -> HashMap<String, u64> {
-    let info: String = server.cmd(&["INFO", "commandstats"]);
-    info.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("cmdstat_")?;
-            let (name, fields) = rest.split_once(':')?;
-            let total = fields
-                .split(',')
-                .filter_map(|f| f.split_once('='))
-                .filter(|(k, _)| matches!(*k, "calls" | "rejected_calls" | "failed_calls"))
-                .filter_map(|(_, v)| v.parse::<u64>().ok())
-                .sum();
-            Some((name.to_owned(), total))
-        })
-        .collect()
-}
-
-fn since(before: &HashMap<String, u64>, now: HashMap<String, u64>) -> HashMap<String, u64> {
-    now.into_iter()
-        .map(|(name, n)| {
-            let delta = n - before.get(&name).copied().unwrap_or(0);
-            (name, delta)
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 /// Writes filler until the server answers `-OOM`. Then lowers `maxmemory` by 64 KiB: a
@@ -112,14 +80,14 @@ async fn full_server_keeps_reads_working_and_counts_refused_writes() {
     // What is not cached cannot be: each read is one lookup and one refused write,
     // answered uncached, counted, never retried.
     let errors = cache.stats().totals.errors;
-    let before = attempts(&server);
+    let before = server.command_calls();
     const READS: u64 = 10;
     for _ in 0..READS {
         let read = api.read("org_2", "contacts", None).await;
         assert_eq!(read.x_cache(), "MISS");
         assert!(read.elapsed < bound(), "read took {:?}", read.elapsed);
     }
-    let calls = since(&before, attempts(&server));
+    let calls = server.command_calls_since(&before);
     // One lookup per read, and one SET NX (with its GET) per missing generation key
     // (the tenant's and the resource's): nothing retried.
     assert_eq!(calls.get("mget"), Some(&READS), "{calls:?}");
@@ -136,7 +104,7 @@ async fn full_server_keeps_reads_working_and_counts_refused_writes() {
 
     // A refused invalidation: the mutation succeeds, org_1's entry (version 1) is never
     // served again on this instance, and redelivery is paced in the background.
-    let before = attempts(&server);
+    let before = server.command_calls();
     let refused_at = Instant::now();
     assert_eq!(api.change("org_1", "contacts").await, 2);
     assert_eq!(cache.stats().pending_invalidations, 1);
@@ -146,7 +114,8 @@ async fn full_server_keeps_reads_working_and_counts_refused_writes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Each attempt is one pipeline: a SET PX for the one generation key (and a ROLE).
-    let sets = since(&before, attempts(&server))
+    let sets = server
+        .command_calls_since(&before)
         .get("set")
         .copied()
         .unwrap_or(0);
