@@ -40,11 +40,18 @@ fn config(server: &RedisServer) -> CacheConfig {
         .with_circuit(FAILURES, Duration::from_secs(30))
 }
 
-async fn warm(api: &Api, tenant: &str, server: &RedisServer) {
+/// Caches `tenant`'s contacts, and waits until the store has been counted: its success
+/// also resets the circuit's failure count, which must not happen in the middle of a
+/// fault that follows (a HIT may come from the flight before the store has returned).
+async fn warm(api: &Api, cache: &Cache, tenant: &str, server: &RedisServer) {
+    let stores = cache.stats().totals.stores;
     api.read(tenant, "contacts", None).await;
     api.read_until_hit(tenant, "contacts", None, Duration::from_secs(10))
         .await;
     wait_until_stored(server, tenant, "contacts");
+    wait_until(Duration::from_secs(10), "the store is counted", || {
+        cache.stats().totals.stores > stores
+    });
 }
 
 fn errors(cache: &Cache) -> u64 {
@@ -59,7 +66,7 @@ async fn a_frozen_server_costs_each_read_one_timeout_until_the_circuit_opens() {
     let server = RedisServer::start();
     let cache = Cache::new(config(&server)).await.unwrap();
     let api = Api::new(&cache);
-    warm(&api, "org_1", &server).await;
+    warm(&api, &cache, "org_1", &server).await;
     let before = server.command_calls();
     let errors_before = errors(&cache);
 
@@ -187,7 +194,7 @@ async fn a_mutation_waits_at_most_one_timeout() {
         .await
         .unwrap();
     let api = Api::new(&cache);
-    warm(&api, "org_1", &server).await;
+    warm(&api, &cache, "org_1", &server).await;
 
     server.pause();
     let started = Instant::now();
@@ -215,7 +222,7 @@ async fn a_pending_invalidation_is_delivered_within_2_s_of_redis_answering_and_c
     let mut server = RedisServer::start();
     let cache = Cache::new(config(&server)).await.unwrap();
     let api = Api::new(&cache);
-    warm(&api, "org_1", &server).await;
+    warm(&api, &cache, "org_1", &server).await;
 
     server.kill();
     for _ in 0..FAILURES {
@@ -284,7 +291,7 @@ async fn the_back_off_doubles_and_caching_resumes_at_the_first_probe_after_redis
         .await
         .unwrap();
     let api = Api::new(&cache);
-    warm(&api, "org_1", &server).await;
+    warm(&api, &cache, "org_1", &server).await;
 
     server.kill();
     for _ in 0..FAILURES {

@@ -49,10 +49,17 @@ fn median(mut durations: Vec<Duration>) -> Duration {
     durations[durations.len() / 2]
 }
 
-async fn warm(api: &Api, tenant: &str) {
+/// Caches `tenant`'s contacts, and waits until the store has been counted: its success
+/// also resets the circuit's failure count, which must not happen in the middle of the
+/// pause that follows (a HIT may come from the flight before the store has returned).
+async fn warm(api: &Api, cache: &Cache, tenant: &str) {
+    let stores = cache.stats().totals.stores;
     api.read(tenant, "contacts", None).await;
     api.read_until_hit(tenant, "contacts", None, Duration::from_secs(10))
         .await;
+    wait_until(Duration::from_secs(10), "the store is counted", || {
+        cache.stats().totals.stores > stores
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +68,7 @@ async fn paused_server_costs_a_bounded_delay_then_bypasses_then_resumes() {
     let cache = Cache::new(config(&server)).await.unwrap();
     let api = Api::new(&cache);
     api.db.set_delay(HANDLER);
-    warm(&api, "org_1").await;
+    warm(&api, &cache, "org_1").await;
     let runs_before = api.db.runs();
 
     server.pause();
@@ -127,7 +134,7 @@ async fn a_cancelled_probe_does_not_keep_the_circuit_open() {
     let server = RedisServer::start();
     let cache = Cache::new(config(&server)).await.unwrap();
     let api = Api::new(&cache);
-    warm(&api, "org_1").await;
+    warm(&api, &cache, "org_1").await;
 
     server.pause();
     for _ in 0..FAILURES {
@@ -162,8 +169,8 @@ async fn invalidation_held_by_a_write_pause_is_pending_then_delivered() {
         .await
         .unwrap();
     let api = Api::new(&cache);
-    warm(&api, "org_a").await;
-    warm(&api, "org_b").await;
+    warm(&api, &cache, "org_a").await;
+    warm(&api, &cache, "org_b").await;
 
     let pause_ms = 3000;
     let _: () = server.cmd(&["CLIENT", "PAUSE", &pause_ms.to_string(), "WRITE"]);

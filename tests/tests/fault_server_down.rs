@@ -49,6 +49,11 @@ async fn killed_server_gives_uncached_answers_opens_the_circuit_once_and_recover
     assert_eq!(api.read("org_1", "contacts", None).await.x_cache(), "MISS");
     api.read_until_hit("org_1", "contacts", None, Duration::from_secs(10))
         .await;
+    // A HIT may come from the flight before the store returns; the store's success,
+    // counted late, would reset the circuit's failure count in the middle of the outage.
+    cache_tests::redis_server::wait_until(Duration::from_secs(10), "the store is counted", || {
+        cache.stats().totals.stores == 1
+    });
     let runs_before = api.db.runs();
     let errors_before = cache.stats().totals.errors;
 
