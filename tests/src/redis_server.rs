@@ -253,6 +253,47 @@ impl RedisServer {
         cmd.query(&mut self.connection()).expect("redis command")
     }
 
+    /// Commands this server has been sent so far, by name (`mget`, `set`, ...): calls,
+    /// plus those refused (`-OOM`, `-READONLY`) or failed. Commands sent to a frozen
+    /// server wait in its socket and are counted once it thaws, so comparing two
+    /// snapshots counts what a client sent in between, answered or not. Compared rather
+    /// than reset with `CONFIG RESETSTAT`: with a reset in between, a full Redis 7.0 was
+    /// seen to accept the next write.
+    pub fn command_calls(&self) -> std::collections::HashMap<String, u64> {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("cmdstat_")?;
+                let (name, fields) = rest.split_once(':')?;
+                let total = fields
+                    .split(',')
+                    .filter_map(|f| f.split_once('='))
+                    .filter(|(k, _)| matches!(*k, "calls" | "rejected_calls" | "failed_calls"))
+                    .filter_map(|(_, v)| v.parse::<u64>().ok())
+                    .sum();
+                Some((name.to_owned(), total))
+            })
+            .collect()
+    }
+
+    /// The commands sent since `before` (a [`command_calls`](Self::command_calls)
+    /// snapshot), leaving out connection bookkeeping (`HELLO`, `CLIENT ...`: handshakes,
+    /// the test's own `CLIENT PAUSE`) and the `INFO` calls that took the snapshots.
+    pub fn command_calls_since(
+        &self,
+        before: &std::collections::HashMap<String, u64>,
+    ) -> std::collections::HashMap<String, u64> {
+        self.command_calls()
+            .into_iter()
+            .filter(|(name, _)| name != "info" && name != "hello" && !name.starts_with("client|"))
+            .map(|(name, n)| {
+                let delta = n - before.get(&name).copied().unwrap_or(0);
+                (name, delta)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// All keys matching `pattern` (test inspection only).
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         self.cmd(&["KEYS", pattern])

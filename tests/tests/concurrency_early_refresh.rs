@@ -130,30 +130,85 @@ both_backends!(
 
 /// The contrast, early refresh off: at each expiry every client misses, and all but one
 /// wait for the one computing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// Step by step rather than under timed load: one client reads until the entry has
+/// expired, and its recomputation is held at the gate; the other clients then read, find
+/// it expired too, and wait. The runtime has one thread, so a client whose lookup is
+/// counted has also joined the recomputation (nothing is awaited in between with the
+/// in-memory backend) before the test looks again: what the clients do no longer depends
+/// on how the machine schedules them. Only the expiry itself is wall-clock (TTL 1 s),
+/// waited for as a condition.
+#[tokio::test]
 async fn without_early_refresh_clients_wait_at_each_expiry() {
+    const EXPIRIES: u64 = 2;
     let backend = TestBackend::Memory;
-    let cache = Cache::new(backend.config().with_early_refresh_beta(0.0))
-        .await
-        .unwrap();
+    let cache = Cache::new(
+        backend
+            .config()
+            .with_early_refresh_beta(0.0)
+            // Longer than the test's deadlines: a waiting client never gives up.
+            .with_flight_wait(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
     let app = App::default();
-    app.set_compute(Duration::from_millis(50));
     let api = router(&cache, app.clone(), Flavor::Correct);
+    let cold = send(&api, request("GET", "/hot", "org_1", None)).await;
+    assert_eq!(cold.x_cache(), "MISS");
 
-    let replies = steady_load(&api, || cache.stats().totals.misses >= 3).await;
+    for expiry in 1..=EXPIRIES {
+        app.gate().hold_next();
+        let first = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                loop {
+                    let reply = send(&api, request("GET", "/hot", "org_1", None)).await;
+                    if reply.x_cache() != "HIT" {
+                        return reply;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        wait_until("the entry expires and one client recomputes it", || {
+            app.gate().held() == expiry as usize
+        })
+        .await;
+        let lookups = cache.stats().lookup.count;
+        let others: Vec<_> = (1..CLIENTS)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move { send(&api, request("GET", "/hot", "org_1", None)).await })
+            })
+            .collect();
+        wait_until("the other clients find it expired", || {
+            cache.stats().lookup.count == lookups + (CLIENTS as u64 - 1)
+        })
+        .await;
+        assert!(
+            others.iter().all(|other| !other.is_finished()),
+            "a client did not wait for the recomputation"
+        );
+
+        app.gate().release();
+        let first = within_deadline("the recomputation", first).await.unwrap();
+        assert_eq!(first.x_cache(), "MISS");
+        assert_eq!(first.json()["run"], 1 + expiry);
+        for other in others {
+            let other = within_deadline("a waiting client", other).await.unwrap();
+            assert_eq!(other.x_cache(), "HIT", "served the recomputed entry");
+            assert_eq!(other.body, first.body);
+        }
+    }
 
     let totals = cache.stats().totals;
-    println!(
-        "early refresh off: {} requests over {} expiries: {} handler runs, {} requests waited",
-        replies.len(),
-        totals.misses - 1,
-        app.runs(),
-        totals.coalesced
-    );
+    assert_eq!(app.runs(), 1 + EXPIRIES, "one run per expiry");
+    assert_eq!(totals.misses, 1 + EXPIRIES);
     assert_eq!(totals.early_refreshes, 0);
-    assert!(
-        totals.coalesced >= 2,
-        "other clients waited at the expiries: {totals:?}"
+    assert_eq!(
+        totals.coalesced,
+        EXPIRIES * (CLIENTS as u64 - 1),
+        "at each expiry, every other client waited for the one computing"
     );
 }
 

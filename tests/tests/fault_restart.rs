@@ -24,8 +24,12 @@ fn config(server: &RedisServer) -> CacheConfig {
         .with_circuit(1000, Duration::from_millis(500))
 }
 
+/// What the machine being busy may add to a bound: less than one timeout.
+const SLACK: Duration = Duration::from_millis(150);
+
+/// README: a read waits for at most two Redis operations, each bounded by the timeout.
 fn bound() -> Duration {
-    TIMEOUT * 5
+    TIMEOUT * 2 + SLACK
 }
 
 fn outcomes(reads: &[Read]) -> Vec<&str> {
@@ -136,9 +140,11 @@ async fn restart_keeping_data_with_a_pending_invalidation_never_serves_stale() {
         let read = api.read("org_a", "contacts", None).await;
         assert!(read.elapsed < bound());
         seen.push(read.x_cache().to_owned());
+        // README: within 2 s of Redis answering (the back-off cap) plus one attempt.
         assert!(
-            promoted.elapsed() < Duration::from_secs(10),
-            "never delivered"
+            promoted.elapsed() < Duration::from_secs(2) + TIMEOUT + SLACK,
+            "not delivered {:?} after the promotion",
+            promoted.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

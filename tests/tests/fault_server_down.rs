@@ -23,11 +23,19 @@ fn config(server: &RedisServer) -> CacheConfig {
         .with_circuit(FAILURES, OPEN_FOR)
 }
 
-/// Generous: a faulted request waits for at most two Redis operations (lookup and
-/// generation init), each bounded by the timeout; the rest is the machine being busy.
+/// What the machine being busy may add to a bound: less than one timeout.
+const SLACK: Duration = Duration::from_millis(150);
+
+/// README: a faulted read waits for at most two Redis operations (lookup and generation
+/// init), each bounded by the timeout. (`fault_bounds` checks the exact costs.)
 fn extra_latency_bound() -> Duration {
-    TIMEOUT * 5
+    TIMEOUT * 2 + SLACK
 }
+
+/// README: caching resumes at the first probe after Redis is back, within the current
+/// back-off. These outages last about 2 s: the back-off is at most 2 s when Redis is
+/// started again (1 s, then 2 s after each failed probe of a 500 ms base).
+const RESUMES_WITHIN: Duration = Duration::from_secs(4);
 
 fn outcomes(reads: &[Read]) -> Vec<&str> {
     reads.iter().map(Read::x_cache).collect()
@@ -41,6 +49,11 @@ async fn killed_server_gives_uncached_answers_opens_the_circuit_once_and_recover
     assert_eq!(api.read("org_1", "contacts", None).await.x_cache(), "MISS");
     api.read_until_hit("org_1", "contacts", None, Duration::from_secs(10))
         .await;
+    // A HIT may come from the flight before the store returns; the store's success,
+    // counted late, would reset the circuit's failure count in the middle of the outage.
+    cache_tests::redis_server::wait_until(Duration::from_secs(10), "the store is counted", || {
+        cache.stats().totals.stores == 1
+    });
     let runs_before = api.db.runs();
     let errors_before = cache.stats().totals.errors;
 
@@ -96,7 +109,7 @@ async fn killed_server_gives_uncached_answers_opens_the_circuit_once_and_recover
     server.start_again();
     // Caching resumes by itself: no process restart, nobody calls is_available().
     let after = api
-        .read_until_hit("org_1", "contacts", None, Duration::from_secs(40))
+        .read_until_hit("org_1", "contacts", None, RESUMES_WITHIN)
         .await;
     assert!(
         after.len() >= 2,
@@ -116,7 +129,12 @@ async fn redis_down_at_start_is_served_uncached_until_it_answers() {
     let cache = Cache::new(config(&server))
         .await
         .expect("an unreachable Redis is no error");
-    assert!(started.elapsed() < extra_latency_bound());
+    assert!(
+        started.elapsed() < TIMEOUT * 2 + SLACK,
+        "Cache::new took {:?}: connect + response timeout is {:?}",
+        started.elapsed(),
+        TIMEOUT * 2
+    );
     assert!(!cache.is_available().await);
     let api = Api::new(&cache);
     for _ in 0..10 {
@@ -126,7 +144,7 @@ async fn redis_down_at_start_is_served_uncached_until_it_answers() {
     }
     assert_eq!(api.db.runs(), 10);
     server.start_again();
-    api.read_until_hit("org_1", "contacts", None, Duration::from_secs(40))
+    api.read_until_hit("org_1", "contacts", None, RESUMES_WITHIN)
         .await;
     assert!(cache.is_available().await);
 }
@@ -154,8 +172,8 @@ async fn mutation_while_down_succeeds_and_its_resource_bypasses_until_delivered(
     let started = Instant::now();
     let version = api.change("org_a", "contacts").await;
     assert!(
-        started.elapsed() < extra_latency_bound(),
-        "the mutation waited {:?} for a dead Redis",
+        started.elapsed() < TIMEOUT + SLACK,
+        "the mutation waited {:?} for a dead Redis: at most one timeout",
         started.elapsed()
     );
     assert_eq!(version, 2);
@@ -171,9 +189,10 @@ async fn mutation_while_down_succeeds_and_its_resource_bypasses_until_delivered(
     }
 
     server.start_again();
-    // Delivered in the background: the generation key is written with no request.
+    // Delivered in the background within 2 s of Redis answering (the redelivery's
+    // back-off cap): the generation key is written with no request.
     cache_tests::redis_server::wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(2) + SLACK,
         "the pending invalidation is delivered",
         || cache.stats().pending_invalidations == 0,
     );

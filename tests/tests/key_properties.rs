@@ -3,7 +3,8 @@
 //! not matter; every key is bounded. The same properties through the attributes: a
 //! `#[cached(vary = user)]` route on a Router answers every generated request with what
 //! that request computes, hits exactly when an equal request came before, and bypasses
-//! requests without a user.
+//! requests without a user. Besides independent random pairs, near-collisions made on
+//! purpose: the same strings with one boundary moved, empty parts, repeated names.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -136,6 +137,169 @@ proptest! {
             .flat_map(|(n, vs)| vs.iter().map(move |v| (n.clone(), v.clone())))
             .collect();
         prop_assert_eq!(pairs, expected);
+    }
+}
+
+/// Everything a key is built from, as a sequence of strings: tenant, path, the query's
+/// pairs in request order, and named parts (`vary` values, a function's arguments).
+#[derive(Debug, Clone)]
+struct Parts {
+    tenant: String,
+    path: String,
+    query: Vec<(String, String)>,
+    parts: Vec<(String, String)>,
+}
+
+impl Parts {
+    fn key(&self, cache: &Cache) -> String {
+        let query: Vec<String> = self
+            .query
+            .iter()
+            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+            .collect();
+        let mut builder = cache
+            .key(Tenant::Scoped(&self.tenant), "contacts")
+            .unwrap()
+            .request("GET", &self.path, Some(&query.join("&")));
+        for (name, value) in &self.parts {
+            builder = builder.part(name, value);
+        }
+        builder.build().entry_key().to_owned()
+    }
+
+    /// What two requests must agree on to share a key: the query as handlers see it
+    /// (sorted by name, repeated names in request order, `=` alone dropped), the rest
+    /// as is.
+    #[allow(clippy::type_complexity)]
+    fn meaning(&self) -> (&str, &str, Vec<(String, String)>, &[(String, String)]) {
+        let mut query: Vec<(String, String)> = self
+            .query
+            .iter()
+            .filter(|(name, value)| !(name.is_empty() && value.is_empty()))
+            .cloned()
+            .collect();
+        query.sort_by(|a, b| a.0.cmp(&b.0));
+        (&self.tenant, &self.path, query, &self.parts)
+    }
+
+    /// The strings in key order, where a naive concatenation would run them together.
+    fn fields(&self) -> Vec<String> {
+        let mut fields = vec![self.tenant.clone(), self.path.clone()];
+        for (name, value) in self.query.iter().chain(&self.parts) {
+            fields.push(name.clone());
+            fields.push(value.clone());
+        }
+        fields
+    }
+
+    fn with_fields(&self, fields: Vec<String>) -> Parts {
+        let mut fields = fields.into_iter();
+        let mut next = || fields.next().expect("as many fields as taken");
+        let tenant = next();
+        let path = next();
+        let query = self.query.iter().map(|_| (next(), next())).collect();
+        let parts = self.parts.iter().map(|_| (next(), next())).collect();
+        Parts {
+            tenant,
+            path,
+            query,
+            parts,
+        }
+    }
+}
+
+/// Few letters, separators among them: boundaries shift onto look-alike strings.
+fn near_text() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("[ab=&:]{0,3}").unwrap()
+}
+
+fn near_parts() -> impl Strategy<Value = Parts> {
+    let pairs = || proptest::collection::vec((near_text(), near_text()), 0..4);
+    (
+        proptest::string::string_regex("[ab]{1,3}").unwrap(),
+        proptest::string::string_regex("/[ab/]{0,3}").unwrap(),
+        pairs(),
+        pairs(),
+    )
+        .prop_map(|(tenant, path, query, parts)| Parts {
+            tenant,
+            path,
+            query,
+            parts,
+        })
+}
+
+/// `a` and a near-collision of it: the same strings with one boundary moved (so that
+/// their concatenation is unchanged), an empty part or query pair added, a part or
+/// pair repeated, two parts swapped, or a query pair turned into a part of the same
+/// name and value.
+fn near_collision() -> impl Strategy<Value = (Parts, Parts)> {
+    (
+        near_parts(),
+        0..6usize,
+        any::<prop::sample::Index>(),
+        0..4usize,
+    )
+        .prop_map(|(a, change, at, shift)| {
+            let mut b = a.clone();
+            match change {
+                0 => {
+                    // Move up to `shift` characters from the end of one field to the
+                    // start of the next.
+                    let mut fields = a.fields();
+                    let i = at.index(fields.len() - 1);
+                    let keep = fields[i].chars().count().saturating_sub(shift);
+                    let moved: String = fields[i].chars().skip(keep).collect();
+                    fields[i] = fields[i].chars().take(keep).collect();
+                    fields[i + 1].insert_str(0, &moved);
+                    b = a.with_fields(fields);
+                    assert_eq!(a.fields().concat(), b.fields().concat());
+                }
+                1 => {
+                    let i = at.index(b.parts.len() + 1);
+                    b.parts.insert(i, (String::new(), String::new()));
+                }
+                2 => {
+                    let i = at.index(b.query.len() + 1);
+                    let name = if shift % 2 == 0 { "" } else { "a" };
+                    b.query.insert(i, (name.to_owned(), String::new()));
+                }
+                3 if !b.parts.is_empty() => {
+                    let i = at.index(b.parts.len());
+                    b.parts.insert(i, b.parts[i].clone());
+                }
+                3 if !b.query.is_empty() => {
+                    let i = at.index(b.query.len());
+                    b.query.insert(i, b.query[i].clone());
+                }
+                4 if b.parts.len() >= 2 => {
+                    let i = at.index(b.parts.len() - 1);
+                    b.parts.swap(i, i + 1);
+                }
+                5 if !b.query.is_empty() => {
+                    let pair = b.query.remove(at.index(b.query.len()));
+                    b.parts.insert(0, pair);
+                }
+                _ => b.parts.push(("a".to_owned(), String::new())),
+            }
+            (a, b)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    /// Parts that differ only in where one ends and the next begins, empty parts,
+    /// repeated names: a key is shared exactly when the requests mean the same.
+    #[test]
+    fn near_collisions_share_a_key_only_when_they_mean_the_same((a, b) in near_collision()) {
+        let cache = cache();
+        let (ka, kb) = (a.key(&cache), b.key(&cache));
+        if a.meaning() == b.meaning() {
+            prop_assert_eq!(ka, kb, "{:?} vs {:?}", a, b);
+        } else {
+            prop_assert_ne!(ka, kb, "{:?} vs {:?}", a, b);
+        }
     }
 }
 

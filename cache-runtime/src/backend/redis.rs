@@ -5,9 +5,12 @@
 //! WAIT), so a Redis restart loses no script cache, and every key of one call shares the
 //! tenant's hash tag, so each call is one round trip to the master of one slot.
 //! Generation keys are always written with their TTL. It never reads from replicas and
-//! never retries on a request path beyond following a redirection: timeouts and the
-//! circuit breaker are applied by the cache layer above.
+//! sends a command twice beyond following a redirection: timeouts and the circuit
+//! breaker are applied by the cache layer above. (A command that found the standalone
+//! connection refused was never sent; it is sent once on the connection re-established
+//! since: see `send`.)
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,10 +153,32 @@ impl RedisBackend {
         &self.url_for_logs
     }
 
+    /// Sends `command` on the shared connection. If the connection it finds is one that
+    /// could not be established (refused: the command was never sent), sends it once
+    /// more, on the connection the manager began re-establishing at that error. Without
+    /// this, the first command after Redis comes back would always fail on the attempt
+    /// made while it was down: a probe would keep the circuit open for another, doubled,
+    /// back-off, and a redelivery would wait for its next turn (2 s). While Redis is
+    /// down the second try is refused too, within the manager's reconnection delay
+    /// (10 to 20 ms). A command that reached a server is never sent again.
+    async fn send<T, F, Fut>(&self, command: F) -> redis::RedisResult<T>
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match command(self.connection.clone()).await {
+            Err(err) if err.is_connection_refusal() => command(self.connection.clone()).await,
+            result => result,
+        }
+    }
+
     pub(crate) async fn lookup(&self, key: &CacheKey) -> Result<RawLookup, BackendError> {
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&key.generation_keys).arg(&key.entry_key);
-        let values: Vec<Value> = cmd.query_async(&mut self.connection.clone()).await?;
+        let cmd = &cmd;
+        let values: Vec<Value> = self
+            .send(|mut connection| async move { cmd.query_async(&mut connection).await })
+            .await?;
         if values.len() != key.generation_keys.len() + 1 {
             return Err(BackendError::Refused(format!(
                 "MGET returned {} values for {} keys",
@@ -196,7 +221,10 @@ impl RedisBackend {
                 .arg(self.generation_ttl_ms);
             pipe.cmd("GET").arg(*key);
         }
-        let values: Vec<Value> = pipe.query_async(&mut self.connection.clone()).await?;
+        let pipe = &pipe;
+        let values: Vec<Value> = self
+            .send(|mut connection| async move { pipe.query_async(&mut connection).await })
+            .await?;
         if values.len() != 2 * keys.len() {
             return Err(BackendError::Refused(format!(
                 "generation init returned {} replies for {} keys",
@@ -258,13 +286,13 @@ impl RedisBackend {
         entry: &Entry,
         ttl: Duration,
     ) -> Result<(), BackendError> {
-        let ttl_ms = millis(ttl);
-        redis::cmd("SET")
-            .arg(&key.entry_key)
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key.entry_key)
             .arg(entry.encode().as_ref())
             .arg("PX")
-            .arg(ttl_ms)
-            .query_async::<()>(&mut self.connection.clone())
+            .arg(millis(ttl));
+        let cmd = &cmd;
+        self.send(|mut connection| async move { cmd.query_async::<()>(&mut connection).await })
             .await?;
         Ok(())
     }
@@ -291,11 +319,18 @@ impl RedisBackend {
                 .ignore();
         }
         if self.wait_replicas == WaitReplicas::Off {
-            pipe.query_async::<()>(&mut connection).await?;
+            let pipe = &pipe;
+            self.send(
+                |mut connection| async move { pipe.query_async::<()>(&mut connection).await },
+            )
+            .await?;
             return Ok(());
         }
         pipe.cmd("ROLE");
-        let mut replies: Vec<Value> = pipe.query_async(&mut connection).await?;
+        let pipe = &pipe;
+        let mut replies: Vec<Value> = self
+            .send(|mut connection| async move { pipe.query_async(&mut connection).await })
+            .await?;
         let role = replies.pop().unwrap_or(Value::Nil);
         let connected = match connected_replicas(&role) {
             Some(connected) => connected,
@@ -334,21 +369,22 @@ impl RedisBackend {
         lease_key: &str,
         ttl: Duration,
     ) -> Result<bool, BackendError> {
-        let ttl_ms = millis(ttl);
-        let reply: Value = redis::cmd("SET")
-            .arg(lease_key)
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(lease_key)
             .arg(1)
             .arg("NX")
             .arg("PX")
-            .arg(ttl_ms)
-            .query_async(&mut self.connection.clone())
+            .arg(millis(ttl));
+        let cmd = &cmd;
+        let reply: Value = self
+            .send(|mut connection| async move { cmd.query_async(&mut connection).await })
             .await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
     pub(crate) async fn ping(&self) -> Result<(), BackendError> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut self.connection.clone())
+        let cmd = &redis::cmd("PING");
+        self.send(|mut connection| async move { cmd.query_async::<String>(&mut connection).await })
             .await?;
         Ok(())
     }
