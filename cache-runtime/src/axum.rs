@@ -1,8 +1,9 @@
-//! The axum side: the extractor `#[cached]`/`#[invalidates]` prepend to a handler, and
-//! the functions their generated code calls. Here a request becomes a key, a handler's
-//! output becomes a stored response (body buffered up to the size bound, never lost),
-//! and outcomes become `X-Cache`, `X-Cache-Age` and `Cache-Control` headers. A cache
-//! fault never turns into an error response here.
+//! The axum adapter: the extractor `#[cached]`/`#[invalidates]` prepend to a handler,
+//! and the functions their generated code calls (`serve_cached`, `serve_invalidating`).
+//! Here a request becomes a key, a handler's output becomes a stored response (body
+//! buffered up to the size bound, never lost), and outcomes become `X-Cache`,
+//! `X-Cache-Age`, `ETag`, `304` and `Cache-Control`. The caching itself is the engine's
+//! (`cache/`); a cache fault never turns into an error response here.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,12 +19,12 @@ use http::request::Parts;
 use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 
-use crate::__private::{InvalidationSpec, RouteSpec, ScopeArg, VaryPart};
 use crate::cache::{BypassReason, Cache, Lookup, Resolved};
 use crate::entry::{CachedResponse, Entry};
 use crate::key::{CacheKey, PartHasher, Tenant};
 use crate::scope::CacheScope;
-use crate::stats::Outcome;
+use crate::spec::{InvalidationSpec, RouteSpec, ScopeArg, VaryPart};
+use crate::stats::{Event, Outcome};
 
 /// `X-Cache`: `HIT`, `MISS` or `BYPASS`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -65,7 +66,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
 }
 
 impl RequestContext {
-    /// The request's cache (`cache.layer()`), else one installed with
+    /// The request's cache (`cache.extension()`), else one installed with
     /// [`Cache::install_global`]. Never one built on the spot: a cache the app's
     /// mutations do not invalidate would serve stale data. Takes it: one handle per
     /// request.
@@ -83,7 +84,7 @@ fn warn_no_cache(function: &'static str) {
         tracing::warn!(
             target: "api_cache",
             function,
-            "a #[cached]/#[invalidates] handler runs on a router without `.layer(cache.layer())` \
+            "a #[cached]/#[invalidates] handler runs on a router without `.layer(cache.extension())` \
              and no cache is installed (`Cache::install_global`): serving uncached (X-Cache: BYPASS) \
              and invalidating nothing; add the layer to the router that holds this route"
         );
@@ -181,7 +182,7 @@ where
         Err(reason) => {
             cache.note_ttl(spec.resource, spec.ttl_secs);
             // Cached plain functions the handler calls use this request's cache.
-            let handler = cache.scope(handler);
+            let handler = cache.run_with(handler);
             let (response, handler_time) = bypass(&cache, spec.resource, handler).await;
             log_lookup(
                 spec,
@@ -208,7 +209,7 @@ where
     let max_bytes = cache.config().max_entry_bytes;
     let entry_key = key.entry_key.clone();
     // Cached plain functions the handler calls use this request's cache.
-    let handler = cache.scope(handler);
+    let handler = cache.run_with(handler);
     let compute = async move {
         let handler_started = Instant::now();
         let output = handler.await;
@@ -226,33 +227,28 @@ where
     // request, hits included (and deep stacks in debug builds of handlers that await
     // several cached calls).
     match Box::pin(cache.resolve_lookup(&key, ttl, looked_up, compute)).await {
-        Resolved::Entry { entry, .. } => serve_entry(spec, &entry, started, if_none_match.as_ref()),
+        Resolved::Served { entry, .. } => {
+            serve_entry(spec, &entry, started, if_none_match.as_ref())
+        }
         Resolved::Computed {
             value: (value, etag, handler_started, handler_time),
-            outcome,
-            bypass,
-            stored,
-            lookup_failed,
+            how,
         } => {
             log_lookup(
                 spec,
                 LookupEvent {
-                    outcome: if lookup_failed {
-                        "ERROR"
-                    } else {
-                        outcome.as_str()
-                    },
-                    reason: bypass,
+                    outcome: how.event_name(),
+                    reason: how.bypass_reason(),
                     age: None,
                     // A bypass decided by the cache (switched off, pending invalidation,
                     // open circuit) looked nothing up.
-                    lookup: (outcome != Outcome::Bypass)
+                    lookup: (how.outcome() != Outcome::Bypass)
                         .then(|| handler_started.saturating_duration_since(started)),
                     handler: Some(handler_time),
                 },
             );
-            let mut response = with_outcome(value, outcome);
-            if stored {
+            let mut response = with_outcome(value, how.outcome());
+            if how.stored() {
                 // What the entry holds is what every instance will answer: the same
                 // ETag, the same browser instructions.
                 let headers = response.headers_mut();
@@ -320,7 +316,7 @@ fn build_key(
     // Resource and tag names were validated at compile time; an error here would be a
     // macro bug, and the safe answer is to serve uncached.
     let mut builder = cache
-        .key(tenant, spec.resource)
+        .key_builder(tenant, spec.resource)
         .map_err(|_| BypassReason::SkipCache)?;
     for tag in spec.tags {
         builder = builder.tag(tag).map_err(|_| BypassReason::SkipCache)?;
@@ -372,11 +368,8 @@ async fn bypass<F: Future<Output = HandlerOutput>>(
     resource: &str,
     handler: F,
 ) -> (Response, Duration) {
-    let started = Instant::now();
-    cache.record(Some(resource), crate::stats::Event::Bypass);
-    let output = handler.await;
-    let elapsed = started.elapsed();
-    cache.record_handler_time(resource, elapsed);
+    cache.record(Some(resource), Event::Bypass);
+    let (output, elapsed) = cache.run_handler(resource, handler).await;
     (output.response, elapsed)
 }
 
@@ -667,7 +660,7 @@ where
     let scope = match RequestScope::resolve(scope, ctx.scope.take()) {
         Ok(scope) => scope,
         Err(_) => {
-            let output = cache.scope(handler).await;
+            let output = cache.run_with(handler).await;
             if may_have_written(output.response.status()) {
                 // Nothing of an unscoped request is cached, but the data it changed may
                 // be cached for its tenant: an app misconfiguration worth shouting about.
@@ -688,7 +681,7 @@ where
         armed: true,
     };
     // Cached plain functions the handler calls use this request's cache.
-    let output = cache.scope(handler).await;
+    let output = cache.run_with(handler).await;
     let mut response = output.response;
     if !may_have_written(response.status()) {
         guard.disarm();
