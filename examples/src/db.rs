@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, Params, Row, TransactionBehavior};
 use tokio::sync::Semaphore;
@@ -26,6 +25,9 @@ pub enum DbError {
     /// The pool was closed (the app is shutting down).
     #[error("database pool closed")]
     Closed,
+    /// The temporary directory for the database file could not be created.
+    #[error("temporary database directory: {0}")]
+    TempDir(#[from] std::io::Error),
 }
 
 /// Handle to the database; cheap to clone.
@@ -36,6 +38,9 @@ pub struct Db {
 
 struct DbInner {
     path: PathBuf,
+    /// The directory holding the database file (and its `-wal`, `-shm`): removed, with
+    /// them, when the last handle is dropped.
+    _dir: tempfile::TempDir,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
     /// SQLite has one writer at a time; queueing writers here keeps them off the
@@ -55,16 +60,10 @@ impl Db {
     /// Creates an empty database file in the system temp directory, removed again when
     /// the last handle is dropped, with `pool_size` connections.
     pub fn create_temp(pool_size: usize) -> Result<Db, DbError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!(
-            "api-cache-demo-{}-{}-{nanos}.sqlite3",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = tempfile::Builder::new()
+            .prefix("api-cache-demo-")
+            .tempdir()?;
+        let path = dir.path().join("demo.sqlite3");
         let pool_size = pool_size.max(1);
         let mut idle = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
@@ -73,6 +72,7 @@ impl Db {
         Ok(Db {
             inner: Arc::new(DbInner {
                 path,
+                _dir: dir,
                 idle: Mutex::new(idle),
                 permits: Arc::new(Semaphore::new(pool_size)),
                 writer: tokio::sync::Mutex::new(()),
@@ -182,12 +182,7 @@ impl Drop for DbInner {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
-        for suffix in ["", "-wal", "-shm"] {
-            let mut file = self.path.clone().into_os_string();
-            file.push(suffix);
-            // Best effort: the file lives in the temp directory anyway.
-            let _ = std::fs::remove_file(file);
-        }
+        // The connections are closed now; `_dir` then removes the files.
     }
 }
 
