@@ -7,7 +7,7 @@ use std::future::Future;
 use axum::response::Response;
 use http::{HeaderValue, StatusCode};
 
-use super::{warn_no_cache, HandlerOutput, RequestContext, RequestScope, X_CACHE_INVALIDATED};
+use super::{HandlerOutput, RequestContext, RequestScope, X_CACHE_INVALIDATED};
 use crate::cache::Cache;
 use crate::key::Tenant;
 use crate::spec::{InvalidationSpec, ScopeArg};
@@ -32,8 +32,7 @@ pub async fn serve_invalidating<F>(
 where
     F: Future<Output = HandlerOutput>,
 {
-    let Some(cache) = ctx.take_cache() else {
-        warn_no_cache(spec.function);
+    let Some(cache) = ctx.take_cache_or_warn(spec.function) else {
         return handler.await.response;
     };
     let scope = match RequestScope::resolve(scope, ctx.scope.take()) {

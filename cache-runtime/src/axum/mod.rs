@@ -77,6 +77,15 @@ impl RequestContext {
     fn take_cache(&mut self) -> Option<Cache> {
         self.cache.take().or_else(Cache::installed)
     }
+
+    /// [`take_cache`](Self::take_cache), saying (once per process) when there is none.
+    fn take_cache_or_warn(&mut self, function: &'static str) -> Option<Cache> {
+        let cache = self.take_cache();
+        if cache.is_none() {
+            warn_no_cache(function);
+        }
+        cache
+    }
 }
 
 /// Says once per process that a `#[cached]` or `#[invalidates]` handler runs on a router
@@ -176,8 +185,7 @@ pub async fn serve_cached<F>(
 where
     F: Future<Output = HandlerOutput>,
 {
-    let Some(cache) = ctx.take_cache() else {
-        warn_no_cache(spec.function);
+    let Some(cache) = ctx.take_cache_or_warn(spec.function) else {
         return with_outcome(handler.await.response, Outcome::Bypass);
     };
     let started = Instant::now();
