@@ -2,8 +2,8 @@
 //! [`cache-runtime`](https://docs.rs/cache-runtime).
 //!
 //! Use them through `cache_runtime` (`use cache_runtime::{cached, invalidates};`): the code
-//! they generate calls into it, and it pins this crate's exact version. The examples there
-//! are compiled; the ones here are not.
+//! they generate calls into it, and it pins this crate's exact version. The examples here
+//! compile against it (a dev-dependency).
 
 mod attr;
 mod entry;
@@ -17,8 +17,14 @@ use proc_macro::TokenStream;
 
 /// Serves an axum handler (or caches an async function) through the response cache.
 ///
-/// ```ignore
+/// ```
+/// use axum::{extract::{Query, State}, http::StatusCode, Json};
 /// use cache_runtime::cached;
+/// # #[derive(Clone)] struct Db;
+/// # impl Db { async fn templates(&self, _: &ListQuery) -> Result<TemplatePage, ApiError> { Ok(TemplatePage) } }
+/// # #[derive(serde::Deserialize)] struct ListQuery;
+/// # #[derive(serde::Serialize)] struct TemplatePage;
+/// # type ApiError = StatusCode;
 ///
 /// #[cached(resource = "templates", ttl = 1800)]
 /// async fn list_templates(
@@ -59,7 +65,12 @@ use proc_macro::TokenStream;
 ///   encoded (serde JSON) before the body runs, so the body may consume its arguments; a
 ///   key that does not serialize makes the call bypass the cache.
 ///
-/// ```ignore
+/// ```
+/// # use cache_runtime::cached;
+/// # struct Db;
+/// # impl Db { async fn search_contacts(&self, _: i64, _: &str) -> Result<Vec<Contact>, DbError> { Ok(vec![]) } }
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Contact;
+/// # struct DbError;
 /// #[cached(resource = "contacts", ttl = 60, key = (org_id, query), scope = org_id)]
 /// async fn search_contacts(db: &Db, org_id: i64, query: &str) -> Result<Vec<Contact>, DbError> {
 ///     db.search_contacts(org_id, query).await
@@ -74,8 +85,14 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Invalidates resources for the request's tenant when an axum handler succeeds.
 ///
-/// ```ignore
+/// ```
+/// use axum::{extract::State, http::StatusCode, Json};
 /// use cache_runtime::invalidates;
+/// # #[derive(Clone)] struct Db;
+/// # impl Db { async fn import(&self, _: Vec<NewContact>) -> Result<ImportReport, ApiError> { Ok(ImportReport) } }
+/// # #[derive(serde::Deserialize)] struct NewContact;
+/// # #[derive(serde::Serialize)] struct ImportReport;
+/// # type ApiError = StatusCode;
 ///
 /// #[invalidates("contacts", "analytics")]
 /// async fn import_contacts(

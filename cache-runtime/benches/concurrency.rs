@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_runtime::key::{CacheKey, Tenant};
-use cache_runtime::{Cache, Lookup};
+use cache_runtime::testing::Lookup;
+use cache_runtime::testing::{CacheKey, Tenant};
+use cache_runtime::Cache;
 use redis::aio::ConnectionManager;
 
 use support::{pick, row, verdict};

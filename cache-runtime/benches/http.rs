@@ -295,10 +295,10 @@ fn main() {
             .unwrap();
         let memory = Router::new()
             .route("/cached-memory", get(cached_page))
-            .layer(memory_cache.layer());
+            .layer(memory_cache.extension());
         let redis = Router::new()
             .route("/cached-redis", get(cached_page))
-            .layer(redis_cache.layer());
+            .layer(redis_cache.extension());
         let app = Router::new()
             .route("/static", get(static_page))
             .route("/static-hit-headers", get(static_page_hit_headers))

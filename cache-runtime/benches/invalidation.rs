@@ -18,8 +18,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use cache_runtime::key::Tenant;
-use cache_runtime::{invalidates, Cache, CacheScope, Lookup};
+use cache_runtime::testing::Lookup;
+use cache_runtime::testing::Tenant;
+use cache_runtime::{invalidates, Cache, CacheScope};
 use futures_util::StreamExt;
 use tower::ServiceExt;
 
@@ -42,7 +43,7 @@ async fn scope_from_header(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-fn key(cache: &Cache, tenant: &str, i: usize) -> cache_runtime::key::CacheKey {
+fn key(cache: &Cache, tenant: &str, i: usize) -> cache_runtime::testing::CacheKey {
     cache
         .key(Tenant::Scoped(tenant), "templates")
         .unwrap()
@@ -154,7 +155,7 @@ fn main() {
         let app = Router::new()
             .route("/api/templates", post(create_template))
             .layer(middleware::from_fn(scope_from_header))
-            .layer(cache.layer());
+            .layer(cache.extension());
 
         let rounds = pick(60, 20);
         let batch = pick(100, 50);

@@ -13,8 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cache_runtime::key::Tenant;
-use cache_runtime::{Cache, CacheConfig, CachedResponse, Lookup};
+use cache_runtime::testing::Tenant;
+use cache_runtime::testing::{CachedResponse, Lookup};
+use cache_runtime::{Cache, CacheConfig};
 use futures_util::FutureExt;
 
 const ENTRIES: usize = 100_000;

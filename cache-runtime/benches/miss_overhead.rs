@@ -126,7 +126,7 @@ fn main() {
             .route("/cached", get(cached_page))
             .layer(Extension(floor.clone()))
             .layer(Extension(CacheScope::new("org_1")))
-            .layer(cache.layer());
+            .layer(cache.extension());
         let stores = AtomicU64::new(0);
 
         let rounds = pick(60, 20);

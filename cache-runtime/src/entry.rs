@@ -38,11 +38,6 @@ pub struct CachedResponse {
 
 impl CachedResponse {
     /// A `200 OK` with this body and no headers.
-    ///
-    /// ```
-    /// let response = cache_runtime::CachedResponse::ok("hello");
-    /// assert_eq!(response.status, http::StatusCode::OK);
-    /// ```
     pub fn ok(body: impl Into<Bytes>) -> Self {
         CachedResponse {
             status: StatusCode::OK,
@@ -92,11 +87,13 @@ impl Entry {
     }
 
     /// Its time to live.
+    #[cfg(feature = "testing")]
     pub fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms)
     }
 
     /// How long its computation took.
+    #[cfg(feature = "testing")]
     pub fn compute_time(&self) -> Duration {
         Duration::from_millis(u64::from(self.compute_ms))
     }

@@ -14,18 +14,41 @@ use tokio::sync::watch;
 
 use crate::entry::Entry;
 
-/// The result a flight publishes: `Some(entry)` when the computation produced a storable
-/// response, `None` when it did not (errors are not shared; waiters compute their own).
-pub(crate) type FlightResult = Option<Arc<Entry>>;
+/// What a flight's waiters see.
+#[derive(Debug, Clone)]
+pub(crate) enum FlightState {
+    /// The leader is computing.
+    Computing,
+    /// The leader's computation produced this storable entry.
+    Produced(Arc<Entry>),
+    /// The leader finished with nothing to share (an error, a response not to store):
+    /// errors are not shared, its waiters compute their own.
+    NothingToShare,
+}
+
+impl FlightState {
+    /// Whether the leader has published.
+    pub(crate) fn is_finished(&self) -> bool {
+        !matches!(self, FlightState::Computing)
+    }
+
+    /// The entry the leader produced, if any.
+    pub(crate) fn entry(&self) -> Option<Arc<Entry>> {
+        match self {
+            FlightState::Produced(entry) => Some(entry.clone()),
+            FlightState::Computing | FlightState::NothingToShare => None,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, watch::Receiver<Option<FlightResult>>>>,
+    map: Mutex<HashMap<String, watch::Receiver<FlightState>>>,
 }
 
 pub(crate) enum Join {
     Leader(FlightGuard),
-    Follower(watch::Receiver<Option<FlightResult>>),
+    Follower(watch::Receiver<FlightState>),
 }
 
 impl Flights {
@@ -34,7 +57,7 @@ impl Flights {
             Ok(map) => map,
             // Poisoned: fall back to computing alone, which is always correct.
             Err(_) => {
-                let (sender, _) = watch::channel(None);
+                let (sender, _) = watch::channel(FlightState::Computing);
                 return Join::Leader(FlightGuard {
                     flights: Weak::new(),
                     key: flight_key,
@@ -48,7 +71,7 @@ impl Flights {
                 return Join::Follower(receiver.clone());
             }
         }
-        let (sender, receiver) = watch::channel(None);
+        let (sender, receiver) = watch::channel(FlightState::Computing);
         map.insert(flight_key.clone(), receiver);
         Join::Leader(FlightGuard {
             flights: Arc::downgrade(self),
@@ -69,12 +92,16 @@ impl Flights {
 pub(crate) struct FlightGuard {
     flights: Weak<Flights>,
     key: String,
-    sender: watch::Sender<Option<FlightResult>>,
+    sender: watch::Sender<FlightState>,
 }
 
 impl FlightGuard {
-    pub(crate) fn publish(&self, result: FlightResult) {
-        self.sender.send_replace(Some(result));
+    /// Hands the computation's storable entry (or that there is none) to the waiters.
+    pub(crate) fn publish(&self, entry: Option<Arc<Entry>>) {
+        self.sender.send_replace(match entry {
+            Some(entry) => FlightState::Produced(entry),
+            None => FlightState::NothingToShare,
+        });
     }
 }
 
@@ -110,7 +137,7 @@ mod tests {
         };
         assert!(matches!(flights.join("other".into()), Join::Leader(_)));
         leader.publish(None);
-        assert!(follower.borrow_and_update().is_some());
+        assert!(follower.borrow_and_update().is_finished());
         drop(leader);
         assert_eq!(flights.len(), 0);
     }

@@ -92,17 +92,7 @@ pub(crate) fn tenant_tag(tenant: Tenant<'_>) -> String {
 /// The query string's pairs, percent-decoded (`+` as space), sorted by name with
 /// repeated names kept in their original order.
 ///
-/// ```
-/// use cache_runtime::key::normalize_query;
-///
-/// let pairs = normalize_query("tag=b&page=2&tag=a&q=caf%C3%A9+au+lait");
-/// assert_eq!(pairs, vec![
-///     ("page".to_owned(), "2".to_owned()),
-///     ("q".to_owned(), "café au lait".to_owned()),
-///     ("tag".to_owned(), "b".to_owned()),
-///     ("tag".to_owned(), "a".to_owned()),
-/// ]);
-/// ```
+#[cfg(any(test, feature = "testing"))]
 pub fn normalize_query(query: &str) -> Vec<(String, String)> {
     normalized_pairs(query)
         .into_iter()
@@ -174,22 +164,7 @@ fn concat(parts: &[&str]) -> String {
 
 /// Where one cached response lives, and the generations that guard it.
 ///
-/// Built by [`Cache::key`](crate::Cache::key):
-///
-/// ```
-/// use cache_runtime::{key::Tenant, Cache, CacheConfig};
-///
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// let cache = Cache::new(CacheConfig::default()).await.unwrap();
-/// let key = cache
-///     .key(Tenant::Scoped("org_1"), "templates")
-///     .unwrap()
-///     .request("GET", "/api/templates", Some("page=2&category=sales"))
-///     .part("user", "user_7")
-///     .build();
-/// assert!(key.entry_key().starts_with("api-cache:{t.org_1}:e:templates:"));
-/// # });
-/// ```
+/// Built by a [`KeyBuilder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
     pub(crate) tenant_tag: String,
@@ -201,16 +176,19 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
+    #[cfg(feature = "testing")]
     /// The Redis key of the entry.
     pub fn entry_key(&self) -> &str {
         &self.entry_key
     }
 
+    #[cfg(feature = "testing")]
     /// The generation keys a lookup reads: the tenant's "all", the resource's, each tag's.
     pub fn generation_keys(&self) -> &[String] {
         &self.generation_keys
     }
 
+    #[cfg(feature = "testing")]
     /// The resource this entry belongs to.
     pub fn resource(&self) -> &str {
         &self.resource
@@ -236,7 +214,7 @@ impl CacheKey {
     }
 }
 
-/// Builds a [`CacheKey`]; see [`Cache::key`](crate::Cache::key).
+/// Builds a [`CacheKey`].
 #[derive(Debug)]
 pub struct KeyBuilder {
     prefix: String,
@@ -358,6 +336,22 @@ pub(crate) fn all_generation_key(prefix: &str, tenant_tag: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn normalize_query_sorts_decodes_and_keeps_repeated_names_in_order() {
+        let pairs = super::normalize_query("tag=b&page=2&tag=a&q=caf%C3%A9+au+lait");
+        let expected = [
+            ("page", "2"),
+            ("q", "café au lait"),
+            ("tag", "b"),
+            ("tag", "a"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(pairs, expected);
+    }
+
     use super::*;
 
     fn key(tenant: &str, query: &str) -> CacheKey {

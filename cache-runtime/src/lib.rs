@@ -33,7 +33,7 @@
 //!     .route("/api/templates", get(list_templates).post(create_template))
 //!     .with_state(Db)
 //!     // Your auth middleware inserts a `CacheScope` (tenant, user) per request.
-//!     .layer(cache.layer());
+//!     .layer(cache.extension());
 //! # Ok(()) }
 //! ```
 //!
@@ -57,9 +57,52 @@
 //! - Concurrent misses on one key run the handler once per instance.
 //!
 //! See [`CacheConfig`] for every setting and its environment variable.
+//!
+//! ## The public API
+//!
+//! What follows is the stable surface: it changes only with a new minor version (0.x),
+//! stated in the changelog. Anything not listed is internal.
+//!
+//! - The attributes [`cached`] and [`invalidates`].
+//! - [`Cache`]: construction ([`Cache::new`], [`Cache::from_env`]), handing it to a
+//!   router ([`Cache::extension`]) or to code outside a request ([`Cache::install_global`],
+//!   [`Cache::global`], [`Cache::current`], [`Cache::run_with`]), invalidation
+//!   ([`Cache::invalidate`], [`Cache::invalidate_global`], [`Cache::invalidate_all`],
+//!   [`Cache::flush_pending`] on shutdown), the run-time switches, [`Cache::stats`] and
+//!   [`Cache::is_available`]; and the free functions of [`invalidate`].
+//! - Configuration ([`CacheConfig`], [`WaitReplicas`], the [`config`] module), the request
+//!   scope ([`CacheScope`], [`ToCacheScope`]), errors ([`ConfigError`],
+//!   [`InvalidationError`], [`InvalidResource`], [`BackendError`]), the response headers
+//!   ([`X_CACHE`], [`X_CACHE_AGE`], [`X_CACHE_INVALIDATED`]), the figures ([`stats`],
+//!   [`Outcome`], [`StatsSnapshot`]) and the startup check of resource names
+//!   ([`registry::check_resources`]).
+//! - With the `observability` feature (default): [`observe`], the Prometheus collector,
+//!   the JSON stats document and the dashboard. [`observe::CacheCollector`] implements
+//!   `prometheus_client::collector::Collector` of prometheus-client 0.26: register it in
+//!   your own registry with that version of the crate in your Cargo.toml. The crate is
+//!   not re-exported (its whole API would become ours); moving to a prometheus-client
+//!   release that breaks that trait is a breaking release of this crate.
+//!
+//! Deliberately not public: how keys are laid out in Redis and the generation tokens
+//! (they change with the storage format, and nothing outside the engine needs them);
+//! a manual lookup/store API (it would skip single flight, the lease and the off-path
+//! store that `#[cached]` applies; a plain `async fn` with `#[cached(key = ...)]` is the
+//! supported way to cache anything that is not a handler); what the macros generate
+//! (`__private`, hidden, versioned with the pinned macro crate).
+//!
+//! ## Cargo features
+//!
+//! - `tls` (default): `rediss://` through rustls, trusting the platform's roots.
+//! - `observability` (default): the [`observe`] module and
+//!   `Cache::observability_router`, with their dependency on prometheus-client. Turn it
+//!   off (`default-features = false, features = ["tls"]`) when your app has its own
+//!   metrics stack; [`Cache::stats`] stays.
+//! - `testing`: an unstable engine API (manual lookup and store, key building) for this
+//!   workspace's integration tests and benchmarks. Not covered by semver; do not use it.
 
 #![warn(missing_docs)]
 
+mod axum;
 mod backend;
 mod cache;
 mod circuit;
@@ -68,27 +111,62 @@ pub mod early_refresh;
 mod entry;
 pub mod error;
 mod flight;
-pub mod generation;
-mod http_glue;
-pub mod invalidate;
-pub mod key;
+mod generation;
+mod key;
+#[cfg(feature = "observability")]
 pub mod observe;
 mod pending;
 mod plain;
 pub mod presets;
 pub mod registry;
 mod scope;
+mod spec;
 pub mod stats;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use cache::{BypassReason, Cache, Lookup, MissTicket};
+pub use crate::axum::{X_CACHE, X_CACHE_AGE, X_CACHE_INVALIDATED};
+pub use cache::Cache;
 pub use cache_macros::{cached, invalidates};
 pub use config::{CacheConfig, WaitReplicas};
-pub use entry::{CachedResponse, Entry};
 pub use error::{BackendError, ConfigError, InvalidationError};
-pub use http_glue::{X_CACHE, X_CACHE_AGE, X_CACHE_INVALIDATED};
+pub use key::InvalidResource;
 pub use scope::{CacheScope, ToCacheScope};
 pub use stats::{Outcome, StatsSnapshot};
+
+/// Invalidation through [`Cache::current`] (the request's cache, else the process-wide
+/// one), like the reference's `invalidateCache`: for jobs, scripts and code outside a
+/// request; handlers use `#[invalidates]`. Each call costs one round trip whatever the
+/// number of cached entries. These are thin entry points: the engine, with its pending
+/// set and redelivery, is `Cache`'s (`cache/invalidation.rs`).
+pub mod invalidate {
+    use crate::error::InvalidationError;
+    use crate::Cache;
+
+    /// Invalidates `resources` of `tenant` in [`Cache::current`].
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// cache_runtime::invalidate::resources("org_1", &["contacts", "analytics"]).await.unwrap();
+    /// # });
+    /// ```
+    pub async fn resources(tenant: &str, resources: &[&str]) -> Result<(), InvalidationError> {
+        Cache::current().invalidate(tenant, resources).await
+    }
+
+    /// Drops everything cached for `tenant` in [`Cache::current`].
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// cache_runtime::invalidate::all("org_1").await.unwrap();
+    /// # });
+    /// ```
+    pub async fn all(tenant: &str) -> Result<(), InvalidationError> {
+        Cache::current().invalidate_all(tenant).await
+    }
+}

@@ -10,24 +10,22 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::__private::{RouteSpec, ScopeArg};
-use crate::cache::{BypassReason, Cache, Resolved};
+use crate::cache::{Cache, Resolved};
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, Tenant};
+use crate::spec::{RouteSpec, ScopeArg};
 use crate::stats::Event;
 
 /// The per-call event of a cached plain function: the same `cache lookup` event as a
 /// handler's (DEBUG, target `api_cache`), with the whole call's time as `elapsed_us`.
 fn log_call<T, F>(spec: &RouteSpec, resolved: &Resolved<T, F>, started: Instant) {
     let (outcome, reason, age) = match resolved {
-        Resolved::Entry { entry, .. } => ("HIT", None, Some(entry.age().as_secs())),
-        Resolved::Computed {
-            lookup_failed: true,
-            ..
-        } => ("ERROR", None, None),
-        Resolved::Computed {
-            outcome, bypass, ..
-        } => (outcome.as_str(), bypass.map(BypassReason::as_str), None),
+        Resolved::Served { entry, .. } => ("HIT", None, Some(entry.age().as_secs())),
+        Resolved::Computed { how, .. } => (
+            how.event_name(),
+            how.bypass_reason().map(|reason| reason.as_str()),
+            None,
+        ),
     };
     tracing::debug!(
         target: "api_cache",
@@ -64,7 +62,7 @@ fn plain_key(
     };
     let tenant = scope.map_or(Tenant::Global, |s| Tenant::Scoped(s.tenant()));
     let encoded = key?;
-    let mut builder = cache.key(tenant, spec.resource).ok()?;
+    let mut builder = cache.key_builder(tenant, spec.resource).ok()?;
     for tag in spec.tags {
         builder = builder.tag(tag).ok()?;
     }
@@ -105,7 +103,7 @@ where
     log_call(spec, &resolved, started);
     match resolved {
         Resolved::Computed { value, .. } => value,
-        Resolved::Entry { entry, compute } => {
+        Resolved::Served { entry, compute } => {
             match serde_json::from_slice(&entry.response().body) {
                 Ok(value) => value,
                 Err(_) => {
@@ -148,7 +146,7 @@ where
     log_call(spec, &resolved, started);
     match resolved {
         Resolved::Computed { value, .. } => value,
-        Resolved::Entry { entry, compute } => {
+        Resolved::Served { entry, compute } => {
             match serde_json::from_slice(&entry.response().body) {
                 Ok(value) => Ok(value),
                 Err(_) => {

@@ -2,74 +2,13 @@
 //!
 //! Nothing here is public API: the macros name it as `::cache_runtime::__private::...`
 //! and it may change in any release together with the pinned macro crate. Users never
-//! import it. It must never panic on a request path.
+//! import it, and neither does this crate's own code: this module only re-exports.
 
-pub use crate::http_glue::{serve_cached, serve_invalidating, HandlerOutput, RequestContext};
+pub use crate::axum::{serve_cached, serve_invalidating, HandlerOutput, RequestContext};
 pub use crate::plain::{cached_result, cached_value, encode_key};
-pub use crate::registry::Registration;
-pub use crate::scope::ToCacheScope;
-pub use axum::response::Response;
+pub use crate::spec::{
+    explicit_scope, InvalidationSpec, Registration, RouteSpec, ScopeArg, VaryPart,
+};
+pub use ::axum::response::Response;
 pub use http::{HeaderMap, HeaderValue};
 pub use inventory;
-
-use crate::scope::CacheScope;
-
-/// Everything `#[cached]` knows at compile time about one cached function.
-#[derive(Debug)]
-pub struct RouteSpec {
-    /// The invalidation group the entries belong to (validated `[a-z0-9_-]+`).
-    pub resource: &'static str,
-    /// Time to live in seconds, from `ttl = N` or the preset table; never 0.
-    pub ttl_secs: u32,
-    /// `private, no-cache` (the browser revalidates every time), or `private,
-    /// max-age=<browser_ttl>` when the route opts into a browser lifetime; built at
-    /// compile time, sent with every hit and every stored miss whose handler set no
-    /// `Cache-Control` of its own.
-    pub cache_control: HeaderValue,
-    /// Further invalidation groups (`tags = [...]`).
-    pub tags: &'static [&'static str],
-    /// Request-derived key parts (`vary = ...`).
-    pub vary: &'static [VaryPart],
-    /// A digest of the function's tokens, so a changed handler never reads an old entry.
-    pub fingerprint: &'static str,
-    /// `cache_only_success` (default true): store only 2xx responses.
-    pub cache_only_success: bool,
-    /// `skip_cache`: the route is declared but always served uncached (BYPASS).
-    pub skip_cache: bool,
-    /// `concat!(module_path!(), "::", fn name)`, for logs and the registry.
-    pub function: &'static str,
-}
-
-/// One request-derived part of the key, from `vary = ...`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VaryPart {
-    /// The user of the request's [`CacheScope`]; a request without a user bypasses.
-    User,
-    /// The value of a request header (lower-case name); absent is a distinct value.
-    Header(&'static str),
-}
-
-/// Everything `#[invalidates]` knows at compile time.
-#[derive(Debug)]
-pub struct InvalidationSpec {
-    /// The resources invalidated for the request's tenant on success.
-    pub resources: &'static [&'static str],
-    /// `concat!(module_path!(), "::", fn name)`.
-    pub function: &'static str,
-}
-
-/// Where the tenant scope of one call comes from.
-#[derive(Debug, Clone)]
-pub enum ScopeArg {
-    /// From the [`CacheScope`] in the request's extensions (the default).
-    FromRequest,
-    /// `scope = global`: the same data for every tenant, stated explicitly.
-    Global,
-    /// `scope = <expr>`: evaluated over the handler's arguments; `None` bypasses.
-    Explicit(Option<CacheScope>),
-}
-
-/// Converts the value of a `scope = <expr>` into a scope argument.
-pub fn explicit_scope<T: ToCacheScope + ?Sized>(value: &T) -> ScopeArg {
-    ScopeArg::Explicit(value.to_cache_scope())
-}

@@ -4,33 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One attribute use, recorded by the macros. Not constructed by hand.
-#[derive(Debug)]
-pub enum Registration {
-    /// A `#[cached]` function.
-    Cached {
-        /// Its resource.
-        resource: &'static str,
-        /// Its tags.
-        tags: &'static [&'static str],
-        /// Its TTL, seconds.
-        ttl_secs: u32,
-        /// `module::function`.
-        function: &'static str,
-    },
-    /// An `#[invalidates]` function.
-    Invalidates {
-        /// The resources it invalidates.
-        resources: &'static [&'static str],
-        /// `module::function`.
-        function: &'static str,
-    },
-}
+use crate::spec::Registration;
 
 inventory::collect!(Registration);
 
 /// Every registration in the program.
-pub fn registrations() -> impl Iterator<Item = &'static Registration> {
+pub(crate) fn registrations() -> impl Iterator<Item = &'static Registration> {
     inventory::iter::<Registration>.into_iter()
 }
 
@@ -96,7 +75,7 @@ pub fn check_resources() -> Vec<ResourceProblem> {
 }
 
 /// [`check_resources`] over any set of registrations.
-pub fn check<'a>(
+pub(crate) fn check<'a>(
     registrations: impl IntoIterator<Item = &'a Registration>,
 ) -> Vec<ResourceProblem> {
     // resource -> (functions, longest TTL, tags)

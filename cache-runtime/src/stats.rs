@@ -456,7 +456,7 @@ pub struct ResourceSnapshot {
 /// let cache = Cache::new(CacheConfig::default()).await.unwrap();
 /// let stats = cache.stats();
 /// assert_eq!(stats.totals.hits, 0);
-/// assert_eq!(cache.hit_rate(), 0.0);
+/// assert_eq!(stats.hit_rate, 0.0);
 /// let json = serde_json::to_string(&stats).unwrap();
 /// assert!(json.contains("\"hit_rate\""));
 /// # });

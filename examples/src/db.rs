@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, Params, Row, TransactionBehavior};
 use tokio::sync::Semaphore;
@@ -29,6 +28,9 @@ pub enum DbError {
     /// A database shared by several instances cannot be used as it is.
     #[error("shared database: {0}")]
     Shared(String),
+    /// The temporary directory for the database file could not be created.
+    #[error("temporary database directory: {0}")]
+    TempDir(#[from] std::io::Error),
 }
 
 /// Handle to the database; cheap to clone.
@@ -39,8 +41,9 @@ pub struct Db {
 
 struct DbInner {
     path: PathBuf,
-    /// A temporary database is removed with its last handle; a shared file is kept.
-    temporary: bool,
+    /// A temporary database's directory (the file, its `-wal` and `-shm`): removed with
+    /// the last handle. `None` for a shared file, which is kept.
+    _temp_dir: Option<tempfile::TempDir>,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
     /// SQLite has one writer at a time; queueing writers here keeps them off the
@@ -60,27 +63,25 @@ impl Db {
     /// Creates an empty database file in the system temp directory, removed again when
     /// the last handle is dropped, with `pool_size` connections.
     pub fn create_temp(pool_size: usize) -> Result<Db, DbError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!(
-            "api-cache-demo-{}-{}-{nanos}.sqlite3",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        Db::with_pool(path, pool_size, true)
+        let dir = tempfile::Builder::new()
+            .prefix("api-cache-demo-")
+            .tempdir()?;
+        let path = dir.path().join("demo.sqlite3");
+        Db::with_pool(path, pool_size, Some(dir))
     }
 
     /// Opens (creating if needed) the SQLite file at `path`, shared with any other
     /// process that opens it: WAL mode lets their readers run alongside one writer, and
     /// SQLite's own file locks order the writers of all processes. The file is kept.
     pub fn open_file(path: impl Into<PathBuf>, pool_size: usize) -> Result<Db, DbError> {
-        Db::with_pool(path.into(), pool_size, false)
+        Db::with_pool(path.into(), pool_size, None)
     }
 
-    fn with_pool(path: PathBuf, pool_size: usize, temporary: bool) -> Result<Db, DbError> {
+    fn with_pool(
+        path: PathBuf,
+        pool_size: usize,
+        temp_dir: Option<tempfile::TempDir>,
+    ) -> Result<Db, DbError> {
         let pool_size = pool_size.max(1);
         let mut idle = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
@@ -89,7 +90,7 @@ impl Db {
         Ok(Db {
             inner: Arc::new(DbInner {
                 path,
-                temporary,
+                _temp_dir: temp_dir,
                 idle: Mutex::new(idle),
                 permits: Arc::new(Semaphore::new(pool_size)),
                 writer: tokio::sync::Mutex::new(()),
@@ -199,15 +200,7 @@ impl Drop for DbInner {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
-        if !self.temporary {
-            return;
-        }
-        for suffix in ["", "-wal", "-shm"] {
-            let mut file = self.path.clone().into_os_string();
-            file.push(suffix);
-            // Best effort: the file lives in the temp directory anyway.
-            let _ = std::fs::remove_file(file);
-        }
+        // The connections are closed now; `_dir` then removes the files.
     }
 }
 

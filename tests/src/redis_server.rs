@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 /// One redis-server process.
 pub struct RedisServer {
     port: u16,
-    dir: PathBuf,
+    /// Removed when the server is dropped.
+    dir: tempfile::TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
     /// Every write is in an append-only file, fsynced at once: a SIGKILL loses nothing.
@@ -42,13 +43,13 @@ impl RedisServer {
         let dir = Self::directory(port);
         // A throw-away CA and a server certificate it signs (rustls rejects a CA
         // certificate used as the server's own).
-        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
         let (cert, key, csr) = (
-            dir.join("cert.pem"),
-            dir.join("key.pem"),
-            dir.join("server.csr"),
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("server.csr"),
         );
-        let ext = dir.join("server.ext");
+        let ext = dir.path().join("server.ext");
         std::fs::write(
             &ext,
             "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
@@ -140,14 +141,14 @@ impl RedisServer {
 
     /// The certificate of the CA that signed a TLS server's certificate.
     pub fn certificate(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+        self.dir.path().join("ca.pem")
     }
 
-    fn directory(port: u16) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("api-cache-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the server's directory");
-        dir
+    fn directory(port: u16) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("api-cache-redis-{port}-"))
+            .tempdir()
+            .expect("create the server's directory")
     }
 
     /// Starts a server with extra command-line arguments (e.g. `["--maxmemory", "1mb"]`).
@@ -186,7 +187,7 @@ impl RedisServer {
             .arg(plain_port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .args(["--protected-mode", "no", "--loglevel", "warning"])
             .args(&self.extra_args)
             .args(run_args)
@@ -379,7 +380,6 @@ impl Drop for RedisServer {
                 .status();
         }
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use cache_runtime::key::normalize_query;
+use cache_runtime::testing::normalize_query;
 use cache_runtime::{cached, invalidates, Cache, CacheScope};
 use serde::{Deserialize, Serialize};
 
@@ -195,7 +195,7 @@ pub fn router(cache: &Cache, db: Db) -> Router {
         .route("/export", get(export_contacts))
         .with_state(db)
         .layer(middleware::from_fn(tenant_from_header))
-        .layer(cache.layer())
+        .layer(cache.extension())
 }
 
 /// The router and its database, driven like a client would.

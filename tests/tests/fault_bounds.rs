@@ -373,7 +373,7 @@ async fn a_store_held_by_a_frozen_server_does_not_delay_the_response() {
     let app = Router::new()
         .route("/contacts", get(freeze_redis_then_answer))
         .with_state(Server(server.clone()))
-        .layer(cache.layer());
+        .layer(cache.extension());
     let mut request = cache_tests::http::get("/contacts", None);
     request
         .extensions_mut()

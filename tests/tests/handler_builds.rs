@@ -61,7 +61,7 @@ impl Deploy {
         .unwrap();
         let app = Router::new()
             .route("/contacts", get(handler))
-            .layer(cache.layer());
+            .layer(cache.extension());
         Deploy { app, cache }
     }
 

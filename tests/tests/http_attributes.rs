@@ -205,7 +205,7 @@ fn app(cache: &Cache, db: Db) -> Router {
         .route("/api/typo", post_route(typo_mutation))
         .with_state(db)
         .layer(middleware::from_fn(scope_from_headers))
-        .layer(cache.layer())
+        .layer(cache.extension())
 }
 
 fn as_user(
@@ -697,7 +697,7 @@ async fn non_get_methods_bypass() {
         .route("/x", post_route(list_templates))
         .with_state(Db::default())
         .layer(middleware::from_fn(scope_from_headers))
-        .layer(cache.layer());
+        .layer(cache.extension());
     let reply = send(&app, post("/x", Some("org_1"), json!({}))).await;
     assert_eq!(reply.x_cache(), "BYPASS");
 }

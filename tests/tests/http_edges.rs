@@ -210,7 +210,7 @@ fn routes(db: Db) -> Router {
 }
 
 fn app(cache: &Cache, db: Db) -> Router {
-    routes(db).layer(cache.layer())
+    routes(db).layer(cache.extension())
 }
 
 async fn fetch(app: &Router, uri: &str, tenant: &str) -> Reply {
@@ -550,7 +550,7 @@ all_backends!(
     global_data_per_user
 );
 
-/// A router without `cache.layer()` (and no installed cache) serves uncached, loudly,
+/// A router without `cache.extension()` (and no installed cache) serves uncached, loudly,
 /// rather than through a second cache nobody invalidates.
 #[tokio::test]
 async fn a_router_without_the_layer_bypasses() {

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use axum::extract::Extension;
 use axum::http::Uri;
 use axum::{Json, Router};
-use cache_runtime::key::{normalize_query, Tenant};
+use cache_runtime::testing::{normalize_query, Tenant};
 use cache_runtime::{cached, Cache, CacheConfig, CacheScope};
 use cache_tests::http::{send, Reply};
 use proptest::prelude::*;
@@ -354,7 +354,7 @@ async fn send_as(app: &Router, req: &Req, reverse: bool) -> Reply {
 fn check_through_the_attributes(a: &Req, b: &Req) -> Result<(), TestCaseError> {
     runtime().block_on(async {
         let cache = Cache::new(CacheConfig::default()).await.unwrap();
-        let app = Router::new().fallback(echo).layer(cache.layer());
+        let app = Router::new().fallback(echo).layer(cache.extension());
         let first = send_as(&app, a, false).await;
         let other = send_as(&app, b, false).await;
         let again = send_as(&app, a, true).await;

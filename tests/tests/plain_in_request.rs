@@ -33,7 +33,7 @@ async fn summary(State(counters): State<Counters>, req: Request) -> String {
         .get::<CacheScope>()
         .map(|s| s.tenant().to_owned())
         .unwrap_or_default();
-    let count = Cache::scope(
+    let count = Cache::run_with(
         req.extensions().get::<Cache>().expect("cache layer"),
         contact_count(org, counters.count_runs.clone()),
     )
@@ -74,7 +74,7 @@ async fn plain_functions_use_the_request_cache() {
         .route("/contacts", axum::routing::post(add_contact))
         .with_state(counters.clone())
         .layer(middleware::from_fn(scope_from_header))
-        .layer(cache.layer());
+        .layer(cache.extension());
 
     assert_eq!(
         send(&app, get_req("/dashboard", Some("org_1")))
@@ -94,7 +94,7 @@ async fn plain_functions_use_the_request_cache() {
     assert!(cache.stats().resources.contains_key("contacts"));
     assert!(!Cache::global().stats().resources.contains_key("contacts"));
 
-    // A plain handler reaches the same entry through Cache::scope.
+    // A plain handler reaches the same entry through Cache::run_with.
     assert_eq!(
         send(&app, get_req("/summary", Some("org_1"))).await.text(),
         "42"
@@ -113,7 +113,7 @@ async fn plain_functions_use_the_request_cache() {
 
     // Outside any request, `invalidate::resources` inside a scope reaches this cache too.
     cache
-        .scope(cache_runtime::invalidate::resources("org_1", &["contacts"]))
+        .run_with(cache_runtime::invalidate::resources("org_1", &["contacts"]))
         .await
         .unwrap();
     send(&app, get_req("/summary", Some("org_1"))).await;

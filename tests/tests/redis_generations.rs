@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cache_runtime::key::{CacheKey, Tenant};
-use cache_runtime::{Cache, CacheConfig, CachedResponse, Lookup};
+use cache_runtime::testing::{CacheKey, Tenant};
+use cache_runtime::testing::{CachedResponse, Lookup};
+use cache_runtime::{Cache, CacheConfig};
 use cache_tests::backends::TestBackend;
 
 const LONG: Duration = Duration::from_secs(600);

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use cache_runtime::key::Tenant;
-use cache_runtime::{Cache, CacheConfig, CachedResponse, Lookup};
+use cache_runtime::testing::Tenant;
+use cache_runtime::testing::{CachedResponse, Lookup};
+use cache_runtime::{Cache, CacheConfig};
 use cache_tests::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

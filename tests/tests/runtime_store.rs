@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use cache_runtime::key::{CacheKey, Tenant};
-use cache_runtime::{Cache, CachedResponse, Lookup};
+use cache_runtime::testing::{CacheKey, CachedResponse, Lookup, Tenant};
+use cache_runtime::Cache;
 use cache_tests::all_backends;
 use cache_tests::backends::TestBackend;
 
@@ -48,7 +48,7 @@ async fn store_then_hit(backend: TestBackend) {
     assert_eq!(stats.totals.misses, 2);
     assert_eq!(stats.totals.stores, 1);
     assert_eq!(stats.resources["templates"].counters.hits, 1);
-    assert!((cache.hit_rate() - 100.0 / 3.0).abs() < 1e-9);
+    assert!((cache.stats().hit_rate - 100.0 / 3.0).abs() < 1e-9);
 }
 all_backends!(store_then_hit_works, store_then_hit);
 

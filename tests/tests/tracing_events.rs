@@ -286,7 +286,7 @@ async fn cached_plain_functions_emit_the_same_lookup_event() {
         .await
         .expect("cache");
     let outcomes: Vec<(String, bool)> = cache
-        .scope(async {
+        .run_with(async {
             let mut seen = Vec::new();
             for _ in 0..2 {
                 assert_eq!(report_total(7).await, 70);

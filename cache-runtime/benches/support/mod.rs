@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cache_runtime::{CacheConfig, CachedResponse};
+use cache_runtime::testing::CachedResponse;
+use cache_runtime::CacheConfig;
 use http::{header, HeaderValue, StatusCode};
 
 /// `API_CACHE_BENCH_QUICK=1`: short runs, for a smoke test or a busy machine.

@@ -39,7 +39,7 @@ use crate::Cache;
 /// let cache = Cache::new(CacheConfig::default()).await.unwrap();
 /// let app: Router = Router::new()
 ///     .route("/api/hello", get(|| async { "hi" }))
-///     .layer(cache.layer())
+///     .layer(cache.extension())
 ///     // /metrics, /cache/stats, /cache/dashboard:
 ///     .merge(cache.observability_router());
 ///

@@ -145,7 +145,7 @@ pub fn router(state: AppState, tokens: Tokens, cache: Cache, seed: Arc<SeedSumma
             get(|| async { Json(serde_json::json!({ "ok": true })) }),
         )
         .fallback(|| async { ApiError::RouteNotFound.into_response() })
-        .layer(cache.layer())
+        .layer(cache.extension())
         .layer(from_fn(access_log))
 }
 

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
@@ -25,7 +25,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// One headless Chromium process and its DevTools connection.
 pub struct Browser {
     child: Child,
-    profile: PathBuf,
+    /// Removed on drop, after the process.
+    _profile: tempfile::TempDir,
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -54,13 +55,10 @@ impl Browser {
     /// Starts Chromium headless on a free DevTools port, with a fresh profile.
     pub async fn launch() -> Browser {
         let binary = chromium_binary();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let profile =
-            std::env::temp_dir().join(format!("api-cache-chromium-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&profile).expect("create the browser profile directory");
+        let profile = tempfile::Builder::new()
+            .prefix("api-cache-chromium-")
+            .tempdir()
+            .expect("create the browser profile directory");
         let mut child = Command::new(&binary)
             .args([
                 "--headless",
@@ -80,7 +78,7 @@ impl Browser {
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -124,7 +122,7 @@ impl Browser {
             .unwrap_or_else(|err| panic!("connect to DevTools at {address}: {err}"));
         Browser {
             child,
-            profile,
+            _profile: profile,
             socket,
             next_id: 1,
             stderr_tail,
@@ -291,6 +289,5 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }

@@ -381,7 +381,7 @@ pub fn router(cache: &Cache, app: App, flavor: Flavor) -> Router {
         .route("/hot", get(hot))
         .with_state(app)
         .layer(middleware::from_fn(scope_from_headers))
-        .layer(cache.layer())
+        .layer(cache.extension())
 }
 
 /// A request as a client of `tenant` (and `user`) sends it.

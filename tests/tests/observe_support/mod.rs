@@ -83,7 +83,7 @@ pub fn app(cache: &Cache) -> Router {
         .route("/api/reports", get(report))
         .with_state(Api)
         .layer(middleware::from_fn(scope_from_header))
-        .layer(cache.layer())
+        .layer(cache.extension())
         .merge(cache.observability_router())
 }
 

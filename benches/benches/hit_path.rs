@@ -9,13 +9,15 @@
 //! backend's. The contenders run interleaved, round after round, so a change in the
 //! machine's load hits all of them alike; criterion then measures each one alone.
 
+// The helpers the runtime's own benchmarks share (timing rounds, table rows).
+#[path = "../../cache-runtime/benches/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_runtime::key::{CacheKey, Tenant};
-use cache_runtime::{Cache, CacheConfig, CachedResponse, Lookup};
+use cache_runtime::testing::{CacheKey, CachedResponse, Lookup, Tenant};
+use cache_runtime::{Cache, CacheConfig};
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use criterion::Criterion;
 use futures_util::FutureExt;

@@ -1,29 +1,34 @@
-//! The axum side: the extractor `#[cached]`/`#[invalidates]` prepend to a handler, and
-//! the functions their generated code calls. Here a request becomes a key, a handler's
-//! output becomes a stored response (body buffered up to the size bound, never lost),
-//! and outcomes become `X-Cache`, `X-Cache-Age` and `Cache-Control` headers. A cache
-//! fault never turns into an error response here.
+//! The axum adapter: the extractor `#[cached]`/`#[invalidates]` prepend to a handler,
+//! and the functions their generated code calls (`serve_cached`, `serve_invalidating`).
+//! Here a request becomes a key, a handler's output becomes a stored response (body
+//! buffered up to the size bound, never lost), and outcomes become `X-Cache`,
+//! `X-Cache-Age`, `ETag`, `304` and `Cache-Control`. The caching itself is the engine's
+//! (`cache/`); a cache fault never turns into an error response here.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{FromRequestParts, OriginalUri};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, StatusCode, Uri};
-use http_body_util::BodyExt;
+use http::{Method, Uri};
 
-use crate::__private::{InvalidationSpec, RouteSpec, ScopeArg, VaryPart};
+mod invalidating;
+mod response;
+
+pub use invalidating::serve_invalidating;
+use response::{
+    cacheable, etag_in, etag_of, hit_response, matches_if_none_match, not_modified, with_outcome,
+};
+
 use crate::cache::{BypassReason, Cache, Lookup, Resolved};
-use crate::entry::{CachedResponse, Entry};
-use crate::key::{CacheKey, PartHasher, Tenant};
+use crate::entry::Entry;
+use crate::key::{CacheKey, Tenant};
 use crate::scope::CacheScope;
-use crate::stats::Outcome;
+use crate::spec::{RouteSpec, ScopeArg, VaryPart};
+use crate::stats::{Event, Outcome};
 
 /// `X-Cache`: `HIT`, `MISS` or `BYPASS`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -65,12 +70,21 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
 }
 
 impl RequestContext {
-    /// The request's cache (`cache.layer()`), else one installed with
+    /// The request's cache (`cache.extension()`), else one installed with
     /// [`Cache::install_global`]. Never one built on the spot: a cache the app's
     /// mutations do not invalidate would serve stale data. Takes it: one handle per
     /// request.
     fn take_cache(&mut self) -> Option<Cache> {
         self.cache.take().or_else(Cache::installed)
+    }
+
+    /// [`take_cache`](Self::take_cache), saying (once per process) when there is none.
+    fn take_cache_or_warn(&mut self, function: &'static str) -> Option<Cache> {
+        let cache = self.take_cache();
+        if cache.is_none() {
+            warn_no_cache(function);
+        }
+        cache
     }
 }
 
@@ -83,7 +97,7 @@ fn warn_no_cache(function: &'static str) {
         tracing::warn!(
             target: "api_cache",
             function,
-            "a #[cached]/#[invalidates] handler runs on a router without `.layer(cache.layer())` \
+            "a #[cached]/#[invalidates] handler runs on a router without `.layer(cache.extension())` \
              and no cache is installed (`Cache::install_global`): serving uncached (X-Cache: BYPASS) \
              and invalidating nothing; add the layer to the router that holds this route"
         );
@@ -171,8 +185,7 @@ pub async fn serve_cached<F>(
 where
     F: Future<Output = HandlerOutput>,
 {
-    let Some(cache) = ctx.take_cache() else {
-        warn_no_cache(spec.function);
+    let Some(cache) = ctx.take_cache_or_warn(spec.function) else {
         return with_outcome(handler.await.response, Outcome::Bypass);
     };
     let started = Instant::now();
@@ -181,7 +194,7 @@ where
         Err(reason) => {
             cache.note_ttl(spec.resource, spec.ttl_secs);
             // Cached plain functions the handler calls use this request's cache.
-            let handler = cache.scope(handler);
+            let handler = cache.run_with(handler);
             let (response, handler_time) = bypass(&cache, spec.resource, handler).await;
             log_lookup(
                 spec,
@@ -208,7 +221,7 @@ where
     let max_bytes = cache.config().max_entry_bytes;
     let entry_key = key.entry_key.clone();
     // Cached plain functions the handler calls use this request's cache.
-    let handler = cache.scope(handler);
+    let handler = cache.run_with(handler);
     let compute = async move {
         let handler_started = Instant::now();
         let output = handler.await;
@@ -226,33 +239,28 @@ where
     // request, hits included (and deep stacks in debug builds of handlers that await
     // several cached calls).
     match Box::pin(cache.resolve_lookup(&key, ttl, looked_up, compute)).await {
-        Resolved::Entry { entry, .. } => serve_entry(spec, &entry, started, if_none_match.as_ref()),
+        Resolved::Served { entry, .. } => {
+            serve_entry(spec, &entry, started, if_none_match.as_ref())
+        }
         Resolved::Computed {
             value: (value, etag, handler_started, handler_time),
-            outcome,
-            bypass,
-            stored,
-            lookup_failed,
+            how,
         } => {
             log_lookup(
                 spec,
                 LookupEvent {
-                    outcome: if lookup_failed {
-                        "ERROR"
-                    } else {
-                        outcome.as_str()
-                    },
-                    reason: bypass,
+                    outcome: how.event_name(),
+                    reason: how.bypass_reason(),
                     age: None,
                     // A bypass decided by the cache (switched off, pending invalidation,
                     // open circuit) looked nothing up.
-                    lookup: (outcome != Outcome::Bypass)
+                    lookup: (how.outcome() != Outcome::Bypass)
                         .then(|| handler_started.saturating_duration_since(started)),
                     handler: Some(handler_time),
                 },
             );
-            let mut response = with_outcome(value, outcome);
-            if stored {
+            let mut response = with_outcome(value, how.outcome());
+            if how.stored() {
                 // What the entry holds is what every instance will answer: the same
                 // ETag, the same browser instructions.
                 let headers = response.headers_mut();
@@ -320,7 +328,7 @@ fn build_key(
     // Resource and tag names were validated at compile time; an error here would be a
     // macro bug, and the safe answer is to serve uncached.
     let mut builder = cache
-        .key(tenant, spec.resource)
+        .key_builder(tenant, spec.resource)
         .map_err(|_| BypassReason::SkipCache)?;
     for tag in spec.tags {
         builder = builder.tag(tag).map_err(|_| BypassReason::SkipCache)?;
@@ -372,240 +380,9 @@ async fn bypass<F: Future<Output = HandlerOutput>>(
     resource: &str,
     handler: F,
 ) -> (Response, Duration) {
-    let started = Instant::now();
-    cache.record(Some(resource), crate::stats::Event::Bypass);
-    let output = handler.await;
-    let elapsed = started.elapsed();
-    cache.record_handler_time(resource, elapsed);
+    cache.record(Some(resource), Event::Bypass);
+    let (output, elapsed) = cache.run_handler(resource, handler).await;
     (output.response, elapsed)
-}
-
-/// Splits a handler's output into the response to send and, when it may be stored, its
-/// cacheable form, which carries an `ETag` (the handler's own, else one made here from
-/// the key and the content). The body is buffered up to `max_bytes`; a longer (or
-/// failing) body is passed through whole and not stored.
-async fn cacheable(
-    output: HandlerOutput,
-    spec: &RouteSpec,
-    max_bytes: usize,
-    entry_key: &str,
-) -> (Response, Option<CachedResponse>) {
-    let headers = output.response.headers();
-    let forbidden = headers.contains_key(header::SET_COOKIE)
-        || headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.to_ascii_lowercase().contains("no-store"))
-                .unwrap_or(true)
-        });
-    if output.failed || !storable_status(output.response.status(), spec) || forbidden {
-        return (output.response, None);
-    }
-    let (parts, body) = output.response.into_parts();
-    match buffer_body(body, max_bytes).await {
-        Ok(bytes) => {
-            let mut stored_headers: Vec<(HeaderName, HeaderValue)> = parts
-                .headers
-                .iter()
-                .filter(|(name, _)| is_stored_header(name))
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .collect();
-            if etag_in(&stored_headers).is_none() {
-                let etag = strong_etag(entry_key, parts.status, &stored_headers, &bytes);
-                stored_headers.push((header::ETAG, etag));
-            }
-            let cached = CachedResponse {
-                status: parts.status,
-                headers: stored_headers,
-                body: bytes.clone(),
-            };
-            (Response::from_parts(parts, Body::from(bytes)), Some(cached))
-        }
-        Err(body) => (Response::from_parts(parts, body), None),
-    }
-}
-
-/// Whether a response with `status` may be stored for this route. Never a response that
-/// depends on the request rather than the resource, whatever `cache_only_success` says:
-/// a partial content (206, the request's `Range`), a 304 (the request's validators), an
-/// authentication or authorisation failure (401, 403, 407: the request's credentials),
-/// or a rate limit (429: the caller's budget). Never a server error.
-fn storable_status(status: StatusCode, spec: &RouteSpec) -> bool {
-    if matches!(status.as_u16(), 206 | 304 | 401 | 403 | 407 | 429) {
-        return false;
-    }
-    if spec.cache_only_success {
-        status.is_success()
-    } else {
-        !status.is_server_error() && !status.is_informational()
-    }
-}
-
-/// Headers that describe the representation and are replayed on hits. A
-/// `Cache-Control` the handler set is among them: it is the handler's to decide.
-fn is_stored_header(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "date"
-            | "age"
-            | "set-cookie"
-            | "x-cache"
-            | "x-cache-age"
-            | "keep-alive"
-    )
-}
-
-/// A strong validator for one stored response, made once when it is stored and kept in
-/// the entry, so every instance and every hit give the same one. It covers the whole
-/// entry key, tenant included (two tenants' or users' identical bodies never validate
-/// each other's copies) and the
-/// status, headers and body (a changed response never validates an old copy).
-fn strong_etag(
-    entry_key: &str,
-    status: StatusCode,
-    headers: &[(HeaderName, HeaderValue)],
-    body: &[u8],
-) -> HeaderValue {
-    let mut hasher = PartHasher::new();
-    hasher.part(entry_key.as_bytes());
-    hasher.part(&status.as_u16().to_le_bytes());
-    for (name, value) in headers {
-        hasher.part(name.as_str().as_bytes());
-        hasher.part(value.as_bytes());
-    }
-    hasher.part(body);
-    let mut quoted = String::with_capacity(34);
-    quoted.push('"');
-    quoted.push_str(&hasher.finish_hex());
-    quoted.push('"');
-    // Hex digits between quotes are always a valid header value.
-    HeaderValue::from_str(&quoted).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
-}
-
-fn etag_in(headers: &[(HeaderName, HeaderValue)]) -> Option<&HeaderValue> {
-    headers
-        .iter()
-        .find(|(name, _)| name == header::ETAG)
-        .map(|(_, value)| value)
-}
-
-fn etag_of(headers: &HeaderMap) -> Option<&HeaderValue> {
-    headers.get(header::ETAG)
-}
-
-/// `If-None-Match` against the current ETag, with the weak comparison RFC 9110 section
-/// 13.1.2 prescribes for it: `*`, or any listed tag whose opaque part equals the ETag's.
-fn matches_if_none_match(if_none_match: Option<&HeaderValue>, etag: Option<&HeaderValue>) -> bool {
-    let (Some(condition), Some(etag)) = (if_none_match, etag) else {
-        return false;
-    };
-    let (Ok(condition), Ok(etag)) = (condition.to_str(), etag.to_str()) else {
-        return false;
-    };
-    let opaque = |tag: &str| {
-        let tag = tag.trim();
-        tag.strip_prefix("W/").unwrap_or(tag).to_owned()
-    };
-    let current = opaque(etag);
-    condition
-        .split(',')
-        .any(|tag| tag.trim() == "*" || opaque(tag) == current)
-}
-
-/// `304 Not Modified` for a response the client holds already: no body, and of the
-/// 200's headers those RFC 9110 section 15.4.5 requires (`Cache-Control`,
-/// `Content-Location`, `ETag`, `Expires`, `Vary`; hyper adds `Date`), plus ours.
-fn not_modified(full: &HeaderMap) -> Response {
-    const KEPT: [HeaderName; 8] = [
-        header::CACHE_CONTROL,
-        header::CONTENT_LOCATION,
-        header::ETAG,
-        header::EXPIRES,
-        header::VARY,
-        header::AGE,
-        X_CACHE,
-        X_CACHE_AGE,
-    ];
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::NOT_MODIFIED;
-    let headers = response.headers_mut();
-    for name in KEPT {
-        for value in full.get_all(&name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    response
-}
-
-/// Collects the body if it fits in `max_bytes`; otherwise returns a body that replays
-/// what was read and then the rest, so nothing is lost.
-async fn buffer_body(body: Body, max_bytes: usize) -> Result<Bytes, Body> {
-    let mut body = body;
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut total = 0usize;
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    total += data.len();
-                    chunks.push(data);
-                    if total > max_bytes {
-                        let replay = futures_util::stream::iter(
-                            chunks.into_iter().map(Ok::<_, axum::Error>),
-                        );
-                        return Err(Body::from_stream(replay.chain(body.into_data_stream())));
-                    }
-                }
-            }
-            Some(Err(err)) => {
-                let replay =
-                    futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>));
-                let failure = futures_util::stream::once(async move { Err::<Bytes, _>(err) });
-                return Err(Body::from_stream(replay.chain(failure)));
-            }
-        }
-    }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut joined = BytesMut::with_capacity(total);
-            for chunk in chunks {
-                joined.extend_from_slice(&chunk);
-            }
-            joined.freeze()
-        }
-    })
-}
-
-fn hit_response(entry: &Entry, age: Duration, spec: &RouteSpec) -> Response {
-    let stored = entry.response();
-    let mut response = Response::new(Body::from(stored.body.clone()));
-    *response.status_mut() = stored.status;
-    let headers = response.headers_mut();
-    let mut handler_cache_control = false;
-    for (name, value) in &stored.headers {
-        handler_cache_control |= name == header::CACHE_CONTROL;
-        headers.append(name.clone(), value.clone());
-    }
-    let age = HeaderValue::from(age.as_secs());
-    headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
-    headers.insert(X_CACHE_AGE, age.clone());
-    headers.insert(header::AGE, age);
-    if !handler_cache_control {
-        headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
-    }
-    response
-}
-
-fn with_outcome(mut response: Response, outcome: Outcome) -> Response {
-    response
-        .headers_mut()
-        .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
-    response
 }
 
 /// What one request of a `#[cached]` route did, for its tracing event.
@@ -638,98 +415,4 @@ fn log_lookup(spec: &RouteSpec, event: LookupEvent) {
         handler_us = event.handler.map(micros),
         "cache lookup"
     );
-}
-
-/// The body of every `#[invalidates]` handler: run it, then invalidate the listed
-/// resources for the request's tenant before the response leaves, on every outcome that
-/// may have written: all but a client error (4xx), which is taken to have been refused
-/// before anything changed. A 303 after a committed write, or a handler that commits and
-/// then fails (5xx, an `Err` with a server error status), invalidates. A spurious
-/// invalidation costs one miss; a missing one would serve stale data.
-///
-/// Once the handler has started, the invalidation happens whether or not the client is
-/// still there: if this future is dropped (hyper drops it when the client disconnects,
-/// a timeout layer when it fires, a panic while unwinding), a guard hands the
-/// invalidation to the background.
-pub async fn serve_invalidating<F>(
-    mut ctx: RequestContext,
-    spec: &'static InvalidationSpec,
-    scope: ScopeArg,
-    handler: F,
-) -> Response
-where
-    F: Future<Output = HandlerOutput>,
-{
-    let Some(cache) = ctx.take_cache() else {
-        warn_no_cache(spec.function);
-        return handler.await.response;
-    };
-    let scope = match RequestScope::resolve(scope, ctx.scope.take()) {
-        Ok(scope) => scope,
-        Err(_) => {
-            let output = cache.scope(handler).await;
-            if may_have_written(output.response.status()) {
-                // Nothing of an unscoped request is cached, but the data it changed may
-                // be cached for its tenant: an app misconfiguration worth shouting about.
-                tracing::error!(
-                    target: "api_cache",
-                    function = spec.function,
-                    resources = %spec.resources.join(","),
-                    "mutation without a tenant scope: nothing was invalidated"
-                );
-            }
-            return output.response;
-        }
-    };
-    let guard = InvalidateOnDrop {
-        cache: &cache,
-        tenant: scope.tenant(),
-        resources: spec.resources,
-        armed: true,
-    };
-    // Cached plain functions the handler calls use this request's cache.
-    let output = cache.scope(handler).await;
-    let mut response = output.response;
-    if !may_have_written(response.status()) {
-        guard.disarm();
-        return response;
-    }
-    // A deferred invalidation is remembered and redelivered; the mutation's response
-    // stands either way.
-    let _ = cache
-        .invalidate_scoped(scope.tenant(), spec.resources)
-        .await;
-    guard.disarm();
-    if let Ok(value) = HeaderValue::from_str(&spec.resources.join(",")) {
-        response.headers_mut().insert(X_CACHE_INVALIDATED, value);
-    }
-    response
-}
-
-/// Every outcome but a client error may follow a write.
-fn may_have_written(status: StatusCode) -> bool {
-    !status.is_client_error()
-}
-
-/// Invalidates in the background if dropped while armed: the mutation's future went
-/// away after its handler started, before its invalidation was delivered.
-struct InvalidateOnDrop<'a> {
-    cache: &'a Cache,
-    tenant: Tenant<'a>,
-    resources: &'static [&'static str],
-    armed: bool,
-}
-
-impl InvalidateOnDrop<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for InvalidateOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.cache.invalidate_detached(self.tenant, self.resources);
-        }
-    }
 }

@@ -1,0 +1,424 @@
+//! The cache handle and its switches: construction from a configuration, the
+//! process-wide and per-task "current" cache, the global and per-resource on/off
+//! switches, stats, and the one gate every backend call goes through (response timeout
+//! and circuit breaker). What a request does with it lives beside it: the read path in
+//! `read.rs`, the miss path in `miss.rs`, invalidation in `invalidation.rs`. It knows
+//! nothing of HTTP. No method here returns a store fault to a request path: faults
+//! become misses or bypasses and are counted.
+
+mod invalidation;
+mod miss;
+mod read;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::backend::{memory::MemoryBackend, redis::RedisBackend, Backend};
+use crate::circuit::{Circuit, Permit, ProbeGuard};
+use crate::config::CacheConfig;
+use crate::error::{BackendError, ConfigError};
+use crate::flight::Flights;
+use crate::key::{InvalidResource, KeyBuilder, Tenant};
+use crate::pending::Pending;
+use crate::stats::{CircuitSnapshot, Event, Stats, StatsSnapshot};
+
+pub(crate) use miss::Resolved;
+#[cfg(feature = "testing")]
+pub use read::MissTicket;
+pub use read::{BypassReason, Lookup};
+
+/// A handle to the cache: cheap to clone, shared by every request.
+///
+/// ```
+/// use cache_runtime::{Cache, CacheConfig};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// // In-memory unless REDIS_URL is set; Cache::from_env() reads the environment.
+/// let cache = Cache::new(CacheConfig::default()).await.unwrap();
+/// // Give it to the handlers of a router with `.layer(cache.extension())`; then, from a
+/// // job or a script, outside any request:
+/// cache.invalidate("org_1", &["templates"]).await.unwrap();
+/// cache.set_resource_enabled("contacts", false); // a rollback without a deploy
+/// assert_eq!(cache.stats().totals.invalidations, 1);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CacheConfig,
+    backend: Backend,
+    enabled: AtomicBool,
+    disabled_resources: RwLock<HashSet<String>>,
+    /// Whether `disabled_resources` has any: read first, so that the usual request (none
+    /// switched off) does not take the lock, whose count every worker would write.
+    any_resource_disabled: AtomicBool,
+    stats: Stats,
+    circuit: Circuit,
+    pending: Pending,
+    flights: Arc<Flights>,
+    redelivery_running: AtomicBool,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.inner.backend)
+            .field("prefix", &self.inner.config.prefix)
+            .field("enabled", &self.is_enabled())
+            .finish()
+    }
+}
+
+/// The cache installed with [`Cache::install_global`].
+static GLOBAL: OnceLock<Cache> = OnceLock::new();
+/// The one [`Cache::global`] builds from the environment when none was installed, for
+/// cached plain functions only: handlers never fall back to it.
+static FROM_ENV: OnceLock<Cache> = OnceLock::new();
+
+tokio::task_local! {
+    /// The cache of the request (or [`Cache::run_with`]) being served on this task.
+    static CURRENT: Cache;
+}
+
+/// Makes rustls usable for `rediss://`: installs the ring provider as the process default
+/// unless the application installed one already.
+#[cfg(feature = "tls")]
+fn prepare_tls(_url: &str) -> Result<(), ConfigError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is then installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn prepare_tls(url: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::RedisUrl(format!(
+        "{}: rediss:// needs cache-runtime's `tls` feature",
+        crate::config::redact(url)
+    )))
+}
+
+impl Cache {
+    /// Builds a cache from `config`. With a Redis URL it connects lazily and pings once
+    /// within the connect timeout; an unreachable Redis is logged, not an error: requests
+    /// are served uncached until it answers. Only an unusable configuration fails.
+    pub async fn new(config: CacheConfig) -> Result<Cache, ConfigError> {
+        let cache = Cache::build(config)?;
+        if let Backend::Redis(redis) = &cache.inner.backend {
+            let wait = cache.inner.config.connect_timeout + cache.inner.config.response_timeout;
+            match tokio::time::timeout(wait, redis.ping()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(target: "api_cache", url = redis.url_for_logs(), "connected to Redis")
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(target: "api_cache", url = redis.url_for_logs(), error = %err, "Redis unavailable: serving uncached until it answers")
+                }
+                Err(_) => {
+                    tracing::warn!(target: "api_cache", url = redis.url_for_logs(), "Redis did not answer in time: serving uncached until it answers")
+                }
+            }
+        }
+        Ok(cache)
+    }
+
+    /// [`Cache::new`] with [`CacheConfig::from_env`].
+    pub async fn from_env() -> Result<Cache, ConfigError> {
+        Cache::new(CacheConfig::from_env()?).await
+    }
+
+    fn build(config: CacheConfig) -> Result<Cache, ConfigError> {
+        config.validate()?;
+        let backend = match config.redis_target() {
+            Some(target) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(ConfigError::NoRuntime);
+                }
+                if target.uses_tls() {
+                    prepare_tls(&target.for_logs())?;
+                }
+                let backend = RedisBackend::new(target, &config).map_err(|err| {
+                    ConfigError::RedisUrl(format!("{}: {err}", target.for_logs()))
+                })?;
+                Backend::Redis(backend)
+            }
+            None => {
+                tracing::info!(target: "api_cache", max_bytes = config.memory_max_bytes, "cache backend: in-memory, per process: several instances do not see each other's invalidations (set REDIS_URL for that)");
+                Backend::Memory(MemoryBackend::new(
+                    config.memory_max_bytes,
+                    config.generation_ttl,
+                ))
+            }
+        };
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                enabled: AtomicBool::new(config.enabled),
+                disabled_resources: RwLock::new(config.disabled_resources.clone()),
+                any_resource_disabled: AtomicBool::new(!config.disabled_resources.is_empty()),
+                circuit: Circuit::new(config.circuit_failures, config.circuit_open_for),
+                stats: Stats::default(),
+                pending: Pending::default(),
+                flights: Arc::new(Flights::default()),
+                redelivery_running: AtomicBool::new(false),
+                backend,
+                config,
+            }),
+        })
+    }
+
+    /// Makes this the process-wide cache used by cached plain functions and by handlers
+    /// whose request carries no [`Cache`] extension. Fails (returning it) if one is set.
+    pub fn install_global(self) -> Result<(), Cache> {
+        GLOBAL.set(self)
+    }
+
+    /// The cache installed with [`Cache::install_global`], if any.
+    pub(crate) fn installed() -> Option<Cache> {
+        GLOBAL.get().cloned()
+    }
+
+    /// The process-wide cache for cached plain functions called outside any request: the
+    /// installed one, else one built from the environment on first use (a configuration
+    /// error is logged and yields a switched-off cache, so the app still answers,
+    /// uncached). `#[cached]` and `#[invalidates]` handlers never use the one built
+    /// here: without the router's layer or an installed cache they serve uncached.
+    pub fn global() -> &'static Cache {
+        if let Some(installed) = GLOBAL.get() {
+            return installed;
+        }
+        FROM_ENV.get_or_init(|| {
+            let config = CacheConfig::from_env().unwrap_or_else(|err| {
+                tracing::error!(target: "api_cache", error = %err, "invalid cache configuration: caching is off");
+                CacheConfig::default().with_enabled(false)
+            });
+            Cache::build(config.clone()).unwrap_or_else(|err| {
+                tracing::error!(target: "api_cache", error = %err, "cannot create the cache: caching is off");
+                // The default in-memory configuration always builds.
+                Cache::build(CacheConfig::default().with_enabled(false)).unwrap_or_else(|_| unreachable!())
+            })
+        })
+    }
+
+    /// The cache cached plain functions use here: the one of the `#[cached]` or
+    /// `#[invalidates]` handler (or [`Cache::run_with`]) being run on this task, else
+    /// [`Cache::global`].
+    pub fn current() -> Cache {
+        CURRENT
+            .try_with(Cache::clone)
+            .unwrap_or_else(|_| Cache::global().clone())
+    }
+
+    /// Runs `future` with this cache as [`Cache::current`]: cached plain functions it
+    /// calls (and invalidations through [`crate::invalidate`]) use this cache. Handlers
+    /// under `#[cached]` / `#[invalidates]` are run this way already.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, CacheConfig};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::new(CacheConfig::default().with_prefix("jobs")).await.unwrap();
+    /// let prefix = cache.run_with(async { Cache::current().config().prefix.clone() }).await;
+    /// assert_eq!(prefix, "jobs");
+    /// # });
+    /// ```
+    pub fn run_with<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self.clone(), future)
+    }
+
+    /// This cache as a request extension, to add to a router with `.layer(...)`: it
+    /// hands the cache to the `#[cached]` and `#[invalidates]` handlers of the router it
+    /// wraps (an `axum::Extension` is a layer that inserts a clone into each request).
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use cache_runtime::{Cache, CacheConfig};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::new(CacheConfig::default()).await.unwrap();
+    /// let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(cache.extension());
+    /// # });
+    /// ```
+    pub fn extension(&self) -> axum::Extension<Cache> {
+        axum::Extension(self.clone())
+    }
+
+    /// The former name of [`Cache::extension`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed to `Cache::extension`: it is an `Extension`"
+    )]
+    pub fn layer(&self) -> axum::Extension<Cache> {
+        self.extension()
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// `"redis"`, `"redis-cluster"` or `"memory"`.
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// Starts a key for `resource` of `tenant`, under this cache's prefix.
+    pub(crate) fn key_builder(
+        &self,
+        tenant: Tenant<'_>,
+        resource: &str,
+    ) -> Result<KeyBuilder, InvalidResource> {
+        KeyBuilder::new(&self.inner.config.prefix, tenant, resource)
+    }
+
+    /// Turns caching on or off for every resource at run time. Invalidations are
+    /// delivered either way.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.inner.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Whether the global switch is on.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns caching of one resource on or off at run time (a rollback without a deploy).
+    pub fn set_resource_enabled(&self, resource: &str, enabled: bool) {
+        if let Ok(mut disabled) = self.inner.disabled_resources.write() {
+            if enabled {
+                disabled.remove(resource);
+            } else {
+                disabled.insert(resource.to_owned());
+            }
+            self.inner
+                .any_resource_disabled
+                .store(!disabled.is_empty(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `resource` is cached (the global switch aside).
+    pub fn is_resource_enabled(&self, resource: &str) -> bool {
+        if !self.inner.any_resource_disabled.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.inner
+            .disabled_resources
+            .read()
+            .map(|d| d.is_empty() || !d.contains(resource))
+            .unwrap_or(false)
+    }
+
+    /// A copy of every counter.
+    pub fn stats(&self) -> StatsSnapshot {
+        let circuit = if self.inner.backend.is_remote() {
+            self.inner.circuit.snapshot()
+        } else {
+            CircuitSnapshot::NotApplicable
+        };
+        self.inner.stats.snapshot(circuit, self.inner.pending.len())
+    }
+
+    /// Whether the store answers now: a ping bounded by the response timeout. Never hangs.
+    pub async fn is_available(&self) -> bool {
+        let timeout = self
+            .inner
+            .config
+            .response_timeout
+            .max(Duration::from_millis(1));
+        match tokio::time::timeout(timeout, self.inner.backend.ping()).await {
+            Ok(Ok(())) => {
+                self.inner.circuit.on_success();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Entries held by the in-memory backend (`None` for Redis).
+    pub fn memory_entry_count(&self) -> Option<u64> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Some(m.entry_count()),
+            Backend::Redis(_) => None,
+        }
+    }
+
+    /// Bytes held by the in-memory backend, as weighed for its bound (`None` for Redis).
+    pub fn memory_weighted_size(&self) -> Option<u64> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Some(m.weighted_size()),
+            Backend::Redis(_) => None,
+        }
+    }
+
+    pub(crate) fn note_ttl(&self, resource: &str, ttl_secs: u32) {
+        self.inner.stats.note_ttl(resource, ttl_secs);
+    }
+
+    /// Counts a hit of a route whose TTL is `ttl_secs`.
+    pub(crate) fn record_hit(&self, resource: &str, ttl_secs: u32) {
+        self.inner.stats.record_hit(resource, ttl_secs);
+    }
+
+    /// Runs a handler (or a cached function's body) and records how long it ran.
+    pub(crate) async fn run_handler<F: Future>(
+        &self,
+        resource: &str,
+        handler: F,
+    ) -> (F::Output, Duration) {
+        let started = Instant::now();
+        let output = handler.await;
+        let elapsed = started.elapsed();
+        self.inner.stats.record_handler_time(resource, elapsed);
+        (output, elapsed)
+    }
+
+    pub(crate) fn record(&self, resource: Option<&str>, event: Event) {
+        self.inner.stats.record(resource, event);
+    }
+
+    /// Runs one backend operation under the circuit breaker and the response timeout.
+    async fn call<T>(
+        &self,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        if !self.inner.backend.is_remote() {
+            return op.await;
+        }
+        let permit = self.inner.circuit.permit();
+        if permit == Permit::Denied {
+            return Err(BackendError::CircuitOpen);
+        }
+        let probe = ProbeGuard::new(&self.inner.circuit, permit);
+        let timeout = self.inner.config.response_timeout;
+        let result = match tokio::time::timeout(timeout, op).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Timeout(timeout)),
+        };
+        match &result {
+            Err(err) if err.is_unavailability() => {
+                if self.inner.circuit.on_failure(permit == Permit::Probe) {
+                    self.inner.stats.record_circuit_opened();
+                }
+            }
+            _ => self.inner.circuit.on_success(),
+        }
+        probe.settled();
+        result
+    }
+
+    fn fault(&self, resource: &str, operation: &'static str, err: &BackendError) {
+        self.record(Some(resource), Event::Error);
+        tracing::debug!(target: "api_cache", resource, operation, error = %err, "cache fault: serving uncached");
+    }
+
+    fn corrupt(&self, resource: &str, what: &'static str) {
+        self.record(Some(resource), Event::Error);
+        self.record(Some(resource), Event::Corrupt);
+        tracing::warn!(target: "api_cache", resource, what, "ignoring a stored value that is not a valid entry; it will be overwritten");
+    }
+}
