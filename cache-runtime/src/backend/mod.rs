@@ -3,6 +3,7 @@
 //! invalidation); neither decides anything about HTTP, stats or timeouts, which the
 //! cache layer above applies uniformly.
 
+mod connection;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
