@@ -43,7 +43,7 @@ options:
                        every request goes to a random instance. Needs Redis when N > 1
   --allow-per-process-cache
                        run N > 1 instances on the in-memory cache anyway (each instance
-                       its own cache): shows the stale reads that follows, and fails
+                       its own cache): shows the stale reads that follow, and fails
   --redis              use REDIS_URL, or when it is unset start a private redis-server
                        (on a free port, in a temporary directory) for the run
   --redis-cluster      start a local Redis Cluster (3 masters, redis-server and

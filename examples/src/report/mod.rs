@@ -75,7 +75,7 @@ pub struct ReportConfig {
     /// every request goes to one of them at random.
     pub instances: usize,
     /// Run several instances on per-process in-memory caches anyway, to show the
-    /// violations that follows (refused otherwise).
+    /// violations that follow (refused otherwise).
     pub allow_per_process_cache: bool,
     /// Fault injection: freeze Redis (`CLIENT PAUSE <ms> ALL`) for this long in the
     /// middle of the cache-on run's measured window. Needs Redis (`redis_url` or
@@ -401,6 +401,7 @@ async fn run_phase(
             urls
         }
     };
+    // At least one: `--url`, or `instances` >= 1 (`check_config`).
     let url = urls[0].clone();
     for url in &urls {
         client
