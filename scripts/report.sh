@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's main command: builds the demo and runs the rollout report (cache off vs
 # on) on the embedded defaults (SQLite in a temporary file, in-process cache) unless REDIS_URL is
-# set. Extra arguments go to the report (see `--help`).
+# set. Extra arguments go to the report (see `--help`), for example
+# `bash scripts/report.sh --instances 3 --redis-cluster`: three demo instances on a local
+# Redis Cluster the report starts itself (redis-server and redis-cli, from scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,6 +6,8 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin report
 //! cargo run --release -p examples --bin report -- --url http://127.0.0.1:3000
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin report -- --fault-pause-redis 5
+//! cargo run --release -p examples --bin report -- --instances 3 --redis-cluster
+//! cargo run --release -p examples --bin report -- --instances 3 --redis
 //! ```
 //!
 //! Exits 0 when every correctness check held, 1 when one failed, 2 on bad arguments or
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use examples::report::local_redis::LocalRedis;
 use examples::report::{run_report, ReportConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -34,20 +37,41 @@ options:
   --seed N             seed of the data and the workload (default 42)
   --scale F            data volume; 1.0 = largest tenant ~40k contacts, ~300k messages (default 1.0)
   --url URL            use a running demo server instead of in-process ones
+                       (its cache is switched off and on through PUT /debug/cache)
+  --instances N        in-process demo instances per run (default 1), on one shared
+                       SQLite file and one cache store, each with its own cache handle;
+                       every request goes to a random instance. Needs Redis when N > 1
+  --allow-per-process-cache
+                       run N > 1 instances on the in-memory cache anyway (each instance
+                       its own cache): shows the stale reads that follow, and fails
+  --redis              use REDIS_URL, or when it is unset start a private redis-server
+                       (on a free port, in a temporary directory) for the run
+  --redis-cluster      start a local Redis Cluster (3 masters, redis-server and
+                       redis-cli --cluster create, free ports, a temporary directory)
+                       and use it; stopped and removed when the report ends
   --fault-pause-redis SECS
                        freeze Redis (CLIENT PAUSE ALL) for SECS in the middle of the
-                       cache-on run; needs REDIS_URL
-                       (its cache is switched off and on through PUT /debug/cache)
+                       cache-on run; needs REDIS_URL or --redis
   --out DIR            output directory (default report-output)
   --no-output          write no files
   --quiet              no progress lines
   -h, --help           this text
 
-environment: REDIS_URL selects Redis for the in-process demo (default: in-memory cache);
-RUST_LOG controls the demo's logs (default: warnings only).";
+environment: REDIS_URL (or REDIS_CLUSTER_URLS) selects Redis for the in-process demos
+(default: in-memory cache; --redis-cluster overrides both); RUST_LOG controls the
+demo's logs (default: warnings only).";
 
-fn parse_args() -> Result<ReportConfig, String> {
+/// The Redis the report starts for itself, if asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnRedis {
+    None,
+    Standalone,
+    Cluster,
+}
+
+fn parse_args() -> Result<(ReportConfig, OwnRedis), String> {
     let mut config = ReportConfig::default();
+    let mut own_redis = OwnRedis::None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -83,6 +107,25 @@ fn parse_args() -> Result<ReportConfig, String> {
                 config.scale = scale;
             }
             "--url" => config.url = Some(value("--url")?),
+            "--instances" => {
+                let n: usize = num("--instances", value("--instances")?)?;
+                if !(1..=64).contains(&n) {
+                    return Err("--instances must be between 1 and 64".into());
+                }
+                config.instances = n;
+            }
+            "--allow-per-process-cache" => config.allow_per_process_cache = true,
+            "--redis" | "--redis-cluster" => {
+                let wanted = if arg == "--redis" {
+                    OwnRedis::Standalone
+                } else {
+                    OwnRedis::Cluster
+                };
+                if own_redis != OwnRedis::None && own_redis != wanted {
+                    return Err("--redis and --redis-cluster exclude each other".into());
+                }
+                own_redis = wanted;
+            }
             "--fault-pause-redis" => {
                 let secs: f64 = num("--fault-pause-redis", value("--fault-pause-redis")?)?;
                 if !(secs > 0.0 && secs <= 600.0) {
@@ -97,7 +140,39 @@ fn parse_args() -> Result<ReportConfig, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(config)
+    if own_redis != OwnRedis::None && config.url.is_some() {
+        return Err("--redis and --redis-cluster are for in-process demos, not --url".into());
+    }
+    Ok((config, own_redis))
+}
+
+/// Starts the Redis asked for and points `config` at it. `Ok(None)`: nothing to start.
+fn start_own_redis(
+    config: &mut ReportConfig,
+    own_redis: OwnRedis,
+) -> Result<Option<LocalRedis>, String> {
+    let redis_url_set = std::env::var("REDIS_URL").is_ok_and(|url| !url.trim().is_empty());
+    let started = match own_redis {
+        OwnRedis::None => return Ok(None),
+        OwnRedis::Standalone if redis_url_set => {
+            if config.progress {
+                eprintln!("--redis: using REDIS_URL");
+            }
+            return Ok(None);
+        }
+        OwnRedis::Standalone => LocalRedis::standalone(),
+        OwnRedis::Cluster => LocalRedis::cluster(),
+    }
+    .map_err(|err| err.to_string())?;
+    if config.progress {
+        eprintln!("started {}", started.describe());
+    }
+    match own_redis {
+        OwnRedis::Cluster => config.redis_cluster_urls = started.urls(),
+        _ => config.redis_url = Some(started.url()),
+    }
+    config.redis_note = Some(started.describe());
+    Ok(Some(started))
 }
 
 #[tokio::main]
@@ -108,8 +183,8 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match parse_args() {
-        Ok(config) => config,
+    let (mut config, own_redis) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(message) if message.is_empty() => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -119,8 +194,24 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Dropped (its processes stopped, its directory removed) whichever way main returns;
+    // its watchdog cleans up if the process is killed instead.
+    let _own_redis = match start_own_redis(&mut config, own_redis) {
+        Ok(started) => started,
+        Err(err) => {
+            eprintln!("report: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let out_dir = config.out_dir.clone();
-    let report = match run_report(config).await {
+    let outcome = tokio::select! {
+        outcome = run_report(config) => outcome,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("report: interrupted");
+            return ExitCode::from(130);
+        }
+    };
+    let report = match outcome {
         Ok(report) => report,
         Err(err) => {
             eprintln!("report: {err}");

@@ -1,6 +1,11 @@
 //! Runs one phase of the report: virtual users send the workload to a demo over HTTP for
 //! a fixed time, every response is timed and checked, and progress is printed.
 //!
+//! With several demo instances, each request goes to one of them at random, as a load
+//! balancer without affinity would send it: a write and the read that verifies it usually
+//! land on different instances, and the browser cache stays the user's, not the
+//! instance's.
+//!
 //! Each virtual user reads through a browser cache of its own per token
 //! ([`BrowserCache`]): a fresh stored copy is shown without a request, a stale one is
 //! revalidated, and a 304 shows the stored body. The checks judge the body the user is
@@ -65,6 +70,9 @@ pub struct Sample {
     pub body_bytes: u32,
     /// Body bytes shown from the browser's cache (a 304 or a fresh copy).
     pub saved_bytes: u32,
+    /// Index of the demo instance the request was sent to (`None`: a fresh browser copy,
+    /// nothing was sent).
+    pub instance: Option<u16>,
 }
 
 /// A failed correctness check.
@@ -85,6 +93,8 @@ pub struct Violation {
     pub browser: BrowserOutcome,
     /// Age of the browser's copy, seconds (a 304 or a fresh copy).
     pub browser_age_secs: Option<u64>,
+    /// Index of the demo instance that answered (`None`: the browser's fresh copy).
+    pub instance: Option<u16>,
 }
 
 /// Counts of checks made.
@@ -115,8 +125,9 @@ pub struct PhaseRun {
 /// How to drive a phase.
 #[derive(Debug, Clone)]
 pub struct DriveConfig {
-    /// Base URL of the demo.
-    pub url: String,
+    /// Base URL of each demo instance (at least one); every request goes to one of
+    /// them at random.
+    pub urls: Vec<String>,
     /// Concurrent virtual users.
     pub users: usize,
     /// Mean think time between a user's requests.
@@ -156,7 +167,7 @@ struct UserResult {
     unexpected: Vec<String>,
 }
 
-/// Runs the workload against `config.url` for `config.duration`.
+/// Runs the workload against `config.urls` for `config.duration`.
 pub async fn drive(
     client: reqwest::Client,
     config: DriveConfig,
@@ -188,7 +199,16 @@ pub async fn drive(
                 .wrapping_add(index as u64),
         );
         let user = VirtualUser::new(index, rng, max_seeded_contact);
-        tasks.push(tokio::spawn(user_loop(Arc::clone(&shared), user)));
+        // The instance draws have a generator of their own, so the workload's choices
+        // (the user's generator) are the same whatever the number of instances.
+        let balancer = StdRng::seed_from_u64(
+            shared
+                .config
+                .seed
+                .wrapping_mul(0xD1B5_4A32_D192_ED03)
+                .wrapping_add(index as u64),
+        );
+        tasks.push(tokio::spawn(user_loop(Arc::clone(&shared), user, balancer)));
     }
     let mut run = PhaseRun {
         elapsed: Duration::ZERO,
@@ -221,7 +241,7 @@ pub async fn drive(
     run
 }
 
-async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser) -> UserResult {
+async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser, mut balancer: StdRng) -> UserResult {
     let mut result = UserResult {
         samples: Vec::new(),
         violations: Vec::new(),
@@ -250,16 +270,30 @@ async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser) -> UserResult {
         let browser = browsers
             .entry(user.token.clone())
             .or_insert_with(|| BrowserCache::new(&user.token));
-        let Some(body) = send(&shared, &user, browser, &request, None, &mut result).await else {
+        let instance = pick_instance(&mut balancer, shared.config.urls.len());
+        let Some(body) = send(
+            &shared,
+            &user,
+            browser,
+            &request,
+            None,
+            instance,
+            &mut result,
+        )
+        .await
+        else {
             continue;
         };
         if let Some((verify, expectation)) = user.after_success(&request, &body) {
+            // Drawn again: the verifying read goes wherever the balancer sends it.
+            let instance = pick_instance(&mut balancer, shared.config.urls.len());
             let verified = send(
                 &shared,
                 &user,
                 browser,
                 &verify,
                 Some(&expectation),
+                instance,
                 &mut result,
             )
             .await;
@@ -269,6 +303,14 @@ async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser) -> UserResult {
         }
     }
     result
+}
+
+fn pick_instance(balancer: &mut StdRng, instances: usize) -> usize {
+    if instances <= 1 {
+        0
+    } else {
+        balancer.random_range(0..instances)
+    }
 }
 
 fn think(user: &mut VirtualUser, mean_secs: f64) -> Duration {
@@ -285,6 +327,7 @@ async fn send(
     browser: &mut BrowserCache,
     request: &Request,
     expectation: Option<&Expectation>,
+    instance: usize,
     result: &mut UserResult,
 ) -> Option<Value> {
     let at_ms = shared.started.elapsed().as_millis() as u32;
@@ -307,13 +350,14 @@ async fn send(
                     browser: shown.outcome,
                     body_bytes: 0,
                     saved_bytes: saturating_u32(shown.saved_bytes),
+                    instance: None,
                 });
                 return check_shown(
                     user,
                     request,
                     expectation,
                     &shown,
-                    CacheOutcome::None,
+                    (CacheOutcome::None, None),
                     result,
                 );
             }
@@ -322,7 +366,13 @@ async fn send(
     } else {
         http::HeaderMap::new()
     };
-    let url = format!("{}{}", shared.config.url, request.path);
+    let base = shared
+        .config
+        .urls
+        .get(instance)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let url = format!("{base}{}", request.path);
     let builder = match request.method {
         Method::Get => shared.client.get(&url),
         Method::Post => shared.client.post(&url),
@@ -343,6 +393,7 @@ async fn send(
         Err(err) => Err(err),
     };
     let latency_us = elapsed_us(sent);
+    let sent_to = Some(u16::try_from(instance).unwrap_or(u16::MAX));
     let sample =
         |status: u16, cache: CacheOutcome, shown: Option<&Shown>, body_bytes: usize| Sample {
             at_ms,
@@ -355,6 +406,7 @@ async fn send(
             browser: shown.map_or(BrowserOutcome::Network, |s| s.outcome),
             body_bytes: saturating_u32(body_bytes),
             saved_bytes: shown.map_or(0, |s| saturating_u32(s.saved_bytes)),
+            instance: sent_to,
         };
     let (status, headers, bytes) = match outcome {
         Ok(parts) => parts,
@@ -403,6 +455,7 @@ async fn send(
                     cache,
                     browser: BrowserOutcome::NotModified,
                     browser_age_secs: None,
+                    instance: sent_to,
                 });
                 return None;
             }
@@ -423,7 +476,7 @@ async fn send(
     result
         .samples
         .push(sample(status.as_u16(), cache, Some(&shown), body_bytes));
-    check_shown(user, request, expectation, &shown, cache, result)
+    check_shown(user, request, expectation, &shown, (cache, sent_to), result)
 }
 
 fn describe(request: &Request) -> String {
@@ -448,7 +501,7 @@ fn check_shown(
     request: &Request,
     expectation: Option<&Expectation>,
     shown: &Shown,
-    cache: CacheOutcome,
+    (cache, instance): (CacheOutcome, Option<u16>),
     result: &mut UserResult,
 ) -> Option<Value> {
     let status = shown.status.as_u16();
@@ -472,6 +525,7 @@ fn check_shown(
             cache,
             browser: shown.outcome,
             browser_age_secs: shown.age.map(|age| age.as_secs()),
+            instance,
         });
     };
     result.checks.tenant += 1;

@@ -5,12 +5,23 @@
 //! under a key prefix of its own, so a shared Redis holds nothing from earlier runs),
 //! or uses a running server (`url`), switching its cache through `PUT /debug/cache`.
 //! The database queries of a run are read from `/debug/db` before and after it.
+//!
+//! With `instances` above 1, each run starts that many demos in-process, each on its own
+//! port with its own [`Cache`] handle built from the same configuration (its own single
+//! flight, pending invalidations and circuit, as separate processes have), all on one
+//! fresh SQLite file (the first seeds it) and one cache store; the virtual users send
+//! each request to any of them ([`driver`]). Per-process in-memory caches cannot see each
+//! other's invalidations, so that combination is refused unless asked for
+//! (`allow_per_process_cache`), to show what goes wrong. [`local_redis`] starts a private
+//! Redis or Redis Cluster for the report binary.
+//!
 //! See [`workload`] for what is replayed, [`browser`] for the virtual users' browser
 //! cache, and [`driver`] for what is checked.
 
 pub mod browser;
 pub mod chart;
 pub mod driver;
+pub mod local_redis;
 pub mod summary;
 pub mod workload;
 
@@ -27,7 +38,7 @@ use serde_json::Value;
 use crate::db::DbStats;
 use crate::report::browser::BrowserOutcome;
 use crate::report::driver::{drive, CheckCounts, DriveConfig, PhaseRun, Violation};
-use crate::report::summary::{phase_figures, PhaseFigures, Second};
+use crate::report::summary::{phase_figures, InstanceFigures, PhaseFigures, Second};
 use crate::report::workload::{Route, READ_MIX, WRITE_MIX};
 use crate::seed::{SeedConfig, SeedSummary};
 use crate::{start_demo, DemoConfig, StartupError};
@@ -55,6 +66,17 @@ pub struct ReportConfig {
     /// Redis for the in-process demos; `None`: `REDIS_URL` from the environment (and
     /// the in-memory cache when that is unset too).
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes for the in-process demos (instead of `redis_url`);
+    /// empty: `REDIS_CLUSTER_URLS` from the environment, if set.
+    pub redis_cluster_urls: Vec<String>,
+    /// What the Redis is, when the report started it (printed in the header).
+    pub redis_note: Option<String>,
+    /// In-process demo instances per run, sharing one SQLite file and one cache store;
+    /// every request goes to one of them at random.
+    pub instances: usize,
+    /// Run several instances on per-process in-memory caches anyway, to show the
+    /// violations that follow (refused otherwise).
+    pub allow_per_process_cache: bool,
     /// Fault injection: freeze Redis (`CLIENT PAUSE <ms> ALL`) for this long in the
     /// middle of the cache-on run's measured window. Needs Redis (`redis_url` or
     /// `REDIS_URL`).
@@ -77,6 +99,10 @@ impl Default for ReportConfig {
             scale: 1.0,
             url: None,
             redis_url: None,
+            redis_cluster_urls: Vec::new(),
+            redis_note: None,
+            instances: 1,
+            allow_per_process_cache: false,
             fault_pause_redis: None,
             out_dir: Some(PathBuf::from("report-output")),
             progress: true,
@@ -105,6 +131,21 @@ pub enum ReportError {
     /// The fault could not be injected.
     #[error("fault injection: {0}")]
     Fault(String),
+    /// Several instances on the in-memory cache, not asked for.
+    #[error(
+        "{instances} instances on the in-memory cache: each instance would keep a cache of \
+         its own and never see the others' invalidations, so a write through one instance \
+         leaves stale entries on the others. Give them one Redis (REDIS_URL, \
+         REDIS_CLUSTER_URLS, --redis or --redis-cluster), or pass --allow-per-process-cache \
+         to run anyway and see the violations"
+    )]
+    PerProcessCache {
+        /// The instances asked for.
+        instances: usize,
+    },
+    /// Options that do not go together.
+    #[error("{0}")]
+    Options(String),
 }
 
 /// One run's outcome.
@@ -132,10 +173,84 @@ pub struct PhaseReport {
     pub client_errors: u64,
     /// The first few unexpected responses.
     pub unexpected: Vec<String>,
-    /// The demo's `/debug/cache` after the run.
+    /// The demo's `/debug/cache` after the run (the first instance's).
     pub cache_stats: Value,
+    /// Each instance's share of the run, in instance order.
+    pub instances: Vec<InstanceReport>,
     /// The fault injected during this run, if any.
     pub fault: Option<FaultReport>,
+}
+
+/// One demo instance in one run.
+#[derive(Debug, Serialize)]
+pub struct InstanceReport {
+    /// Its base URL.
+    pub url: String,
+    /// The requests it answered and the queries it ran, in the measured window.
+    pub share: InstanceFigures,
+    /// Its `/debug/cache` after the run.
+    pub cache_stats: Value,
+}
+
+/// A temporary directory removed on drop: the shared database of one run.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> std::io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(unique_prefix(label));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The cache configuration of the in-process demos: the environment's, with the
+/// report's own Redis target (if any) in place of the environment's.
+fn cache_config(config: &ReportConfig) -> Result<CacheConfig, ReportError> {
+    let mut cache_config = CacheConfig::from_env()?;
+    if !config.redis_cluster_urls.is_empty() {
+        cache_config.redis_url = None;
+        cache_config = cache_config.with_redis_cluster_urls(config.redis_cluster_urls.clone());
+    } else if let Some(redis_url) = &config.redis_url {
+        cache_config.redis_cluster_urls.clear();
+        cache_config = cache_config.with_redis_url(redis_url.clone());
+    }
+    Ok(cache_config)
+}
+
+/// Whether the in-process demos would each keep a cache of their own (no Redis).
+fn per_process_cache(config: &ReportConfig) -> Result<bool, ReportError> {
+    let cache_config = cache_config(config)?;
+    Ok(cache_config.redis_url.is_none() && cache_config.redis_cluster_urls.is_empty())
+}
+
+/// Refuses what cannot be run, before anything starts.
+fn check_config(config: &ReportConfig) -> Result<(), ReportError> {
+    if config.instances == 0 {
+        return Err(ReportError::Options(
+            "--instances must be at least 1".into(),
+        ));
+    }
+    if config.instances > 1 && config.url.is_some() {
+        return Err(ReportError::Options(
+            "--instances starts in-process demos; it does not go with --url".into(),
+        ));
+    }
+    if config.url.is_none()
+        && config.instances > 1
+        && !config.allow_per_process_cache
+        && per_process_cache(config)?
+    {
+        return Err(ReportError::PerProcessCache {
+            instances: config.instances,
+        });
+    }
+    Ok(())
 }
 
 /// A Redis pause injected into a run, and what the clients saw while it lasted.
@@ -228,47 +343,74 @@ async fn run_phase(
     name: &'static str,
     enabled: bool,
 ) -> Result<(PhaseReport, SeedSummary, String), ReportError> {
-    let mut demo = None;
+    // Outlives the demos (declared first, dropped last): their shared database.
+    let mut _database_dir = None;
+    let mut demos = Vec::new();
     let mut backend = "the server's own".to_owned();
-    let url = match &config.url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
+    let urls: Vec<String> = match &config.url {
+        Some(url) => vec![url.trim_end_matches('/').to_owned()],
         None => {
-            let mut cache_config = CacheConfig::from_env()?
-                .with_prefix(unique_prefix(if enabled { "on" } else { "off" }));
-            if let Some(redis_url) = &config.redis_url {
-                cache_config = cache_config.with_redis_url(redis_url.clone());
-            }
-            let cache = Cache::new(cache_config).await?;
-            cache.set_enabled(enabled);
-            backend = cache.backend_name().to_owned();
-            let demo_config = DemoConfig {
-                seed: SeedConfig {
-                    seed: config.seed,
-                    scale: config.scale,
-                    ..SeedConfig::default()
-                },
-                ..DemoConfig::default()
+            // One prefix per run, shared by the run's instances: one cache store.
+            let cache_config = cache_config(config)?.with_prefix(unique_prefix(if enabled {
+                "on"
+            } else {
+                "off"
+            }));
+            let database = if config.instances > 1 {
+                let dir = TempDir::new(if enabled { "db-on" } else { "db-off" })?;
+                let path = dir.0.join("demo.sqlite3");
+                _database_dir = Some(dir);
+                Some(path)
+            } else {
+                None
             };
-            if config.progress {
-                eprintln!("[{name}] seeding a fresh demo database ...");
+            let mut urls = Vec::with_capacity(config.instances);
+            for index in 0..config.instances {
+                // A handle per instance, as each process builds its own.
+                let cache = Cache::new(cache_config.clone()).await?;
+                cache.set_enabled(enabled);
+                backend = cache.backend_name().to_owned();
+                let demo_config = DemoConfig {
+                    seed: SeedConfig {
+                        seed: config.seed,
+                        scale: config.scale,
+                        ..SeedConfig::default()
+                    },
+                    database: database.clone(),
+                    ..DemoConfig::default()
+                };
+                if config.progress {
+                    if index == 0 {
+                        eprintln!("[{name}] seeding a fresh demo database ...");
+                    } else {
+                        eprintln!(
+                            "[{name}] starting instance {} on the same database",
+                            index + 1
+                        );
+                    }
+                }
+                let running = start_demo(
+                    demo_config,
+                    cache,
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                )
+                .await?;
+                urls.push(running.url());
+                demos.push(running);
             }
-            let running = start_demo(
-                demo_config,
-                cache,
-                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            )
-            .await?;
-            let url = running.url();
-            demo = Some(running);
-            url
+            urls
         }
     };
-    client
-        .put(format!("{url}/debug/cache"))
-        .json(&serde_json::json!({ "enabled": enabled }))
-        .send()
-        .await?
-        .error_for_status()?;
+    // At least one: `--url`, or `instances` >= 1 (`check_config`).
+    let url = urls[0].clone();
+    for url in &urls {
+        client
+            .put(format!("{url}/debug/cache"))
+            .json(&serde_json::json!({ "enabled": enabled }))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     let seed: SeedSummary = client
         .get(format!("{url}/debug/seed"))
         .send()
@@ -276,21 +418,27 @@ async fn run_phase(
         .error_for_status()?
         .json()
         .await?;
-    let db = |client: reqwest::Client, url: String| async move {
-        client
-            .get(format!("{url}/debug/db"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json::<DbStats>()
-            .await
+    // Each instance counts the statements it runs (they share the file, not a counter).
+    let db = |client: reqwest::Client, urls: Vec<String>| async move {
+        let mut queries = Vec::with_capacity(urls.len());
+        for url in urls {
+            let stats = client
+                .get(format!("{url}/debug/db"))
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<DbStats>()
+                .await?;
+            queries.push(stats.queries);
+        }
+        Ok::<_, reqwest::Error>(queries)
     };
-    // The measured window's queries: read the counter when the warm-up ends.
+    // The measured window's queries: read the counters when the warm-up ends.
     let before = tokio::spawn({
-        let (client, url, warmup) = (client.clone(), url.clone(), config.warmup);
+        let (client, urls, warmup) = (client.clone(), urls.clone(), config.warmup);
         async move {
             tokio::time::sleep(warmup).await;
-            db(client, url).await
+            db(client, urls).await
         }
     });
     let fault = match (enabled, config.fault_pause_redis) {
@@ -322,7 +470,7 @@ async fn run_phase(
         _ => None,
     };
     let drive_config = DriveConfig {
-        url: url.clone(),
+        urls: urls.clone(),
         users: config.users,
         think: config.think,
         write_share: config.write_share,
@@ -340,18 +488,27 @@ async fn run_phase(
         max_seeded_contact,
     )
     .await;
-    let after = db(client.clone(), url.clone()).await?;
+    let after = db(client.clone(), urls.clone()).await?;
     let before = match before.await {
         Ok(stats) => stats?,
         Err(err) => return Err(ReportError::Io(std::io::Error::other(err))),
     };
-    let cache_stats: Value = client
-        .get(format!("{url}/debug/cache"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    if let Some(demo) = demo {
+    let queries: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| after.saturating_sub(*before))
+        .collect();
+    let mut instance_stats = Vec::with_capacity(urls.len());
+    for url in &urls {
+        let stats: Value = client
+            .get(format!("{url}/debug/cache"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        instance_stats.push(stats);
+    }
+    for demo in demos {
         demo.shutdown().await;
     }
     let fault = match fault {
@@ -391,11 +548,30 @@ async fn run_phase(
         .filter(|s| s.at_ms >= warmup_ms)
         .cloned()
         .collect();
-    let figures = phase_figures(
-        &measured,
-        run.elapsed.saturating_sub(config.warmup),
-        after.queries.saturating_sub(before.queries),
-    );
+    let measured_elapsed = run.elapsed.saturating_sub(config.warmup);
+    let figures = phase_figures(&measured, measured_elapsed, queries.iter().sum());
+    let instances: Vec<InstanceReport> = urls
+        .iter()
+        .zip(instance_stats.iter().cloned())
+        .zip(&queries)
+        .enumerate()
+        .map(
+            |(index, ((url, cache_stats), &db_queries))| InstanceReport {
+                url: url.clone(),
+                share: InstanceFigures {
+                    figures: summary::figures(
+                        measured
+                            .iter()
+                            .filter(|s| s.instance.map(usize::from) == Some(index)),
+                        measured_elapsed,
+                    ),
+                    db_queries,
+                },
+                cache_stats,
+            },
+        )
+        .collect();
+    let cache_stats = instance_stats.into_iter().next().unwrap_or(Value::Null);
     let count =
         |pred: &dyn Fn(u16) -> bool| run.samples.iter().filter(|s| pred(s.status)).count() as u64;
     let report = PhaseReport {
@@ -411,6 +587,7 @@ async fn run_phase(
         violations: run.violations,
         unexpected: run.unexpected,
         cache_stats,
+        instances,
         fault,
     };
     Ok((report, seed, backend))
@@ -418,6 +595,7 @@ async fn run_phase(
 
 /// Runs the report: cache off, then cache on.
 pub async fn run_report(config: ReportConfig) -> Result<Report, ReportError> {
+    check_config(&config)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(config.users + 4)
         .timeout(Duration::from_secs(60))
@@ -481,11 +659,27 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(out, "api-cache rollout report");
         let _ = writeln!(out, "workload: {}", self.workload_line());
+        let redis = self
+            .config
+            .redis_note
+            .as_ref()
+            .map(|note| format!(" ({note})"))
+            .unwrap_or_default();
         let target = match &self.config.url {
             Some(url) => format!("the server at {url}"),
-            None => format!("a fresh in-process demo per run, {} cache", self.backend),
+            None if self.config.instances > 1 => format!(
+                "{} fresh in-process demo instances per run on one shared SQLite file, each with its own cache handle, {} cache{redis}; each request to a random instance",
+                self.config.instances, self.backend
+            ),
+            None => format!("a fresh in-process demo per run, {} cache{redis}", self.backend),
         };
         let _ = writeln!(out, "target:   {target}");
+        if self.config.instances > 1 && self.backend == "memory" {
+            let _ = writeln!(
+                out,
+                "warning:  per-process in-memory caches (--allow-per-process-cache): no instance sees another's invalidations, violations are expected"
+            );
+        }
         let (Some(off), Some(on)) = (self.phases.first(), self.phases.get(1)) else {
             return out;
         };
@@ -502,6 +696,20 @@ impl Report {
             &on.figures,
             &route_ttls(&on.cache_stats),
         ));
+        if self.config.instances > 1 {
+            let share = |p: &PhaseReport| p.instances.iter().map(|i| i.share).collect::<Vec<_>>();
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "Per instance (DB queries: each instance's own counter, one shared database file)"
+            );
+            out.push_str(&summary::instance_table(
+                &share(off),
+                &share(on),
+                &off.figures.all,
+                &on.figures.all,
+            ));
+        }
         let _ = writeln!(out);
         let _ = writeln!(out, "Correctness (both runs)");
         let sum = |f: &dyn Fn(&PhaseReport) -> u64| self.phases.iter().map(f).sum::<u64>();
@@ -573,9 +781,13 @@ impl Report {
                     }
                     BrowserOutcome::Network => format!("X-Cache {:?}", v.cache),
                 };
+                let answered_by = match (self.config.instances > 1, v.instance) {
+                    (true, Some(index)) => format!(", instance {}", index + 1),
+                    _ => String::new(),
+                };
                 let _ = writeln!(
                     out,
-                    "  [{}] {} {} as {} ({shown}): {}",
+                    "  [{}] {} {} as {} ({shown}{answered_by}): {}",
                     phase.name, v.kind, v.request, v.token, v.detail
                 );
             }
@@ -605,10 +817,15 @@ impl Report {
                 summary::ms(off.figures.all.p99_ms)
             );
             let stat = |path: &str| {
-                on.cache_stats
-                    .pointer(path)
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0)
+                on.instances
+                    .iter()
+                    .map(|i| {
+                        i.cache_stats
+                            .pointer(path)
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0)
+                    })
+                    .sum::<u64>()
             };
             let _ = writeln!(
                 out,

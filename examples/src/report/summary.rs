@@ -490,6 +490,70 @@ pub fn route_table(off: &PhaseFigures, on: &PhaseFigures, ttls: &BTreeMap<Route,
     out
 }
 
+/// One instance's share of a run, for [`instance_table`].
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct InstanceFigures {
+    /// The requests this instance answered, in the measured window.
+    pub figures: Figures,
+    /// SQL statements this instance ran in the measured window (its own counter: the
+    /// instances share one database file, not one counter).
+    pub db_queries: u64,
+}
+
+/// Per-instance rows of both runs (instance `i` of each run in row `i`), then the
+/// totals: the whole run's figures and the sum of the instances' queries.
+pub fn instance_table(
+    off: &[InstanceFigures],
+    on: &[InstanceFigures],
+    off_all: &Figures,
+    on_all: &Figures,
+) -> String {
+    let mut rows: Vec<[String; 8]> = vec![[
+        "Instance".into(),
+        "Requests off/on".into(),
+        "Avg off".into(),
+        "Avg on".into(),
+        "p95 on".into(),
+        "Hit rate on".into(),
+        "DB queries off/on".into(),
+        "Queries/request on".into(),
+    ]];
+    let per_request = |queries: u64, f: &Figures| {
+        if f.requests == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2}", queries as f64 / f.requests as f64)
+        }
+    };
+    let row = |name: String, a: &InstanceFigures, b: &InstanceFigures| {
+        [
+            name,
+            format!("{}/{}", a.figures.requests, b.figures.requests),
+            ms(a.figures.avg_ms),
+            ms(b.figures.avg_ms),
+            ms(b.figures.p95_ms),
+            format!("{:.1}%", b.figures.hit_rate),
+            format!(
+                "{}/{}",
+                count(a.db_queries as f64),
+                count(b.db_queries as f64)
+            ),
+            per_request(b.db_queries, &b.figures),
+        ]
+    };
+    for (index, (a, b)) in off.iter().zip(on).enumerate() {
+        rows.push(row(format!("{}", index + 1), a, b));
+    }
+    let total = |parts: &[InstanceFigures], all: &Figures| InstanceFigures {
+        figures: *all,
+        db_queries: parts.iter().map(|p| p.db_queries).sum(),
+    };
+    rows.push(row("all".into(), &total(off, off_all), &total(on, on_all)));
+    let mut out = String::new();
+    render(&mut out, &rows, 1);
+    out
+}
+
 fn render<const N: usize>(out: &mut String, rows: &[[String; N]], split: usize) {
     let mut widths = [0_usize; N];
     for row in rows {
@@ -538,6 +602,7 @@ mod tests {
                 CacheOutcome::Hit
             },
             browser,
+            instance: None,
             body_bytes,
             saved_bytes,
         }
