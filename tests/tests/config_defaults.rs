@@ -1,5 +1,5 @@
 //! The `API_CACHE_*` defaults as documented: the README's Configuration table and the
-//! table in `cache-runtime/src/config.rs` are parsed here, so that neither can drift from
+//! table in `cache-runtime/src/config/mod.rs` are parsed here, so that neither can drift from
 //! what `CacheConfig` does. Every variable the code reads is in both tables, no table
 //! lists one it does not read, and setting a variable to its documented default changes
 //! nothing.
@@ -115,8 +115,8 @@ fn the_readme_configuration_table_states_the_defaults() {
 
 #[test]
 fn the_config_module_table_states_the_defaults() {
-    let module = defaults_table(&read("../cache-runtime/src/config.rs"), "//! ");
-    check_table("cache-runtime/src/config.rs", &module);
+    let module = defaults_table(&read("../cache-runtime/src/config/mod.rs"), "//! ");
+    check_table("cache-runtime/src/config/mod.rs", &module);
 }
 
 #[test]

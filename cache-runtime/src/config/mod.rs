@@ -26,6 +26,12 @@ use std::time::Duration;
 use crate::early_refresh::RandomSource;
 use crate::error::ConfigError;
 
+mod builder;
+mod redis;
+
+pub use self::redis::WaitReplicas;
+pub(crate) use self::redis::{redact, RedisTarget};
+
 /// How a [`Cache`](crate::Cache) behaves. Build it with [`CacheConfig::from_env`] or
 /// [`CacheConfig::default`] and the `with_*` methods.
 ///
@@ -95,48 +101,6 @@ pub struct CacheConfig {
     /// Where the early-refresh decision draws its randomness (`rand::random`); set a
     /// seeded or constant source to reproduce decisions. No environment variable.
     pub early_refresh_random: RandomSource,
-}
-
-/// Which replicas must acknowledge an invalidation (Redis `WAIT`), read from
-/// `API_CACHE_WAIT_REPLICAS`.
-///
-/// The invalidation is written, pipelined with `ROLE` (one round trip); when `ROLE` says
-/// the server is a primary with connected replicas, `WAIT` asks for the acknowledgements,
-/// bounded by half the response timeout. With no replicas (or `Off`) there is no extra
-/// round trip.
-///
-/// ```
-/// use cache_runtime::{CacheConfig, WaitReplicas};
-///
-/// let config = CacheConfig::from_lookup(|name| {
-///     (name == "API_CACHE_WAIT_REPLICAS").then(|| "1".to_owned())
-/// })
-/// .unwrap();
-/// assert_eq!(config.wait_replicas, WaitReplicas::AtLeast(1));
-/// assert_eq!(WaitReplicas::AtLeast(1).wanted(3), 1);
-/// assert_eq!(WaitReplicas::All.wanted(3), 3);
-/// assert_eq!(CacheConfig::default().with_wait_replicas(WaitReplicas::Off).wait_replicas.wanted(3), 0);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitReplicas {
-    /// Do not wait: an invalidation the primary accepted is delivered (it is lost if
-    /// the primary fails before replicating it).
-    Off,
-    /// Every replica `ROLE` lists as connected.
-    All,
-    /// This many replicas, or every connected one when fewer are connected.
-    AtLeast(u32),
-}
-
-impl WaitReplicas {
-    /// How many acknowledgements to wait for when `connected` replicas are connected.
-    pub fn wanted(self, connected: usize) -> usize {
-        match self {
-            WaitReplicas::Off => 0,
-            WaitReplicas::All => connected,
-            WaitReplicas::AtLeast(n) => connected.min(usize::try_from(n).unwrap_or(usize::MAX)),
-        }
-    }
 }
 
 impl Default for CacheConfig {
@@ -316,158 +280,6 @@ impl CacheConfig {
             (_, seeds) => Some(RedisTarget::Cluster(seeds)),
         }
     }
-
-    /// Uses Redis at `url` (`redis://` or `rediss://`).
-    pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
-        self
-    }
-
-    /// Uses the Redis Cluster these seed nodes belong to (`redis://` or `rediss://`).
-    ///
-    /// ```
-    /// use cache_runtime::CacheConfig;
-    ///
-    /// let config = CacheConfig::from_lookup(|name| {
-    ///     (name == "REDIS_CLUSTER_URLS")
-    ///         .then(|| "redis://10.0.0.1:6379, redis://10.0.0.2:6379".to_owned())
-    /// })
-    /// .unwrap();
-    /// assert_eq!(config.redis_cluster_urls.len(), 2);
-    /// let same = CacheConfig::default()
-    ///     .with_redis_cluster_urls(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
-    /// assert_eq!(same.redis_cluster_urls, config.redis_cluster_urls);
-    /// ```
-    pub fn with_redis_cluster_urls<I, S>(mut self, seeds: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.redis_cluster_urls = seeds.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Sets the key prefix.
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets the global switch.
-    pub fn with_enabled(mut self, enabled: bool) -> Self {
-        self.enabled = enabled;
-        self
-    }
-
-    /// Serves these resources uncached.
-    pub fn with_disabled_resources<I, S>(mut self, resources: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.disabled_resources = resources.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Sets the Redis connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the bound on each Redis operation.
-    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// Sets the largest body that is stored.
-    pub fn with_max_entry_bytes(mut self, bytes: usize) -> Self {
-        self.max_entry_bytes = bytes;
-        self
-    }
-
-    /// Sets the bound of the in-memory backend.
-    pub fn with_memory_max_bytes(mut self, bytes: u64) -> Self {
-        self.memory_max_bytes = bytes;
-        self
-    }
-
-    /// Sets the circuit breaker: failures that open it, and its first back-off.
-    pub fn with_circuit(mut self, failures: u32, open_for: Duration) -> Self {
-        self.circuit_failures = failures.max(1);
-        self.circuit_open_for = open_for;
-        self
-    }
-
-    /// Sets how long coalesced misses wait for the first one.
-    pub fn with_flight_wait(mut self, wait: Duration) -> Self {
-        self.flight_wait = wait;
-        self
-    }
-
-    /// Turns the cross-instance miss lease on (`Some`) or off (`None`).
-    pub fn with_lease(mut self, lease: Option<Duration>) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// Sets which replicas must acknowledge an invalidation (`WAIT`).
-    pub fn with_wait_replicas(mut self, wait: WaitReplicas) -> Self {
-        self.wait_replicas = match wait {
-            WaitReplicas::AtLeast(0) => WaitReplicas::Off,
-            other => other,
-        };
-        self
-    }
-
-    /// Sets the lifetime of generation keys (at least 1 ms).
-    pub fn with_generation_ttl(mut self, ttl: Duration) -> Self {
-        self.generation_ttl = ttl.max(Duration::from_millis(1));
-        self
-    }
-
-    /// Sets the XFetch early-refresh strength (0 disables).
-    pub fn with_early_refresh_beta(mut self, beta: f64) -> Self {
-        self.early_refresh_beta = if beta.is_finite() { beta.max(0.0) } else { 0.0 };
-        self
-    }
-
-    /// Sets where the early-refresh decision draws its randomness (tests, replays); see
-    /// [`RandomSource`].
-    pub fn with_early_refresh_random(mut self, source: RandomSource) -> Self {
-        self.early_refresh_random = source;
-        self
-    }
-}
-
-/// Where the Redis backend connects: one server (or a primary behind one address), or
-/// a cluster through its seed nodes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum RedisTarget<'a> {
-    Standalone(&'a str),
-    Cluster(&'a [String]),
-}
-
-impl RedisTarget<'_> {
-    pub(crate) fn uses_tls(self) -> bool {
-        match self {
-            RedisTarget::Standalone(url) => url.starts_with("rediss://"),
-            RedisTarget::Cluster(seeds) => seeds.iter().any(|url| url.starts_with("rediss://")),
-        }
-    }
-
-    /// The URL(s) with passwords replaced, for logs and errors.
-    pub(crate) fn for_logs(self) -> String {
-        match self {
-            RedisTarget::Standalone(url) => redact(url),
-            RedisTarget::Cluster(seeds) => seeds
-                .iter()
-                .map(|url| redact(url))
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-    }
 }
 
 fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> {
@@ -500,16 +312,6 @@ pub(crate) fn split_list(list: &str) -> HashSet<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-/// A URL with its password replaced, fit for logs and errors.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,132 @@
+//! The `with_*` builder methods of [`CacheConfig`], one per setting; defaults and
+//! environment variables are in the parent module.
+
+use std::time::Duration;
+
+use super::{CacheConfig, WaitReplicas};
+use crate::early_refresh::RandomSource;
+
+impl CacheConfig {
+    /// Uses Redis at `url` (`redis://` or `rediss://`).
+    pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Uses the Redis Cluster these seed nodes belong to (`redis://` or `rediss://`).
+    ///
+    /// ```
+    /// use cache_runtime::CacheConfig;
+    ///
+    /// let config = CacheConfig::from_lookup(|name| {
+    ///     (name == "REDIS_CLUSTER_URLS")
+    ///         .then(|| "redis://10.0.0.1:6379, redis://10.0.0.2:6379".to_owned())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.redis_cluster_urls.len(), 2);
+    /// let same = CacheConfig::default()
+    ///     .with_redis_cluster_urls(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
+    /// assert_eq!(same.redis_cluster_urls, config.redis_cluster_urls);
+    /// ```
+    pub fn with_redis_cluster_urls<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redis_cluster_urls = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the key prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the global switch.
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Serves these resources uncached.
+    pub fn with_disabled_resources<I, S>(mut self, resources: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.disabled_resources = resources.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the Redis connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the bound on each Redis operation.
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest body that is stored.
+    pub fn with_max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.max_entry_bytes = bytes;
+        self
+    }
+
+    /// Sets the bound of the in-memory backend.
+    pub fn with_memory_max_bytes(mut self, bytes: u64) -> Self {
+        self.memory_max_bytes = bytes;
+        self
+    }
+
+    /// Sets the circuit breaker: failures that open it, and its first back-off.
+    pub fn with_circuit(mut self, failures: u32, open_for: Duration) -> Self {
+        self.circuit_failures = failures.max(1);
+        self.circuit_open_for = open_for;
+        self
+    }
+
+    /// Sets how long coalesced misses wait for the first one.
+    pub fn with_flight_wait(mut self, wait: Duration) -> Self {
+        self.flight_wait = wait;
+        self
+    }
+
+    /// Turns the cross-instance miss lease on (`Some`) or off (`None`).
+    pub fn with_lease(mut self, lease: Option<Duration>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets which replicas must acknowledge an invalidation (`WAIT`).
+    pub fn with_wait_replicas(mut self, wait: WaitReplicas) -> Self {
+        self.wait_replicas = match wait {
+            WaitReplicas::AtLeast(0) => WaitReplicas::Off,
+            other => other,
+        };
+        self
+    }
+
+    /// Sets the lifetime of generation keys (at least 1 ms).
+    pub fn with_generation_ttl(mut self, ttl: Duration) -> Self {
+        self.generation_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets the XFetch early-refresh strength (0 disables).
+    pub fn with_early_refresh_beta(mut self, beta: f64) -> Self {
+        self.early_refresh_beta = if beta.is_finite() { beta.max(0.0) } else { 0.0 };
+        self
+    }
+
+    /// Sets where the early-refresh decision draws its randomness (tests, replays); see
+    /// [`RandomSource`].
+    pub fn with_early_refresh_random(mut self, source: RandomSource) -> Self {
+        self.early_refresh_random = source;
+        self
+    }
+}
