@@ -8,4 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null 2>&1 || { echo "cargo (Rust 1.88+) is required" >&2; exit 1; }
+bash scripts/toolchain.sh
 cargo run --release --locked -p examples --bin report -- "$@"
