@@ -523,20 +523,16 @@ pub fn seed(conn: &mut Connection, config: &SeedConfig, now: i64) -> Result<Seed
     Ok(summary)
 }
 
-/// An index in `0..n` where index i has weight 1/(i+1): a few values dominate.
+/// An index in `0..n` where index i has weight 1/(i+1) (Zipf, exponent 1): a few values
+/// dominate.
 pub fn zipf_index(rng: &mut impl Rng, n: usize) -> usize {
-    if n == 0 {
-        return 0;
+    use rand_distr::{Distribution, Zipf};
+    match Zipf::new(n as f64, 1.0) {
+        // Samples are 1..=n.
+        Ok(zipf) => (zipf.sample(rng) as usize).clamp(1, n) - 1,
+        // n == 0: there is nothing to choose.
+        Err(_) => 0,
     }
-    let total: f64 = (1..=n).map(|i| 1.0 / i as f64).sum();
-    let mut x = rng.random::<f64>() * total;
-    for i in 0..n {
-        x -= 1.0 / (i + 1) as f64;
-        if x <= 0.0 {
-            return i;
-        }
-    }
-    n - 1
 }
 
 /// An index in `0..n` with gently decreasing weights (n, n-1, ..., 1).

@@ -313,10 +313,14 @@ fn pick_instance(balancer: &mut StdRng, instances: usize) -> usize {
     }
 }
 
+/// An exponentially distributed think time (arrivals of a Poisson process per user).
 fn think(user: &mut VirtualUser, mean_secs: f64) -> Duration {
-    // Exponential think time: -ln(U) * mean.
-    let u: f64 = user.rng().random_range(f64::EPSILON..1.0);
-    Duration::from_secs_f64(-u.ln() * mean_secs)
+    use rand_distr::{Distribution, Exp};
+    match Exp::new(1.0 / mean_secs) {
+        Ok(exp) => Duration::from_secs_f64(exp.sample(user.rng())),
+        // A zero mean (or a nonsensical one): no thinking.
+        Err(_) => Duration::ZERO,
+    }
 }
 
 /// Sends one request through the user's browser cache, records it, and checks the body
