@@ -6,7 +6,8 @@
 //! floor), a raw MGET of the same three keys (what Redis itself charges for the extra
 //! keys), and the `cached` crate's `AsyncRedisCache::cache_get` of the same body (the
 //! peer). Memory: our lookup against a raw `get` from a moka map built like the
-//! backend's. The contenders run interleaved, round after round, so a change in the
+//! backend's. On a local Redis Cluster (§1b), the same lookup against a raw GET through
+//! the cluster client. The contenders run interleaved, round after round, so a change in the
 //! machine's load hits all of them alike; criterion then measures each one alone.
 
 // The helpers the runtime's own benchmarks share (timing rounds, table rows).
@@ -197,6 +198,88 @@ fn report_redis(fixture: &RedisFixture, samples: &[Samples]) {
     );
 }
 
+/// §1b: the same lookup against a real local Redis Cluster (3 masters, the test
+/// support's), and its floor: a raw GET of the stored entry through redis-rs's async
+/// cluster client, which routes it to the same master as our MGET (the tenant's slot).
+struct ClusterFixture {
+    cache: Cache,
+    key: CacheKey,
+    floor: redis::cluster_async::ClusterConnection,
+}
+
+impl ClusterFixture {
+    async fn new(seeds: Vec<String>) -> ClusterFixture {
+        let config = CacheConfig::default()
+            .with_redis_cluster_urls(seeds.clone())
+            .with_response_timeout(Duration::from_secs(1));
+        let cache = Cache::new(config).await.unwrap();
+        let key = request_key(&cache, "org_1", "page=1&limit=50");
+        store(&cache, &key, support::response_2k()).await;
+        let floor = redis::cluster::ClusterClient::new(seeds)
+            .unwrap()
+            .get_async_connection()
+            .await
+            .unwrap();
+        ClusterFixture { cache, key, floor }
+    }
+
+    async fn ours(&self) {
+        match self.cache.lookup(&self.key).await {
+            Lookup::Hit(entry) => {
+                black_box(entry);
+            }
+            other => panic!("expected a hit on the cluster, got {other:?}"),
+        }
+    }
+
+    async fn floor_get(&self) {
+        let bytes: Vec<u8> = redis::cmd("GET")
+            .arg(self.key.entry_key())
+            .query_async(&mut self.floor.clone())
+            .await
+            .unwrap();
+        black_box(bytes);
+    }
+}
+
+async fn cluster_interleaved(fixture: &ClusterFixture) -> (Samples, Samples) {
+    let rounds = pick(60, 20);
+    let batch = pick(200, 100);
+    let (mut floor, mut ours) = (Samples::default(), Samples::default());
+    for _ in 0..500 {
+        fixture.ours().await;
+        fixture.floor_get().await;
+    }
+    for round in 0..rounds {
+        for offset in 0..2 {
+            for _ in 0..batch {
+                let started = Instant::now();
+                if (round + offset) % 2 == 0 {
+                    fixture.floor_get().await;
+                    floor.push(started.elapsed());
+                } else {
+                    fixture.ours().await;
+                    ours.push(started.elapsed());
+                }
+            }
+        }
+    }
+    (floor, ours)
+}
+
+fn report_cluster(floor: &Samples, ours: &Samples) {
+    println!("\n== §1b hit path, Redis Cluster (3 masters, local), per operation, interleaved");
+    latency_row("floor: cluster client GET", floor);
+    latency_row("ours: Cache::lookup", ours);
+    let vs_floor = ratio(ours.p50(), floor.p50());
+    verdict(
+        "ours/floor p50 on a cluster",
+        vs_floor,
+        "<= 1.15",
+        vs_floor <= 1.15,
+    );
+}
+
 struct MemoryFixture {
     cache: Cache,
     key: CacheKey,
@@ -376,9 +459,13 @@ fn main() {
     criterion_benches(&mut criterion, &rt, &redis, &memory);
 
     let redis_samples = rt.block_on(redis_interleaved(&redis));
+    let cluster = cache_tests::redis_cluster::RedisCluster::start();
+    let cluster_fixture = rt.block_on(ClusterFixture::new(cluster.seed_urls()));
+    let (cluster_floor, cluster_ours) = rt.block_on(cluster_interleaved(&cluster_fixture));
     let (raw, ours) = memory_interleaved(&memory);
     let key_build = key_build_samples(&memory.cache);
     report_redis(&redis, &redis_samples);
+    report_cluster(&cluster_floor, &cluster_ours);
     report_memory(&raw, &ours, &key_build);
     println!("  load average at the end: {}", support::load_average());
     criterion.final_summary();
