@@ -68,7 +68,8 @@
 //!   router ([`Cache::extension`]) or to code outside a request ([`Cache::install_global`],
 //!   [`Cache::global`], [`Cache::current`], [`Cache::run_with`]), invalidation
 //!   ([`Cache::invalidate`], [`Cache::invalidate_global`], [`Cache::invalidate_all`],
-//!   [`Cache::flush_pending`] on shutdown), the run-time switches, [`Cache::stats`] and
+//!   [`Cache::flush_pending`] on shutdown), the run-time switches, [`Cache::stats`],
+//!   [`Cache::hit_rate`] (named by the design contract, like the reference's) and
 //!   [`Cache::is_available`]; and the free functions of [`invalidate`].
 //! - Configuration ([`CacheConfig`], [`WaitReplicas`], the [`config`] module), the request
 //!   scope ([`CacheScope`], [`ToCacheScope`]), errors ([`ConfigError`],

@@ -323,6 +323,22 @@ impl Cache {
         self.inner.stats.snapshot(circuit, self.inner.pending.len())
     }
 
+    /// Hits as a percentage of lookups since start, like the reference's
+    /// `getCacheHitRate()`. Kept beside [`stats`](Self::stats) because the design
+    /// contract names it; it is `stats().hit_rate`.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, CacheConfig};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::new(CacheConfig::default()).await.unwrap();
+    /// assert_eq!(cache.hit_rate(), 0.0);
+    /// # });
+    /// ```
+    pub fn hit_rate(&self) -> f64 {
+        self.stats().hit_rate
+    }
+
     /// Whether the store answers now: a ping bounded by the response timeout. Never hangs.
     pub async fn is_available(&self) -> bool {
         let timeout = self
