@@ -220,9 +220,12 @@ async fn an_invalidation_waits_for_the_replica_of_the_tenants_own_master() {
         replicas_per_master: 1,
         node_timeout: Duration::from_secs(5),
     });
+    // A 4 s response timeout gives WAIT 2 s: a healthy replica of a machine busy with the
+    // other cluster tests of this file still acknowledges in time (1 s flaked), and the
+    // paused replica below still stays paused well within the node timeout.
     let cache = Cache::new(
         config(&cluster)
-            .with_response_timeout(Duration::from_secs(1))
+            .with_response_timeout(Duration::from_secs(4))
             .with_connect_timeout(Duration::from_secs(1))
             .with_circuit(1000, OPEN_FOR),
     )
@@ -232,6 +235,16 @@ async fn an_invalidation_waits_for_the_replica_of_the_tenants_own_master() {
     let replica = cluster
         .replica_of(master)
         .expect("the master has a replica");
+    // The replica is listed by ROLE as soon as it connects, but acknowledges nothing until
+    // its initial sync is done (a while on a loaded machine): wait until it acknowledges
+    // the master's current offset, as a healthy replica does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster.cmd::<i64>(master, &["WAIT", "1", "200"]) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica of {master} never caught up"
+        );
+    }
     let waits = |port| {
         command_calls(&cluster, port)
             .get("wait")
