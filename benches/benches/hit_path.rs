@@ -109,21 +109,11 @@ impl RedisFixture {
     }
 
     async fn ours(&self) {
-        match self.cache.lookup(&self.key).await {
-            Lookup::Hit(entry) => {
-                black_box(entry);
-            }
-            other => panic!("expected a hit, got {other:?}"),
-        }
+        lookup_hit(&self.cache, &self.key).await;
     }
 
     async fn floor_get(&self) {
-        let bytes: Vec<u8> = redis::cmd("GET")
-            .arg(self.key.entry_key())
-            .query_async(&mut self.floor.clone())
-            .await
-            .unwrap();
-        black_box(bytes);
+        raw_get(self.floor.clone(), self.key.entry_key()).await;
     }
 
     async fn floor_mget(&self) {
@@ -224,22 +214,32 @@ impl ClusterFixture {
     }
 
     async fn ours(&self) {
-        match self.cache.lookup(&self.key).await {
-            Lookup::Hit(entry) => {
-                black_box(entry);
-            }
-            other => panic!("expected a hit on the cluster, got {other:?}"),
-        }
+        lookup_hit(&self.cache, &self.key).await;
     }
 
     async fn floor_get(&self) {
-        let bytes: Vec<u8> = redis::cmd("GET")
-            .arg(self.key.entry_key())
-            .query_async(&mut self.floor.clone())
-            .await
-            .unwrap();
-        black_box(bytes);
+        raw_get(self.floor.clone(), self.key.entry_key()).await;
     }
+}
+
+/// Our lookup, which must be a hit.
+async fn lookup_hit(cache: &Cache, key: &CacheKey) {
+    match cache.lookup(key).await {
+        Lookup::Hit(entry) => {
+            black_box(entry);
+        }
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}
+
+/// The floor: a raw GET of the stored entry's bytes.
+async fn raw_get(mut connection: impl redis::aio::ConnectionLike, key: &str) {
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    black_box(bytes);
 }
 
 async fn cluster_interleaved(fixture: &ClusterFixture) -> (Samples, Samples) {
