@@ -39,18 +39,16 @@ impl Tokens {
     /// Loads every user's token.
     pub async fn load(db: &Db) -> Result<Tokens, DbError> {
         let rows = db
-            .setup(|conn| {
-                let mut stmt = conn.prepare("SELECT token, organization_id, id FROM users")?;
-                let rows = stmt.query_map([], |row| {
+            .read_uncounted(|sql| {
+                sql.all("SELECT token, organization_id, id FROM users", &[], |row| {
                     Ok((
-                        row.get::<_, String>(0)?,
+                        row.get::<String>(0)?,
                         Auth {
                             org_id: row.get(1)?,
                             user_id: row.get(2)?,
                         },
                     ))
-                })?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                })
             })
             .await?;
         Ok(Tokens {

@@ -1,6 +1,7 @@
 //! The api-cache demo: the reference multi-tenant messaging API (templates, contacts,
 //! analytics dashboard, broadcasts, drip campaigns, conversations, organization
-//! settings, profiles) on an embedded SQLite database seeded at start-up, with every
+//! settings, profiles) on a database seeded at start-up (an embedded SQLite by
+//! default, or PostgreSQL), with every
 //! read `#[cached]` and every mutation `#[invalidates]` per the reference rollout plan.
 //!
 //! The server binary (`--bin server`) and the rollout report (`--bin report`) both start
@@ -52,12 +53,12 @@ pub struct AppState {
 pub struct DemoConfig {
     /// What to seed.
     pub seed: SeedConfig,
-    /// SQLite connections (concurrent readers). Default 8.
+    /// Database connections (SQLite: concurrent readers). Default 8.
     pub db_connections: usize,
-    /// A SQLite file shared with other instances (`DATABASE_URL`): the first instance to
-    /// open it seeds it, the others use its data. `None` (the default): a temporary file
-    /// of this instance alone, seeded afresh and removed at exit.
-    pub database: Option<PathBuf>,
+    /// A database shared with other instances (`DATABASE_URL`): the first instance to
+    /// open it seeds it, the others use its data. `None` (the default): a temporary
+    /// SQLite file of this instance alone, seeded afresh and removed at exit.
+    pub database: Option<Database>,
 }
 
 impl Default for DemoConfig {
@@ -96,22 +97,49 @@ pub struct Demo {
 /// How long an instance waits for another to finish seeding a shared database.
 const SHARED_SEED_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Parses `DATABASE_URL`: `sqlite://<path>`, `sqlite:<path>` or a bare path.
+/// The database a demo instance runs on, from `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file, shared with the other instances that open it.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://...` or `postgresql://...`).
+    Postgres(String),
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "SQLite file {}", path.display()),
+            Database::Postgres(url) => write!(f, "PostgreSQL {url}"),
+        }
+    }
+}
+
+/// Parses `DATABASE_URL`: `postgres://...` or `postgresql://...` for PostgreSQL;
+/// `sqlite://<path>`, `sqlite:<path>` or a bare path for a SQLite file.
 ///
 /// ```
-/// let path = examples::database_path("sqlite:///tmp/demo.sqlite3").unwrap();
-/// assert_eq!(path, std::path::PathBuf::from("/tmp/demo.sqlite3"));
-/// assert!(examples::database_path("postgres://localhost/demo").is_err());
+/// use examples::{parse_database_url, Database};
+///
+/// let sqlite = parse_database_url("sqlite:///tmp/demo.sqlite3").unwrap();
+/// assert_eq!(sqlite, Database::Sqlite("/tmp/demo.sqlite3".into()));
+/// let postgres = parse_database_url("postgres:///demo?host=/var/run/postgresql").unwrap();
+/// assert!(matches!(postgres, Database::Postgres(_)));
+/// assert!(parse_database_url("mysql://localhost/demo").is_err());
 /// ```
-pub fn database_path(url: &str) -> Result<PathBuf, String> {
+pub fn parse_database_url(url: &str) -> Result<Database, String> {
     let url = url.trim();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Database::Postgres(url.to_owned()));
+    }
     let path = if let Some(rest) = url.strip_prefix("sqlite://") {
         rest
     } else if let Some(rest) = url.strip_prefix("sqlite:") {
         rest
     } else if url.contains("://") {
         return Err(format!(
-            "DATABASE_URL={url:?}: the demo runs on SQLite; write sqlite://<path> or a path"
+            "DATABASE_URL={url:?}: the demo runs on SQLite (sqlite://<path> or a path) \
+             or PostgreSQL (postgres://...)"
         ));
     } else {
         url
@@ -119,32 +147,33 @@ pub fn database_path(url: &str) -> Result<PathBuf, String> {
     if path.is_empty() {
         return Err("DATABASE_URL names no file".to_owned());
     }
-    Ok(PathBuf::from(path))
+    Ok(Database::Sqlite(PathBuf::from(path)))
 }
 
 /// Creates and seeds a fresh database (or opens the shared one) and builds the router
 /// around `cache`.
 pub async fn build_demo(config: &DemoConfig, cache: Cache) -> Result<Demo, StartupError> {
-    let seed_config = config.seed.clone();
-    let summary = match &config.database {
+    let (db, summary) = match &config.database {
         None => {
             let db = Db::create_temp(config.db_connections)?;
+            let summary = db.seed(&config.seed, extract::now()).await?;
+            (db, summary)
+        }
+        Some(Database::Sqlite(path)) => {
+            let db = Db::open_file(path, config.db_connections)?;
             let summary = db
-                .setup(move |conn| seed::seed(conn, &seed_config, extract::now()))
+                .seed_shared(&config.seed, extract::now(), SHARED_SEED_WAIT)
                 .await?;
             (db, summary)
         }
-        Some(path) => {
-            let db = Db::open_file(path, config.db_connections)?;
+        Some(Database::Postgres(url)) => {
+            let db = Db::connect_postgres(url, config.db_connections).await?;
             let summary = db
-                .setup(move |conn| {
-                    seed::seed_shared(conn, &seed_config, extract::now(), SHARED_SEED_WAIT)
-                })
+                .seed_shared(&config.seed, extract::now(), SHARED_SEED_WAIT)
                 .await?;
             (db, summary)
         }
     };
-    let (db, summary) = summary;
     let seed = Arc::new(summary);
     let tokens = Tokens::load(&db).await?;
     let state = AppState { db: db.clone() };

@@ -8,10 +8,11 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::db::DbError;
+use crate::db::{DbError, Value};
+use crate::params;
 
 /// What to seed.
 #[derive(Debug, Clone)]
@@ -234,292 +235,381 @@ const DAY: i64 = 86_400;
 pub fn seed(conn: &mut Connection, config: &SeedConfig, now: i64) -> Result<SeedSummary, DbError> {
     let started = std::time::Instant::now();
     conn.execute_batch(SCHEMA)?;
+    let tx = conn.transaction()?;
+    let mut summary = {
+        let mut sink = SqliteSink {
+            statements: Table::ALL
+                .iter()
+                .map(|table| tx.prepare(&table.insert_sql()))
+                .collect::<Result<_, _>>()?,
+        };
+        generate(config, now, &mut sink)?
+    };
+    tx.commit()?;
+    conn.execute_batch(INDEXES)?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Where [`generate`] puts each row.
+trait RowSink {
+    fn row(&mut self, table: Table, values: &[Value]) -> Result<(), DbError>;
+}
+
+struct SqliteSink<'c> {
+    /// One prepared INSERT per table, in [`Table::ALL`] order.
+    statements: Vec<rusqlite::Statement<'c>>,
+}
+
+impl RowSink for SqliteSink<'_> {
+    fn row(&mut self, table: Table, values: &[Value]) -> Result<(), DbError> {
+        self.statements[table as usize].execute(rusqlite::params_from_iter(values))?;
+        Ok(())
+    }
+}
+
+/// The seeded tables, in load order, with the columns seeding fills (ids not named are
+/// assigned in insertion order, 1, 2, ..., which [`generate`] counts on).
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Organizations,
+    Users,
+    Templates,
+    Contacts,
+    ContactTags,
+    Conversations,
+    Messages,
+    Broadcasts,
+    DripCampaigns,
+}
+
+impl Table {
+    const ALL: [Table; 9] = [
+        Table::Organizations,
+        Table::Users,
+        Table::Templates,
+        Table::Contacts,
+        Table::ContactTags,
+        Table::Conversations,
+        Table::Messages,
+        Table::Broadcasts,
+        Table::DripCampaigns,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Organizations => "organizations",
+            Table::Users => "users",
+            Table::Templates => "templates",
+            Table::Contacts => "contacts",
+            Table::ContactTags => "contact_tags",
+            Table::Conversations => "conversations",
+            Table::Messages => "messages",
+            Table::Broadcasts => "broadcasts",
+            Table::DripCampaigns => "drip_campaigns",
+        }
+    }
+
+    fn columns(self) -> &'static str {
+        match self {
+            Table::Organizations => {
+                "id, name, slug, plan, timezone, settings, version, created_at, updated_at"
+            }
+            Table::Users => {
+                "organization_id, user_no, name, email, role, token, locale, created_at"
+            }
+            Table::Templates => {
+                "organization_id, name, category, content, variables, created_by, created_at, updated_at"
+            }
+            Table::Contacts => {
+                "organization_id, name, phone_number, email, tags, created_at, updated_at"
+            }
+            Table::ContactTags => "organization_id, tag, contact_id",
+            Table::Conversations => {
+                "organization_id, contact_id, status, assigned_to, message_count, last_message_at, created_at"
+            }
+            Table::Messages => {
+                "organization_id, conversation_id, direction, status, body, created_at"
+            }
+            Table::Broadcasts => {
+                "organization_id, name, template_id, audience_tag, status, scheduled_at, sent_count, created_at"
+            }
+            Table::DripCampaigns => {
+                "organization_id, name, trigger_event, status, steps, enrolled_count, created_at"
+            }
+        }
+    }
+
+    fn insert_sql(self) -> String {
+        let placeholders: Vec<String> = (1..=self.columns().split(',').count())
+            .map(|n| format!("?{n}"))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.name(),
+            self.columns(),
+            placeholders.join(", ")
+        )
+    }
+}
+
+/// Produces the seed data for `config` into `sink`, table by table in the order the ids
+/// are counted here.
+fn generate(
+    config: &SeedConfig,
+    now: i64,
+    sink: &mut dyn RowSink,
+) -> Result<SeedSummary, DbError> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut summary = SeedSummary {
         organizations: Vec::new(),
         totals: Totals::default(),
         seconds: 0.0,
     };
-    let tx = conn.transaction()?;
-    {
-        let mut ins_org = tx.prepare(
-            "INSERT INTO organizations (id, name, slug, plan, timezone, settings, version, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
-        )?;
-        let mut ins_user = tx.prepare(
-            "INSERT INTO users (organization_id, user_no, name, email, role, token, locale, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut ins_template = tx.prepare(
-            "INSERT INTO templates (organization_id, name, category, content, variables, created_by, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-        )?;
-        let mut ins_contact = tx.prepare(
-            "INSERT INTO contacts (organization_id, name, phone_number, email, tags, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-        )?;
-        let mut ins_tag = tx.prepare(
-            "INSERT INTO contact_tags (organization_id, tag, contact_id) VALUES (?1, ?2, ?3)",
-        )?;
-        let mut ins_conversation = tx.prepare(
-            "INSERT INTO conversations (organization_id, contact_id, status, assigned_to, message_count, last_message_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        let mut ins_message = tx.prepare(
-            "INSERT INTO messages (organization_id, conversation_id, direction, status, body, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let mut ins_broadcast = tx.prepare(
-            "INSERT INTO broadcasts (organization_id, name, template_id, audience_tag, status, scheduled_at, sent_count, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut ins_drip = tx.prepare(
-            "INSERT INTO drip_campaigns (organization_id, name, trigger_event, status, steps, enrolled_count, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
+    let mut next_user_id = 1_i64;
+    let mut next_template_id = 1_i64;
+    let mut next_contact_id = 1_i64;
+    let mut next_conversation_id = 1_i64;
+    for k in 1..=config.organizations.max(1) {
+        let org_id = i64::from(k);
+        let w = weight(k);
+        let name = format!(
+            "{} {}",
+            COMPANY_A[(k as usize - 1) % COMPANY_A.len()],
+            COMPANY_B
+                [((k as usize - 1) + (k as usize - 1) / COMPANY_A.len()) % COMPANY_B.len()]
+        );
+        let slug = name.to_lowercase().replace(' ', "-");
+        let plan = match k {
+            1..=3 => "enterprise",
+            4..=10 => "business",
+            _ => "starter",
+        };
+        let timezone = [
+            "America/New_York",
+            "Europe/Berlin",
+            "Asia/Tokyo",
+            "America/Sao_Paulo",
+        ][(k as usize) % 4];
+        let settings = serde_json::json!({
+            "business_hours": {"start": "09:00", "end": "18:00"},
+            "auto_reply": k % 2 == 0,
+            "locale": "en",
+        })
+        .to_string();
+        let org_created = now - 400 * DAY + i64::from(k) * DAY;
+        sink.row(Table::Organizations, params![
+            org_id,
+            name,
+            slug,
+            plan,
+            timezone,
+            settings,
+            1,
+            org_created,
+            org_created
+        ])?;
 
-        let mut next_user_id = 1_i64;
-        let mut next_template_id = 1_i64;
-        let mut next_contact_id = 1_i64;
-        let mut next_conversation_id = 1_i64;
-        for k in 1..=config.organizations.max(1) {
-            let org_id = i64::from(k);
-            let w = weight(k);
-            let name = format!(
-                "{} {}",
-                COMPANY_A[(k as usize - 1) % COMPANY_A.len()],
-                COMPANY_B
-                    [((k as usize - 1) + (k as usize - 1) / COMPANY_A.len()) % COMPANY_B.len()]
-            );
-            let slug = name.to_lowercase().replace(' ', "-");
-            let plan = match k {
-                1..=3 => "enterprise",
-                4..=10 => "business",
-                _ => "starter",
-            };
-            let timezone = [
-                "America/New_York",
-                "Europe/Berlin",
-                "Asia/Tokyo",
-                "America/Sao_Paulo",
-            ][(k as usize) % 4];
-            let settings = serde_json::json!({
-                "business_hours": {"start": "09:00", "end": "18:00"},
-                "auto_reply": k % 2 == 0,
-                "locale": "en",
-            })
-            .to_string();
-            let org_created = now - 400 * DAY + i64::from(k) * DAY;
-            ins_org.execute(params![
+        // Users.
+        let users = users_in_org(k);
+        let first_user_id = next_user_id;
+        for m in 1..=users {
+            let first = FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())];
+            let last = LAST_NAMES[rng.random_range(0..LAST_NAMES.len())];
+            let role = if m == 1 { "admin" } else { "agent" };
+            sink.row(Table::Users, params![
                 org_id,
-                name,
-                slug,
-                plan,
-                timezone,
-                settings,
-                org_created
+                m,
+                format!("{first} {last}"),
+                format!(
+                    "{}.{}{m}@{slug}.example",
+                    first.to_lowercase(),
+                    last.to_lowercase()
+                ),
+                role,
+                token(org_id, m),
+                ["en", "es", "pt", "de"][rng.random_range(0..4)],
+                org_created,
             ])?;
-
-            // Users.
-            let users = users_in_org(k);
-            let first_user_id = next_user_id;
-            for m in 1..=users {
-                let first = FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())];
-                let last = LAST_NAMES[rng.random_range(0..LAST_NAMES.len())];
-                let role = if m == 1 { "admin" } else { "agent" };
-                ins_user.execute(params![
-                    org_id,
-                    m,
-                    format!("{first} {last}"),
-                    format!(
-                        "{}.{}{m}@{slug}.example",
-                        first.to_lowercase(),
-                        last.to_lowercase()
-                    ),
-                    role,
-                    token(org_id, m),
-                    ["en", "es", "pt", "de"][rng.random_range(0..4)],
-                    org_created,
-                ])?;
-                next_user_id += 1;
-            }
-            let pick_user =
-                |rng: &mut StdRng| first_user_id + rng.random_range(0..i64::from(users));
-
-            // Templates.
-            let templates = scaled(15.0 + 120.0 * w.sqrt(), config.scale.sqrt(), 8);
-            let first_template_id = next_template_id;
-            for t in 0..templates {
-                let category = CATEGORIES[skewed_index(&mut rng, CATEGORIES.len())];
-                let created = now - rng.random_range(0..365 * DAY);
-                ins_template.execute(params![
-                    org_id,
-                    format!("{category} template {}", t + 1),
-                    category,
-                    format!(
-                        "Hello {{{{name}}}}, {}",
-                        PHRASES[rng.random_range(0..PHRASES.len())]
-                    ),
-                    r#"["name"]"#,
-                    pick_user(&mut rng),
-                    created,
-                ])?;
-                next_template_id += 1;
-            }
-
-            // Contacts and their tags.
-            let contacts = scaled(40_000.0 * w, config.scale, 25);
-            let first_contact_id = next_contact_id;
-            for _ in 0..contacts {
-                let contact_id = next_contact_id;
-                let first = FIRST_NAMES[zipf_index(&mut rng, FIRST_NAMES.len())];
-                let last = LAST_NAMES[rng.random_range(0..LAST_NAMES.len())];
-                let mut tags: Vec<&str> = Vec::new();
-                for (i, tag) in TAGS.iter().enumerate() {
-                    if rng.random_bool(0.45 / (i as f64 + 1.0)) {
-                        tags.push(tag);
-                    }
-                }
-                let email = if rng.random_bool(0.7) {
-                    Some(format!(
-                        "{}.{}{}@mail.example",
-                        first.to_lowercase(),
-                        last.to_lowercase(),
-                        contact_id
-                    ))
-                } else {
-                    None
-                };
-                ins_contact.execute(params![
-                    org_id,
-                    format!("{first} {last}"),
-                    format!("+1555{:07}", rng.random_range(0..10_000_000)),
-                    email,
-                    serde_json::to_string(&tags).map_err(|e| DbError::Task(e.to_string()))?,
-                    now - rng.random_range(DAY..365 * DAY),
-                ])?;
-                for tag in &tags {
-                    ins_tag.execute(params![org_id, tag, contact_id])?;
-                }
-                next_contact_id += 1;
-            }
-
-            // Conversations and messages, spread over the last 120 days.
-            let conversations = contacts / 2;
-            let mut messages = 0_u32;
-            // Larger organizations have longer threads.
-            let mean_thread = 6.0 + 9.0 * w.powf(0.25);
-            for _ in 0..conversations {
-                let conversation_id = next_conversation_id;
-                let contact_id = first_contact_id + rng.random_range(0..i64::from(contacts));
-                let created = now - rng.random_range(60..120 * DAY);
-                let thread = rng.random_range(1..=(2.0 * mean_thread) as u32);
-                let mut at = created;
-                for i in 0..thread {
-                    let direction = if i % 2 == 0 || rng.random_bool(0.2) {
-                        "inbound"
-                    } else {
-                        "outbound"
-                    };
-                    let status = match rng.random_range(0..100) {
-                        0..=3 => "failed",
-                        4..=40 => "delivered",
-                        41..=85 => "read",
-                        _ => "sent",
-                    };
-                    ins_message.execute(params![
-                        org_id,
-                        conversation_id,
-                        direction,
-                        status,
-                        PHRASES[rng.random_range(0..PHRASES.len())],
-                        at,
-                    ])?;
-                    at = (at + rng.random_range(30..6 * 3600)).min(now);
-                }
-                messages += thread;
-                let status = match rng.random_range(0..10) {
-                    0..=5 => "closed",
-                    6..=8 => "open",
-                    _ => "pending",
-                };
-                ins_conversation.execute(params![
-                    org_id,
-                    contact_id,
-                    status,
-                    pick_user(&mut rng),
-                    thread,
-                    at,
-                    created,
-                ])?;
-                next_conversation_id += 1;
-            }
-
-            // Campaigns.
-            let broadcasts = scaled(10.0 + 60.0 * w.sqrt(), config.scale.sqrt(), 5);
-            for b in 0..broadcasts {
-                let status = ["sent", "sent", "scheduled", "draft"][rng.random_range(0..4)];
-                let created = now - rng.random_range(DAY..180 * DAY);
-                let scheduled = (status != "draft").then(|| created + rng.random_range(0..7 * DAY));
-                let sent = if status == "sent" {
-                    rng.random_range(0..contacts.max(1))
-                } else {
-                    0
-                };
-                ins_broadcast.execute(params![
-                    org_id,
-                    format!("Broadcast {}", b + 1),
-                    first_template_id + rng.random_range(0..i64::from(templates)),
-                    TAGS[skewed_index(&mut rng, TAGS.len())],
-                    status,
-                    scheduled,
-                    sent,
-                    created,
-                ])?;
-            }
-            let drips = scaled(5.0 + 20.0 * w.sqrt(), config.scale.sqrt(), 3);
-            for d in 0..drips {
-                let steps: Vec<serde_json::Value> = (0..rng.random_range(2..6))
-                    .map(|s| {
-                        serde_json::json!({
-                            "delay_hours": 24 * (s + 1),
-                            "template_id": first_template_id + rng.random_range(0..i64::from(templates)),
-                        })
-                    })
-                    .collect();
-                ins_drip.execute(params![
-                    org_id,
-                    format!("Drip {}", d + 1),
-                    ["contact_created", "tag_added", "conversation_closed"][rng.random_range(0..3)],
-                    ["active", "active", "paused"][rng.random_range(0..3)],
-                    serde_json::Value::Array(steps).to_string(),
-                    rng.random_range(0..contacts.max(1)),
-                    now - rng.random_range(DAY..200 * DAY),
-                ])?;
-            }
-
-            summary.organizations.push(OrgSummary {
-                id: org_id,
-                name,
-                users,
-                first_user_id,
-                contacts,
-                conversations,
-                messages,
-            });
-            let t = &mut summary.totals;
-            t.users += u64::from(users);
-            t.templates += u64::from(templates);
-            t.contacts += u64::from(contacts);
-            t.conversations += u64::from(conversations);
-            t.messages += u64::from(messages);
-            t.broadcasts += u64::from(broadcasts);
-            t.drip_campaigns += u64::from(drips);
+            next_user_id += 1;
         }
+        let pick_user =
+            |rng: &mut StdRng| first_user_id + rng.random_range(0..i64::from(users));
+
+        // Templates.
+        let templates = scaled(15.0 + 120.0 * w.sqrt(), config.scale.sqrt(), 8);
+        let first_template_id = next_template_id;
+        for t in 0..templates {
+            let category = CATEGORIES[skewed_index(&mut rng, CATEGORIES.len())];
+            let created = now - rng.random_range(0..365 * DAY);
+            sink.row(Table::Templates, params![
+                org_id,
+                format!("{category} template {}", t + 1),
+                category,
+                format!(
+                    "Hello {{{{name}}}}, {}",
+                    PHRASES[rng.random_range(0..PHRASES.len())]
+                ),
+                r#"["name"]"#,
+                pick_user(&mut rng),
+                created,
+                created,
+            ])?;
+            next_template_id += 1;
+        }
+
+        // Contacts and their tags.
+        let contacts = scaled(40_000.0 * w, config.scale, 25);
+        let first_contact_id = next_contact_id;
+        for _ in 0..contacts {
+            let contact_id = next_contact_id;
+            let first = FIRST_NAMES[zipf_index(&mut rng, FIRST_NAMES.len())];
+            let last = LAST_NAMES[rng.random_range(0..LAST_NAMES.len())];
+            let mut tags: Vec<&str> = Vec::new();
+            for (i, tag) in TAGS.iter().enumerate() {
+                if rng.random_bool(0.45 / (i as f64 + 1.0)) {
+                    tags.push(tag);
+                }
+            }
+            let email = if rng.random_bool(0.7) {
+                Some(format!(
+                    "{}.{}{}@mail.example",
+                    first.to_lowercase(),
+                    last.to_lowercase(),
+                    contact_id
+                ))
+            } else {
+                None
+            };
+            let phone_number = format!("+1555{:07}", rng.random_range(0..10_000_000));
+            let created = now - rng.random_range(DAY..365 * DAY);
+            sink.row(Table::Contacts, params![
+                org_id,
+                format!("{first} {last}"),
+                phone_number,
+                email,
+                serde_json::to_string(&tags).map_err(|e| DbError::Task(e.to_string()))?,
+                created,
+                created,
+            ])?;
+            for tag in &tags {
+                sink.row(Table::ContactTags, params![org_id, tag, contact_id])?;
+            }
+            next_contact_id += 1;
+        }
+
+        // Conversations and messages, spread over the last 120 days.
+        let conversations = contacts / 2;
+        let mut messages = 0_u32;
+        // Larger organizations have longer threads.
+        let mean_thread = 6.0 + 9.0 * w.powf(0.25);
+        for _ in 0..conversations {
+            let conversation_id = next_conversation_id;
+            let contact_id = first_contact_id + rng.random_range(0..i64::from(contacts));
+            let created = now - rng.random_range(60..120 * DAY);
+            let thread = rng.random_range(1..=(2.0 * mean_thread) as u32);
+            let mut at = created;
+            for i in 0..thread {
+                let direction = if i % 2 == 0 || rng.random_bool(0.2) {
+                    "inbound"
+                } else {
+                    "outbound"
+                };
+                let status = match rng.random_range(0..100) {
+                    0..=3 => "failed",
+                    4..=40 => "delivered",
+                    41..=85 => "read",
+                    _ => "sent",
+                };
+                sink.row(Table::Messages, params![
+                    org_id,
+                    conversation_id,
+                    direction,
+                    status,
+                    PHRASES[rng.random_range(0..PHRASES.len())],
+                    at,
+                ])?;
+                at = (at + rng.random_range(30..6 * 3600)).min(now);
+            }
+            messages += thread;
+            let status = match rng.random_range(0..10) {
+                0..=5 => "closed",
+                6..=8 => "open",
+                _ => "pending",
+            };
+            sink.row(Table::Conversations, params![
+                org_id,
+                contact_id,
+                status,
+                pick_user(&mut rng),
+                thread,
+                at,
+                created,
+            ])?;
+            next_conversation_id += 1;
+        }
+
+        // Campaigns.
+        let broadcasts = scaled(10.0 + 60.0 * w.sqrt(), config.scale.sqrt(), 5);
+        for b in 0..broadcasts {
+            let status = ["sent", "sent", "scheduled", "draft"][rng.random_range(0..4)];
+            let created = now - rng.random_range(DAY..180 * DAY);
+            let scheduled = (status != "draft").then(|| created + rng.random_range(0..7 * DAY));
+            let sent = if status == "sent" {
+                rng.random_range(0..contacts.max(1))
+            } else {
+                0
+            };
+            sink.row(Table::Broadcasts, params![
+                org_id,
+                format!("Broadcast {}", b + 1),
+                first_template_id + rng.random_range(0..i64::from(templates)),
+                TAGS[skewed_index(&mut rng, TAGS.len())],
+                status,
+                scheduled,
+                sent,
+                created,
+            ])?;
+        }
+        let drips = scaled(5.0 + 20.0 * w.sqrt(), config.scale.sqrt(), 3);
+        for d in 0..drips {
+            let steps: Vec<serde_json::Value> = (0..rng.random_range(2..6))
+                .map(|s| {
+                    serde_json::json!({
+                        "delay_hours": 24 * (s + 1),
+                        "template_id": first_template_id + rng.random_range(0..i64::from(templates)),
+                    })
+                })
+                .collect();
+            sink.row(Table::DripCampaigns, params![
+                org_id,
+                format!("Drip {}", d + 1),
+                ["contact_created", "tag_added", "conversation_closed"][rng.random_range(0..3)],
+                ["active", "active", "paused"][rng.random_range(0..3)],
+                serde_json::Value::Array(steps).to_string(),
+                rng.random_range(0..contacts.max(1)),
+                now - rng.random_range(DAY..200 * DAY),
+            ])?;
+        }
+
+        summary.organizations.push(OrgSummary {
+            id: org_id,
+            name,
+            users,
+            first_user_id,
+            contacts,
+            conversations,
+            messages,
+        });
+        let t = &mut summary.totals;
+        t.users += u64::from(users);
+        t.templates += u64::from(templates);
+        t.contacts += u64::from(contacts);
+        t.conversations += u64::from(conversations);
+        t.messages += u64::from(messages);
+        t.broadcasts += u64::from(broadcasts);
+        t.drip_campaigns += u64::from(drips);
     }
-    tx.commit()?;
-    conn.execute_batch(INDEXES)?;
-    summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
@@ -623,5 +713,188 @@ pub fn seed_shared(
             )));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// [`SCHEMA`] in PostgreSQL's types: 64-bit integers throughout, ids from identity
+/// columns (assigned 1, 2, ... in load order, as SQLite's rowids are).
+fn postgres_schema() -> String {
+    SCHEMA
+        .replace(
+            "INTEGER PRIMARY KEY",
+            "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        )
+        .replace(" WITHOUT ROWID", "")
+        .replace("INTEGER", "BIGINT")
+}
+
+/// Rows in COPY's text format, one buffer per table: PostgreSQL loads a table sent this
+/// way many times faster than row-by-row INSERTs over the socket.
+struct CopySink {
+    buffers: Vec<Vec<u8>>,
+}
+
+impl RowSink for CopySink {
+    fn row(&mut self, table: Table, values: &[Value]) -> Result<(), DbError> {
+        use std::io::Write;
+        let out = &mut self.buffers[table as usize];
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            // Writing into a Vec cannot fail.
+            let _ = match value {
+                Value::Null => out.write_all(b"\\N"),
+                Value::Integer(v) => write!(out, "{v}"),
+                Value::Real(v) => write!(out, "{v}"),
+                Value::Text(text) => {
+                    for byte in text.bytes() {
+                        match byte {
+                            b'\\' => out.extend_from_slice(b"\\\\"),
+                            b'\t' => out.extend_from_slice(b"\\t"),
+                            b'\n' => out.extend_from_slice(b"\\n"),
+                            b'\r' => out.extend_from_slice(b"\\r"),
+                            other => out.push(other),
+                        }
+                    }
+                    Ok(())
+                }
+            };
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+/// [`seed`] on PostgreSQL: the schema, the same rows (generated on the blocking pool,
+/// then loaded with COPY) in one transaction, then the indexes. The database must not
+/// have the demo's tables yet.
+pub(crate) async fn seed_postgres(
+    client: &tokio_postgres::Client,
+    config: &SeedConfig,
+    now: i64,
+) -> Result<SeedSummary, DbError> {
+    use futures_util::SinkExt;
+
+    let started = std::time::Instant::now();
+    let config = config.clone();
+    let (mut summary, buffers) = tokio::task::spawn_blocking(move || {
+        let mut sink = CopySink {
+            buffers: vec![Vec::new(); Table::ALL.len()],
+        };
+        generate(&config, now, &mut sink).map(|summary| (summary, sink.buffers))
+    })
+    .await
+    .map_err(|e| DbError::Task(e.to_string()))??;
+    client.batch_execute("BEGIN").await?;
+    client.batch_execute(&postgres_schema()).await?;
+    for (table, buffer) in Table::ALL.iter().zip(buffers) {
+        let copy = client
+            .copy_in(&format!(
+                "COPY {} ({}) FROM STDIN",
+                table.name(),
+                table.columns()
+            ))
+            .await?;
+        let mut copy = std::pin::pin!(copy);
+        let mut buffer = bytes::Bytes::from(buffer);
+        while !buffer.is_empty() {
+            let chunk = buffer.split_to(buffer.len().min(1 << 20));
+            copy.send(chunk).await?;
+        }
+        copy.as_mut().finish().await?;
+    }
+    // Organizations were given their ids; later inserts must continue after them.
+    client
+        .batch_execute(
+            "SELECT setval(pg_get_serial_sequence('organizations', 'id'), \
+             (SELECT MAX(id) FROM organizations))",
+        )
+        .await?;
+    client.batch_execute("COMMIT").await?;
+    client.batch_execute(INDEXES).await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// [`seed_shared`] on PostgreSQL: the claim is made under a transaction-scoped advisory
+/// lock, so of several instances started together exactly one seeds; the others poll
+/// for its summary for up to `wait`.
+pub(crate) async fn seed_shared_postgres(
+    client: &tokio_postgres::Client,
+    config: &SeedConfig,
+    now: i64,
+    wait: std::time::Duration,
+) -> Result<SeedSummary, DbError> {
+    /// Any constant the demo alone uses (`api-cache` in ASCII).
+    const CLAIM_LOCK: i64 = 0x6170_692d_6361_6368;
+    let wanted = format!(
+        "seed={} scale={} organizations={}",
+        config.seed, config.scale, config.organizations
+    );
+    client.batch_execute("BEGIN").await?;
+    client
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+        .await?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS demo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        )
+        .await?;
+    let existing: Option<String> = client
+        .query_opt("SELECT value FROM demo_meta WHERE key = 'seeding'", &[])
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    match &existing {
+        Some(existing) if *existing != wanted => {
+            client.batch_execute("ROLLBACK").await?;
+            return Err(DbError::Shared(format!(
+                "the shared database was seeded with {existing}, this instance wants {wanted}"
+            )));
+        }
+        Some(_) => {}
+        None => {
+            client
+                .execute(
+                    "INSERT INTO demo_meta (key, value) VALUES ('seeding', $1)",
+                    &[&wanted],
+                )
+                .await?;
+        }
+    }
+    client.batch_execute("COMMIT").await?;
+    if existing.is_none() {
+        let summary = seed_postgres(client, config, now).await?;
+        let json = serde_json::to_string(&summary)
+            .map_err(|err| DbError::Shared(format!("cannot record the seed summary: {err}")))?;
+        client
+            .execute(
+                "INSERT INTO demo_meta (key, value) VALUES ('summary', $1)",
+                &[&json],
+            )
+            .await?;
+        return Ok(summary);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let summary: Option<String> = client
+            .query_opt("SELECT value FROM demo_meta WHERE key = 'summary'", &[])
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        if let Some(json) = summary {
+            return serde_json::from_str(&json).map_err(|err| {
+                DbError::Shared(format!("the recorded seed summary does not parse: {err}"))
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DbError::Shared(format!(
+                "another instance claimed the shared database for seeding and has not \
+                 finished after {} s; if it died, drop the database and start again",
+                wait.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -8,6 +8,7 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin report -- --fault-pause-redis 5
 //! cargo run --release -p examples --bin report -- --instances 3 --redis-cluster
 //! cargo run --release -p examples --bin report -- --instances 3 --redis
+//! cargo run --release -p examples --bin report -- --database postgres:///postgres?host=/var/run/postgresql
 //! ```
 //!
 //! Exits 0 when every correctness check held, 1 when one failed, 2 on bad arguments or
@@ -38,8 +39,13 @@ options:
   --scale F            data volume; 1.0 = largest tenant ~40k contacts, ~300k messages (default 1.0)
   --url URL            use a running demo server instead of in-process ones
                        (its cache is switched off and on through PUT /debug/cache)
+  --database URL       run the in-process demos on the PostgreSQL server at URL
+                       (postgres://user@host:port/db, postgres:///db?host=/var/run/postgresql):
+                       each run creates, seeds and at its end drops its own database
+                       api_cache_report_<pid>_<off|on>; default: DATABASE_URL when it is
+                       a postgres:// URL, else SQLite (a temporary file per run)
   --instances N        in-process demo instances per run (default 1), on one shared
-                       SQLite file and one cache store, each with its own cache handle;
+                       database and one cache store, each with its own cache handle;
                        every request goes to a random instance. Needs Redis when N > 1
   --allow-per-process-cache
                        run N > 1 instances on the in-memory cache anyway (each instance
@@ -58,7 +64,8 @@ options:
   -h, --help           this text
 
 environment: REDIS_URL (or REDIS_CLUSTER_URLS) selects Redis for the in-process demos
-(default: in-memory cache; --redis-cluster overrides both); RUST_LOG controls the
+(default: in-memory cache; --redis-cluster overrides both); DATABASE_URL=postgres://...
+selects PostgreSQL like --database; RUST_LOG controls the
 demo's logs (default: warnings only).";
 
 /// The Redis the report starts for itself, if asked.
@@ -107,6 +114,7 @@ fn parse_args() -> Result<(ReportConfig, OwnRedis), String> {
                 config.scale = scale;
             }
             "--url" => config.url = Some(value("--url")?),
+            "--database" => config.database = Some(postgres_server(&value("--database")?)?),
             "--instances" => {
                 let n: usize = num("--instances", value("--instances")?)?;
                 if !(1..=64).contains(&n) {
@@ -140,10 +148,31 @@ fn parse_args() -> Result<(ReportConfig, OwnRedis), String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if config.database.is_none() {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.trim().is_empty() {
+                config.database = Some(postgres_server(&url)?);
+            }
+        }
+    }
+    if config.database.is_some() && config.url.is_some() {
+        return Err("--database (or DATABASE_URL) is for in-process demos, not --url".into());
+    }
     if own_redis != OwnRedis::None && config.url.is_some() {
         return Err("--redis and --redis-cluster are for in-process demos, not --url".into());
     }
     Ok((config, own_redis))
+}
+
+/// The PostgreSQL server the report makes its databases on.
+fn postgres_server(url: &str) -> Result<String, String> {
+    match examples::parse_database_url(url)? {
+        examples::Database::Postgres(url) => Ok(url),
+        examples::Database::Sqlite(_) => Err(format!(
+            "database {url:?}: the report makes its own SQLite files; --database and \
+             DATABASE_URL take a postgres:// server URL"
+        )),
+    }
 }
 
 /// Starts the Redis asked for and points `config` at it. `Ok(None)`: nothing to start.

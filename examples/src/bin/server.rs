@@ -8,7 +8,8 @@
 //! Environment: `PORT` (default 3000; listens on 127.0.0.1), `REDIS_URL` or
 //! `REDIS_CLUSTER_URLS` (seed nodes; both unset: the in-memory cache), `DATABASE_URL` (unset: a temporary SQLite file of this process;
 //! `sqlite:///path/demo.sqlite3`: a file shared with other instances, seeded by the
-//! first), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume), `RUST_LOG`
+//! first; `postgres://user@host/db` or `postgres:///db?host=/var/run/postgresql`: a
+//! PostgreSQL database, seeded by the first instance when it has no demo tables yet), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume), `RUST_LOG`
 //! (default `info`: one line per request).
 //!
 //! Two instances on one database and one Redis, as behind a load balancer:
@@ -77,7 +78,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         tracing::warn!("a process-wide cache was already installed; keeping it");
     }
     let database = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(examples::database_path(&url)?),
+        Ok(url) if !url.trim().is_empty() => Some(examples::parse_database_url(&url)?),
         _ => None,
     };
     if database.is_some() && cache.backend_name() == "memory" {
@@ -104,6 +105,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         demo.seed.seconds
     );
     tracing::info!("cache: {backend}");
+    tracing::info!("database: {}", demo.db.describe());
     tracing::info!("listening on {}", demo.url());
     tracing::info!(
         "try: curl -i {}/api/templates -H 'Authorization: Bearer tok_org1_user1'",

@@ -35,13 +35,13 @@ use cache_runtime::{Cache, CacheConfig};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::db::DbStats;
+use crate::db::{DbStats, ScratchDatabase};
 use crate::report::browser::BrowserOutcome;
 use crate::report::driver::{drive, CheckCounts, DriveConfig, PhaseRun, Violation};
 use crate::report::summary::{phase_figures, InstanceFigures, PhaseFigures, Second};
 use crate::report::workload::{Route, READ_MIX, WRITE_MIX};
 use crate::seed::{SeedConfig, SeedSummary};
-use crate::{start_demo, DemoConfig, StartupError};
+use crate::{start_demo, Database, DemoConfig, StartupError};
 
 /// What to replay and how.
 #[derive(Debug, Clone, Serialize)]
@@ -71,7 +71,11 @@ pub struct ReportConfig {
     pub redis_cluster_urls: Vec<String>,
     /// What the Redis is, when the report started it (printed in the header).
     pub redis_note: Option<String>,
-    /// In-process demo instances per run, sharing one SQLite file and one cache store;
+    /// A PostgreSQL server (`postgres://...`) for the in-process demos: each run creates
+    /// a fresh database `api_cache_report_<pid>_<run>` on it, seeds it and drops it
+    /// afterwards. `None`: SQLite (a temporary file per run).
+    pub database: Option<String>,
+    /// In-process demo instances per run, sharing one database and one cache store;
     /// every request goes to one of them at random.
     pub instances: usize,
     /// Run several instances on per-process in-memory caches anyway, to show the
@@ -101,6 +105,7 @@ impl Default for ReportConfig {
             redis_url: None,
             redis_cluster_urls: Vec::new(),
             redis_note: None,
+            database: None,
             instances: 1,
             allow_per_process_cache: false,
             fault_pause_redis: None,
@@ -307,6 +312,8 @@ pub struct Report {
     pub seed: SeedSummary,
     /// Cache backend of in-process runs.
     pub backend: String,
+    /// The database of in-process runs (`SQLite` or `PostgreSQL (...)`).
+    pub database: String,
     /// Cache off, then on.
     pub phases: Vec<PhaseReport>,
     /// True when no check failed and nothing answered 5xx or not at all.
@@ -342,11 +349,13 @@ async fn run_phase(
     client: &reqwest::Client,
     name: &'static str,
     enabled: bool,
-) -> Result<(PhaseReport, SeedSummary, String), ReportError> {
+    scratch: Option<&ScratchDatabase>,
+) -> Result<(PhaseReport, SeedSummary, String, String), ReportError> {
     // Outlives the demos (declared first, dropped last): their shared database.
     let mut _database_dir = None;
     let mut demos = Vec::new();
     let mut backend = "the server's own".to_owned();
+    let mut database_name = "the server's own".to_owned();
     let urls: Vec<String> = match &config.url {
         Some(url) => vec![url.trim_end_matches('/').to_owned()],
         None => {
@@ -356,13 +365,16 @@ async fn run_phase(
             } else {
                 "off"
             }));
-            let database = if config.instances > 1 {
-                let dir = TempDir::new(if enabled { "db-on" } else { "db-off" })?;
-                let path = dir.0.join("demo.sqlite3");
-                _database_dir = Some(dir);
-                Some(path)
-            } else {
-                None
+            let database = match &config.database {
+                // `run_report` made `scratch` for this run.
+                Some(_) => scratch.map(|db| Database::Postgres(db.url.clone())),
+                None if config.instances > 1 => {
+                    let dir = TempDir::new(if enabled { "db-on" } else { "db-off" })?;
+                    let path = dir.0.join("demo.sqlite3");
+                    _database_dir = Some(dir);
+                    Some(Database::Sqlite(path))
+                }
+                None => None,
             };
             let mut urls = Vec::with_capacity(config.instances);
             for index in 0..config.instances {
@@ -395,6 +407,7 @@ async fn run_phase(
                     SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 )
                 .await?;
+                database_name = running.db.describe();
                 urls.push(running.url());
                 demos.push(running);
             }
@@ -590,7 +603,7 @@ async fn run_phase(
         instances,
         fault,
     };
-    Ok((report, seed, backend))
+    Ok((report, seed, backend, database_name))
 }
 
 /// Runs the report: cache off, then cache on.
@@ -600,8 +613,14 @@ pub async fn run_report(config: ReportConfig) -> Result<Report, ReportError> {
         .pool_max_idle_per_host(config.users + 4)
         .timeout(Duration::from_secs(60))
         .build()?;
-    let (off, seed, backend) = run_phase(&config, &client, "cache off", false).await?;
-    let (on, _, _) = run_phase(&config, &client, "cache on", true).await?;
+    let scratch = scratch_database(&config, "off").await?;
+    let off = run_phase(&config, &client, "cache off", false, scratch.as_ref()).await;
+    drop_scratch_database(scratch).await;
+    let (off, seed, backend, database) = off?;
+    let scratch = scratch_database(&config, "on").await?;
+    let on = run_phase(&config, &client, "cache on", true, scratch.as_ref()).await;
+    drop_scratch_database(scratch).await;
+    let (on, ..) = on?;
     let phases = vec![off, on];
     let passed = phases
         .iter()
@@ -612,9 +631,38 @@ pub async fn run_report(config: ReportConfig) -> Result<Report, ReportError> {
         config,
         seed,
         backend,
+        database,
         phases,
         passed,
     })
+}
+
+/// The fresh PostgreSQL database of one run, when the report runs on PostgreSQL.
+async fn scratch_database(
+    config: &ReportConfig,
+    run: &str,
+) -> Result<Option<ScratchDatabase>, ReportError> {
+    let (Some(server), None) = (&config.database, &config.url) else {
+        return Ok(None);
+    };
+    let name = format!("api_cache_report_{}_{run}", std::process::id());
+    if config.progress {
+        eprintln!("[cache {run}] creating PostgreSQL database {name}");
+    }
+    Ok(Some(
+        ScratchDatabase::create(server, &name)
+            .await
+            .map_err(StartupError::Db)?,
+    ))
+}
+
+async fn drop_scratch_database(scratch: Option<ScratchDatabase>) {
+    if let Some(scratch) = scratch {
+        let name = scratch.name().to_owned();
+        if let Err(err) = scratch.drop_database().await {
+            eprintln!("warning: could not drop the report's database {name}: {err}");
+        }
+    }
 }
 
 fn route_ttls(stats: &Value) -> BTreeMap<Route, u64> {
@@ -668,12 +716,15 @@ impl Report {
         let target = match &self.config.url {
             Some(url) => format!("the server at {url}"),
             None if self.config.instances > 1 => format!(
-                "{} fresh in-process demo instances per run on one shared SQLite file, each with its own cache handle, {} cache{redis}; each request to a random instance",
+                "{} fresh in-process demo instances per run on one shared database, each with its own cache handle, {} cache{redis}; each request to a random instance",
                 self.config.instances, self.backend
             ),
             None => format!("a fresh in-process demo per run, {} cache{redis}", self.backend),
         };
         let _ = writeln!(out, "target:   {target}");
+        if self.config.url.is_none() {
+            let _ = writeln!(out, "database: {}", self.database);
+        }
         if self.config.instances > 1 && self.backend == "memory" {
             let _ = writeln!(
                 out,

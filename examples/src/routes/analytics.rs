@@ -20,12 +20,11 @@
 use axum::extract::State;
 use axum::Json;
 use cache_runtime::{cached, presets};
-use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter};
+use crate::db::{Db, DbError, Value};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
-use crate::db::{Db, DbError};
 use crate::error::ApiError;
 use crate::extract::{civil_from_days, now, timestamp, Params};
 use crate::AppState;
@@ -195,8 +194,8 @@ pub async fn message_activity(db: &Db, org_id: i64, days: i64) -> Result<Message
     let since = now() - days * 86_400;
     db.read(move |sql| {
         let mut totals = sql.one(
-            "SELECT COUNT(*), COALESCE(SUM(direction = 'inbound'), 0), COALESCE(SUM(direction = 'outbound'), 0),
-                    COALESCE(SUM(status = 'read'), 0), COALESCE(SUM(status = 'failed'), 0)
+            "SELECT COUNT(*), COUNT(CASE WHEN direction = 'inbound' THEN 1 END), COUNT(CASE WHEN direction = 'outbound' THEN 1 END),
+                    COUNT(CASE WHEN status = 'read' THEN 1 END), COUNT(CASE WHEN status = 'failed' THEN 1 END)
              FROM messages WHERE organization_id = ?1 AND created_at >= ?2",
             params![org_id, since],
             |r| {
@@ -212,9 +211,10 @@ pub async fn message_activity(db: &Db, org_id: i64, days: i64) -> Result<Message
         )?;
         let (asked, answered): (i64, i64) = sql.one(
             "SELECT COUNT(*), COALESCE(SUM(replied), 0) FROM (
-               SELECT conversation_id, MAX(direction = 'outbound') AS replied
+               SELECT conversation_id, MAX(CASE WHEN direction = 'outbound' THEN 1 ELSE 0 END) AS replied
                FROM messages WHERE organization_id = ?1 AND created_at >= ?2
-               GROUP BY conversation_id HAVING MAX(direction = 'inbound') = 1)",
+               GROUP BY conversation_id HAVING MAX(CASE WHEN direction = 'inbound' THEN 1 ELSE 0 END) = 1
+             ) AS threads",
             params![org_id, since],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -222,7 +222,7 @@ pub async fn message_activity(db: &Db, org_id: i64, days: i64) -> Result<Message
             totals.response_rate = (answered as f64 / asked as f64 * 1000.0).round() / 1000.0;
         }
         let daily = sql.all(
-            "SELECT created_at / 86400 AS day, SUM(direction = 'inbound'), SUM(direction = 'outbound')
+            "SELECT created_at / 86400 AS day, COUNT(CASE WHEN direction = 'inbound' THEN 1 END), COUNT(CASE WHEN direction = 'outbound' THEN 1 END)
              FROM messages WHERE organization_id = ?1 AND created_at >= ?2
              GROUP BY day ORDER BY day",
             params![org_id, since],
@@ -284,7 +284,7 @@ pub async fn contact_names(
             &format!(
                 "SELECT id, name FROM contacts WHERE organization_id = ? AND id IN ({placeholders})"
             ),
-            params_from_iter(args.iter()),
+            &args,
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
     })
@@ -303,8 +303,8 @@ pub async fn conversation_activity(
     let since = now() - days * 86_400;
     db.read(move |sql| {
         let totals = sql.one(
-            "SELECT COUNT(*), COALESCE(SUM(status = 'open'), 0), COALESCE(SUM(status = 'pending'), 0),
-                    COALESCE(SUM(status = 'closed'), 0)
+            "SELECT COUNT(*), COUNT(CASE WHEN status = 'open' THEN 1 END), COUNT(CASE WHEN status = 'pending' THEN 1 END),
+                    COUNT(CASE WHEN status = 'closed' THEN 1 END)
              FROM conversations WHERE organization_id = ?1 AND created_at >= ?2",
             params![org_id, since],
             |r| {
@@ -335,7 +335,7 @@ pub async fn contact_totals(db: &Db, org_id: i64, days: i64) -> Result<ContactTo
     let since = now() - days * 86_400;
     db.read(move |sql| {
         sql.one(
-            "SELECT COUNT(*), COALESCE(SUM(created_at >= ?2), 0) FROM contacts WHERE organization_id = ?1",
+            "SELECT COUNT(*), COUNT(CASE WHEN created_at >= ?2 THEN 1 END) FROM contacts WHERE organization_id = ?1",
             params![org_id, since],
             |r| {
                 Ok(ContactTotals {
@@ -354,13 +354,13 @@ pub async fn contact_totals(db: &Db, org_id: i64, days: i64) -> Result<ContactTo
 pub async fn campaign_totals(db: &Db, org_id: i64) -> Result<CampaignTotals, DbError> {
     db.read(move |sql| {
         let (broadcasts, broadcasts_sent, broadcast_recipients) = sql.one(
-            "SELECT COUNT(*), COALESCE(SUM(status = 'sent'), 0), COALESCE(SUM(sent_count), 0)
+            "SELECT COUNT(*), COUNT(CASE WHEN status = 'sent' THEN 1 END), COALESCE(SUM(sent_count), 0)
              FROM broadcasts WHERE organization_id = ?1",
             params![org_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let (drip_campaigns, drips_active) = sql.one(
-            "SELECT COUNT(*), COALESCE(SUM(status = 'active'), 0) FROM drip_campaigns WHERE organization_id = ?1",
+            "SELECT COUNT(*), COUNT(CASE WHEN status = 'active' THEN 1 END) FROM drip_campaigns WHERE organization_id = ?1",
             params![org_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;

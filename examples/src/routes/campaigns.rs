@@ -8,11 +8,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use rusqlite::{params, Row};
+use crate::db::{DbError, Row, Sql};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
-use crate::db::{DbError, Sql};
 use crate::error::ApiError;
 use crate::extract::{now, optional, required, timestamp, Body, PageParams, Pagination, Params};
 use crate::AppState;
@@ -46,7 +46,7 @@ const BROADCAST_SELECT: &str = "SELECT b.id, b.organization_id, b.name, b.templa
         b.status, b.scheduled_at, b.sent_count, b.created_at
      FROM broadcasts b LEFT JOIN templates t ON t.id = b.template_id AND t.organization_id = b.organization_id";
 
-fn broadcast_from_row(row: &Row<'_>) -> rusqlite::Result<Broadcast> {
+fn broadcast_from_row(row: &Row<'_>) -> Result<Broadcast, DbError> {
     Ok(Broadcast {
         id: row.get(0)?,
         organization_id: row.get(1)?,
@@ -55,7 +55,7 @@ fn broadcast_from_row(row: &Row<'_>) -> rusqlite::Result<Broadcast> {
         template_name: row.get(4)?,
         audience_tag: row.get(5)?,
         status: row.get(6)?,
-        scheduled_at: row.get::<_, Option<i64>>(7)?.map(timestamp),
+        scheduled_at: row.get::<Option<i64>>(7)?.map(timestamp),
         sent_count: row.get(8)?,
         created_at: timestamp(row.get(9)?),
     })
@@ -107,13 +107,13 @@ pub async fn list_broadcasts(
         .db
         .read(move |sql| {
             let total = sql.one(
-                "SELECT COUNT(*) FROM broadcasts WHERE organization_id = ?1 AND (?2 IS NULL OR status = ?2)",
+                "SELECT COUNT(*) FROM broadcasts WHERE organization_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)",
                 params![org, status],
                 |r| r.get(0),
             )?;
             let rows = sql.all(
                 &format!(
-                    "{BROADCAST_SELECT} WHERE b.organization_id = ?1 AND (?2 IS NULL OR b.status = ?2)
+                    "{BROADCAST_SELECT} WHERE b.organization_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR b.status = ?2)
                      ORDER BY b.id DESC LIMIT ?3 OFFSET ?4"
                 ),
                 params![org, status, page.limit, page.offset()],
@@ -238,14 +238,14 @@ pub struct DripStep {
 const DRIP_COLUMNS: &str =
     "id, organization_id, name, trigger_event, status, steps, enrolled_count, created_at";
 
-fn drip_from_row(row: &Row<'_>) -> rusqlite::Result<DripCampaign> {
+fn drip_from_row(row: &Row<'_>) -> Result<DripCampaign, DbError> {
     Ok(DripCampaign {
         id: row.get(0)?,
         organization_id: row.get(1)?,
         name: row.get(2)?,
         trigger: row.get(3)?,
         status: row.get(4)?,
-        steps: serde_json::from_str(&row.get::<_, String>(5)?).unwrap_or_default(),
+        steps: serde_json::from_str(&row.get::<String>(5)?).unwrap_or_default(),
         enrolled_count: row.get(6)?,
         created_at: timestamp(row.get(7)?),
     })
@@ -276,13 +276,13 @@ pub async fn list_drips(
         .db
         .read(move |sql| {
             let total = sql.one(
-                "SELECT COUNT(*) FROM drip_campaigns WHERE organization_id = ?1 AND (?2 IS NULL OR status = ?2)",
+                "SELECT COUNT(*) FROM drip_campaigns WHERE organization_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)",
                 params![org, status],
                 |r| r.get(0),
             )?;
             let rows = sql.all(
                 &format!(
-                    "SELECT {DRIP_COLUMNS} FROM drip_campaigns WHERE organization_id = ?1 AND (?2 IS NULL OR status = ?2)
+                    "SELECT {DRIP_COLUMNS} FROM drip_campaigns WHERE organization_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)
                      ORDER BY id DESC LIMIT ?3 OFFSET ?4"
                 ),
                 params![org, status, page.limit, page.offset()],

@@ -9,12 +9,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Row};
+use crate::db::{DbError, Row, Sql, Value};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
-use crate::db::{DbError, Sql};
 use crate::error::ApiError;
 use crate::extract::{
     now, optional, required, timestamp, Body, Id, PageParams, Pagination, Params,
@@ -48,14 +47,14 @@ const COLUMNS: &str =
 const RETURNING: &str =
     "id, organization_id, name, phone_number, email, tags, created_at, updated_at";
 
-fn contact_from_row(row: &Row<'_>) -> rusqlite::Result<Contact> {
+fn contact_from_row(row: &Row<'_>) -> Result<Contact, DbError> {
     Ok(Contact {
         id: row.get(0)?,
         organization_id: row.get(1)?,
         name: row.get(2)?,
         phone_number: row.get(3)?,
         email: row.get(4)?,
-        tags: serde_json::from_str(&row.get::<_, String>(5)?).unwrap_or_default(),
+        tags: serde_json::from_str(&row.get::<String>(5)?).unwrap_or_default(),
         created_at: timestamp(row.get(6)?),
         updated_at: timestamp(row.get(7)?),
     })
@@ -153,7 +152,7 @@ pub async fn list_contacts(
         args.push(Value::Text(like_pattern(search)));
         let n = args.len();
         filter.push_str(&format!(
-            " AND (c.name LIKE ?{n} ESCAPE '\\' OR c.phone_number LIKE ?{n} ESCAPE '\\')"
+            " AND (LOWER(c.name) LIKE LOWER(?{n}) ESCAPE '\\' OR c.phone_number LIKE ?{n} ESCAPE '\\')"
         ));
     }
     if !tags.is_empty() {
@@ -173,7 +172,7 @@ pub async fn list_contacts(
         .read(move |sql| {
             let total: i64 = sql.one(
                 &format!("SELECT COUNT(*) FROM contacts c WHERE {filter}"),
-                params_from_iter(args.iter()),
+                &args,
                 |row| row.get(0),
             )?;
             let n = args.len();
@@ -187,7 +186,7 @@ pub async fn list_contacts(
                     n + 1,
                     n + 2
                 ),
-                params_from_iter(page_args.iter()),
+                &page_args,
                 contact_from_row,
             )?;
             Ok((contacts, total))
@@ -242,7 +241,8 @@ fn replace_tags(sql: &Sql<'_>, org: i64, contact: i64, tags: &[String]) -> Resul
     )?;
     for tag in tags {
         sql.execute(
-            "INSERT OR IGNORE INTO contact_tags (organization_id, tag, contact_id) VALUES (?1, ?2, ?3)",
+            "INSERT INTO contact_tags (organization_id, tag, contact_id) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
             params![org, tag, contact],
         )?;
     }

@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use rusqlite::{params, Row};
+use crate::db::{DbError, Row};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
@@ -42,7 +43,7 @@ const SELECT: &str =
         cv.message_count, cv.last_message_at, cv.created_at
      FROM conversations cv JOIN contacts c ON c.id = cv.contact_id";
 
-fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
+fn conversation_from_row(row: &Row<'_>) -> Result<Conversation, DbError> {
     Ok(Conversation {
         id: row.get(0)?,
         organization_id: row.get(1)?,
@@ -106,13 +107,13 @@ pub async fn list_conversations(
         .db
         .read(move |sql| {
             let total = sql.one(
-                "SELECT COUNT(*) FROM conversations WHERE organization_id = ?1 AND (?2 IS NULL OR status = ?2)",
+                "SELECT COUNT(*) FROM conversations WHERE organization_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)",
                 params![org, status],
                 |r| r.get(0),
             )?;
             let rows = sql.all(
                 &format!(
-                    "{SELECT} WHERE cv.organization_id = ?1 AND (?2 IS NULL OR cv.status = ?2)
+                    "{SELECT} WHERE cv.organization_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR cv.status = ?2)
                      ORDER BY cv.id DESC LIMIT ?3 OFFSET ?4"
                 ),
                 params![org, status, page.limit, page.offset()],

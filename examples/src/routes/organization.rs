@@ -7,7 +7,8 @@
 use axum::extract::State;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use rusqlite::{params, Row};
+use crate::db::{DbError, Row};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
@@ -46,7 +47,7 @@ const SELECT: &str = "SELECT o.id, o.name, o.slug, o.plan, o.timezone, o.setting
         (SELECT COUNT(*) FROM users u WHERE u.organization_id = o.id), o.created_at, o.updated_at
      FROM organizations o WHERE o.id = ?1";
 
-fn organization_from_row(row: &Row<'_>) -> rusqlite::Result<Organization> {
+fn organization_from_row(row: &Row<'_>) -> Result<Organization, DbError> {
     let id = row.get(0)?;
     Ok(Organization {
         organization_id: id,
@@ -55,7 +56,7 @@ fn organization_from_row(row: &Row<'_>) -> rusqlite::Result<Organization> {
         slug: row.get(2)?,
         plan: row.get(3)?,
         timezone: row.get(4)?,
-        settings: serde_json::from_str(&row.get::<_, String>(5)?).unwrap_or_default(),
+        settings: serde_json::from_str(&row.get::<String>(5)?).unwrap_or_default(),
         version: row.get(6)?,
         members: row.get(7)?,
         created_at: timestamp(row.get(8)?),

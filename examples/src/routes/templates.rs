@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use rusqlite::{params, Row};
+use crate::db::{DbError, Row};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
@@ -45,14 +46,14 @@ pub struct Template {
 const COLUMNS: &str =
     "id, organization_id, name, category, content, variables, created_by, created_at, updated_at";
 
-fn template_from_row(row: &Row<'_>) -> rusqlite::Result<Template> {
+fn template_from_row(row: &Row<'_>) -> Result<Template, DbError> {
     Ok(Template {
         id: row.get(0)?,
         organization_id: row.get(1)?,
         name: row.get(2)?,
         category: row.get(3)?,
         content: row.get(4)?,
-        variables: serde_json::from_str(&row.get::<_, String>(5)?).unwrap_or_default(),
+        variables: serde_json::from_str(&row.get::<String>(5)?).unwrap_or_default(),
         created_by: row.get(6)?,
         created_at: timestamp(row.get(7)?),
         updated_at: timestamp(row.get(8)?),
@@ -112,13 +113,13 @@ pub async fn list_templates(
         .db
         .read(move |sql| {
             let total = sql.one(
-                "SELECT COUNT(*) FROM templates WHERE organization_id = ?1 AND (?2 IS NULL OR category = ?2)",
+                "SELECT COUNT(*) FROM templates WHERE organization_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR category = ?2)",
                 params![org, category],
                 |row| row.get(0),
             )?;
             let templates = sql.all(
                 &format!(
-                    "SELECT {COLUMNS} FROM templates WHERE organization_id = ?1 AND (?2 IS NULL OR category = ?2)
+                    "SELECT {COLUMNS} FROM templates WHERE organization_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR category = ?2)
                      ORDER BY id DESC LIMIT ?3 OFFSET ?4"
                 ),
                 params![org, category, page.limit, page.offset()],
