@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh machine of this kind (Debian, root):
-# redis-server for the tests, Chromium for the dashboard's browser test. Idempotent:
+# redis-server for the tests, PostgreSQL's binaries for the demo's PostgreSQL test (it
+# runs initdb and postgres itself, as the postgres user the package creates; no service
+# is used), Chromium for the dashboard's browser test. Idempotent:
 # does nothing when they are already there.
 set -euo pipefail
 
@@ -10,6 +12,8 @@ command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
 # redis-cli --cluster create: the cluster tests' local clusters.
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# tests/src/postgres_server.rs: initdb, postgres, pg_isready, psql.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ "${API_CACHE_SKIP_BROWSER:-0}" != "1" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   # Readable text in the dashboard test's screenshot.

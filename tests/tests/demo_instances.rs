@@ -15,7 +15,7 @@ use std::time::Duration;
 use cache_runtime::{Cache, CacheConfig};
 use cache_tests::{RedisCluster, RedisServer};
 use examples::report::{run_report, Report, ReportConfig, ReportError};
-use examples::{start_demo, DemoConfig, RunningDemo, SeedConfig};
+use examples::{start_demo, Database, DemoConfig, RunningDemo, SeedConfig};
 use serde_json::{json, Value};
 
 async fn instance(redis: &RedisServer, database: &Path) -> RunningDemo {
@@ -32,7 +32,7 @@ async fn instance(redis: &RedisServer, database: &Path) -> RunningDemo {
             ..SeedConfig::default()
         },
         db_connections: 4,
-        database: Some(database.to_path_buf()),
+        database: Some(Database::Sqlite(database.to_path_buf())),
     };
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
     start_demo(config, cache, addr)
