@@ -774,8 +774,6 @@ pub(crate) async fn seed_postgres(
     config: &SeedConfig,
     now: i64,
 ) -> Result<SeedSummary, DbError> {
-    use futures_util::SinkExt;
-
     let started = std::time::Instant::now();
     let config = config.clone();
     let (mut summary, buffers) = tokio::task::spawn_blocking(move || {
@@ -787,6 +785,24 @@ pub(crate) async fn seed_postgres(
     .await
     .map_err(|e| DbError::Task(e.to_string()))??;
     client.batch_execute("BEGIN").await?;
+    if let Err(err) = load_postgres(client, buffers).await {
+        // Leave the session usable (and the database as it was) for whoever reports it.
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(err);
+    }
+    client.batch_execute("COMMIT").await?;
+    client.batch_execute(INDEXES).await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The schema and the rows, inside the caller's transaction.
+async fn load_postgres(
+    client: &tokio_postgres::Client,
+    buffers: Vec<Vec<u8>>,
+) -> Result<(), DbError> {
+    use futures_util::SinkExt;
+
     client.batch_execute(&postgres_schema()).await?;
     for (table, buffer) in Table::ALL.iter().zip(buffers) {
         let copy = client
@@ -811,10 +827,7 @@ pub(crate) async fn seed_postgres(
              (SELECT MAX(id) FROM organizations))",
         )
         .await?;
-    client.batch_execute("COMMIT").await?;
-    client.batch_execute(INDEXES).await?;
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
+    Ok(())
 }
 
 /// [`seed_shared`] on PostgreSQL: the claim is made under a transaction-scoped advisory
@@ -865,7 +878,17 @@ pub(crate) async fn seed_shared_postgres(
     }
     client.batch_execute("COMMIT").await?;
     if existing.is_none() {
-        let summary = seed_postgres(client, config, now).await?;
+        let summary = match seed_postgres(client, config, now).await {
+            Ok(summary) => summary,
+            Err(err) => {
+                // Release the claim, so that the next instance tries again rather than
+                // waiting for a summary that will never come.
+                let _ = client
+                    .batch_execute("DELETE FROM demo_meta WHERE key = 'seeding'")
+                    .await;
+                return Err(err);
+            }
+        };
         let json = serde_json::to_string(&summary)
             .map_err(|err| DbError::Shared(format!("cannot record the seed summary: {err}")))?;
         client
