@@ -355,11 +355,7 @@ impl Table {
 
 /// Produces the seed data for `config` into `sink`, table by table in the order the ids
 /// are counted here.
-fn generate(
-    config: &SeedConfig,
-    now: i64,
-    sink: &mut dyn RowSink,
-) -> Result<SeedSummary, DbError> {
+fn generate(config: &SeedConfig, now: i64, sink: &mut dyn RowSink) -> Result<SeedSummary, DbError> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut summary = SeedSummary {
         organizations: Vec::new(),
@@ -376,8 +372,7 @@ fn generate(
         let name = format!(
             "{} {}",
             COMPANY_A[(k as usize - 1) % COMPANY_A.len()],
-            COMPANY_B
-                [((k as usize - 1) + (k as usize - 1) / COMPANY_A.len()) % COMPANY_B.len()]
+            COMPANY_B[((k as usize - 1) + (k as usize - 1) / COMPANY_A.len()) % COMPANY_B.len()]
         );
         let slug = name.to_lowercase().replace(' ', "-");
         let plan = match k {
@@ -398,17 +393,20 @@ fn generate(
         })
         .to_string();
         let org_created = now - 400 * DAY + i64::from(k) * DAY;
-        sink.row(Table::Organizations, params![
-            org_id,
-            name,
-            slug,
-            plan,
-            timezone,
-            settings,
-            1,
-            org_created,
-            org_created
-        ])?;
+        sink.row(
+            Table::Organizations,
+            params![
+                org_id,
+                name,
+                slug,
+                plan,
+                timezone,
+                settings,
+                1,
+                org_created,
+                org_created
+            ],
+        )?;
 
         // Users.
         let users = users_in_org(k);
@@ -417,24 +415,26 @@ fn generate(
             let first = FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())];
             let last = LAST_NAMES[rng.random_range(0..LAST_NAMES.len())];
             let role = if m == 1 { "admin" } else { "agent" };
-            sink.row(Table::Users, params![
-                org_id,
-                m,
-                format!("{first} {last}"),
-                format!(
-                    "{}.{}{m}@{slug}.example",
-                    first.to_lowercase(),
-                    last.to_lowercase()
-                ),
-                role,
-                token(org_id, m),
-                ["en", "es", "pt", "de"][rng.random_range(0..4)],
-                org_created,
-            ])?;
+            sink.row(
+                Table::Users,
+                params![
+                    org_id,
+                    m,
+                    format!("{first} {last}"),
+                    format!(
+                        "{}.{}{m}@{slug}.example",
+                        first.to_lowercase(),
+                        last.to_lowercase()
+                    ),
+                    role,
+                    token(org_id, m),
+                    ["en", "es", "pt", "de"][rng.random_range(0..4)],
+                    org_created,
+                ],
+            )?;
             next_user_id += 1;
         }
-        let pick_user =
-            |rng: &mut StdRng| first_user_id + rng.random_range(0..i64::from(users));
+        let pick_user = |rng: &mut StdRng| first_user_id + rng.random_range(0..i64::from(users));
 
         // Templates.
         let templates = scaled(15.0 + 120.0 * w.sqrt(), config.scale.sqrt(), 8);
@@ -442,19 +442,22 @@ fn generate(
         for t in 0..templates {
             let category = CATEGORIES[skewed_index(&mut rng, CATEGORIES.len())];
             let created = now - rng.random_range(0..365 * DAY);
-            sink.row(Table::Templates, params![
-                org_id,
-                format!("{category} template {}", t + 1),
-                category,
-                format!(
-                    "Hello {{{{name}}}}, {}",
-                    PHRASES[rng.random_range(0..PHRASES.len())]
-                ),
-                r#"["name"]"#,
-                pick_user(&mut rng),
-                created,
-                created,
-            ])?;
+            sink.row(
+                Table::Templates,
+                params![
+                    org_id,
+                    format!("{category} template {}", t + 1),
+                    category,
+                    format!(
+                        "Hello {{{{name}}}}, {}",
+                        PHRASES[rng.random_range(0..PHRASES.len())]
+                    ),
+                    r#"["name"]"#,
+                    pick_user(&mut rng),
+                    created,
+                    created,
+                ],
+            )?;
             next_template_id += 1;
         }
 
@@ -483,15 +486,18 @@ fn generate(
             };
             let phone_number = format!("+1555{:07}", rng.random_range(0..10_000_000));
             let created = now - rng.random_range(DAY..365 * DAY);
-            sink.row(Table::Contacts, params![
-                org_id,
-                format!("{first} {last}"),
-                phone_number,
-                email,
-                serde_json::to_string(&tags).map_err(|e| DbError::Task(e.to_string()))?,
-                created,
-                created,
-            ])?;
+            sink.row(
+                Table::Contacts,
+                params![
+                    org_id,
+                    format!("{first} {last}"),
+                    phone_number,
+                    email,
+                    serde_json::to_string(&tags).map_err(|e| DbError::Task(e.to_string()))?,
+                    created,
+                    created,
+                ],
+            )?;
             for tag in &tags {
                 sink.row(Table::ContactTags, params![org_id, tag, contact_id])?;
             }
@@ -521,14 +527,17 @@ fn generate(
                     41..=85 => "read",
                     _ => "sent",
                 };
-                sink.row(Table::Messages, params![
-                    org_id,
-                    conversation_id,
-                    direction,
-                    status,
-                    PHRASES[rng.random_range(0..PHRASES.len())],
-                    at,
-                ])?;
+                sink.row(
+                    Table::Messages,
+                    params![
+                        org_id,
+                        conversation_id,
+                        direction,
+                        status,
+                        PHRASES[rng.random_range(0..PHRASES.len())],
+                        at,
+                    ],
+                )?;
                 at = (at + rng.random_range(30..6 * 3600)).min(now);
             }
             messages += thread;
@@ -537,15 +546,18 @@ fn generate(
                 6..=8 => "open",
                 _ => "pending",
             };
-            sink.row(Table::Conversations, params![
-                org_id,
-                contact_id,
-                status,
-                pick_user(&mut rng),
-                thread,
-                at,
-                created,
-            ])?;
+            sink.row(
+                Table::Conversations,
+                params![
+                    org_id,
+                    contact_id,
+                    status,
+                    pick_user(&mut rng),
+                    thread,
+                    at,
+                    created,
+                ],
+            )?;
             next_conversation_id += 1;
         }
 
@@ -560,16 +572,19 @@ fn generate(
             } else {
                 0
             };
-            sink.row(Table::Broadcasts, params![
-                org_id,
-                format!("Broadcast {}", b + 1),
-                first_template_id + rng.random_range(0..i64::from(templates)),
-                TAGS[skewed_index(&mut rng, TAGS.len())],
-                status,
-                scheduled,
-                sent,
-                created,
-            ])?;
+            sink.row(
+                Table::Broadcasts,
+                params![
+                    org_id,
+                    format!("Broadcast {}", b + 1),
+                    first_template_id + rng.random_range(0..i64::from(templates)),
+                    TAGS[skewed_index(&mut rng, TAGS.len())],
+                    status,
+                    scheduled,
+                    sent,
+                    created,
+                ],
+            )?;
         }
         let drips = scaled(5.0 + 20.0 * w.sqrt(), config.scale.sqrt(), 3);
         for d in 0..drips {
@@ -581,15 +596,18 @@ fn generate(
                     })
                 })
                 .collect();
-            sink.row(Table::DripCampaigns, params![
-                org_id,
-                format!("Drip {}", d + 1),
-                ["contact_created", "tag_added", "conversation_closed"][rng.random_range(0..3)],
-                ["active", "active", "paused"][rng.random_range(0..3)],
-                serde_json::Value::Array(steps).to_string(),
-                rng.random_range(0..contacts.max(1)),
-                now - rng.random_range(DAY..200 * DAY),
-            ])?;
+            sink.row(
+                Table::DripCampaigns,
+                params![
+                    org_id,
+                    format!("Drip {}", d + 1),
+                    ["contact_created", "tag_added", "conversation_closed"][rng.random_range(0..3)],
+                    ["active", "active", "paused"][rng.random_range(0..3)],
+                    serde_json::Value::Array(steps).to_string(),
+                    rng.random_range(0..contacts.max(1)),
+                    now - rng.random_range(DAY..200 * DAY),
+                ],
+            )?;
         }
 
         summary.organizations.push(OrgSummary {

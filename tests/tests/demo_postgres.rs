@@ -72,11 +72,7 @@ async fn send(builder: reqwest::RequestBuilder) -> Answer {
 }
 
 async fn get(http: &reqwest::Client, demo: &RunningDemo, path: &str, token: &str) -> Answer {
-    send(
-        http.get(format!("{}{path}", demo.url()))
-            .bearer_auth(token),
-    )
-    .await
+    send(http.get(format!("{}{path}", demo.url())).bearer_auth(token)).await
 }
 
 async fn db_queries(http: &reqwest::Client, demo: &RunningDemo) -> u64 {
@@ -109,10 +105,7 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
         .psql("demo_e2e", "SELECT COUNT(*) FROM messages")
         .parse()
         .expect("a count");
-    assert_eq!(
-        seeded, first.seed.totals.messages,
-        "seeded once, not twice"
-    );
+    assert_eq!(seeded, first.seed.totals.messages, "seeded once, not twice");
     assert!(seeded > 1000, "the data is there: {seeded} messages");
     let http = reqwest::Client::new();
 
@@ -142,14 +135,22 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
             assert_eq!(owner, Some(org), "{path} for org {org}: {}", answer.body);
         }
     }
-    let contacts = get(&http, &first, "/api/contacts?limit=100", ORG1).await.body;
+    let contacts = get(&http, &first, "/api/contacts?limit=100", ORG1)
+        .await
+        .body;
     let listed = contacts["contacts"].as_array().expect("contacts");
     assert!(!listed.is_empty());
     assert!(listed.iter().all(|c| c["organization_id"] == 1));
     // Search is case-insensitive, as on SQLite.
     let name = listed[0]["name"].as_str().expect("a name").to_owned();
     let first_name = name.split(' ').next().unwrap_or_default().to_lowercase();
-    let found = get(&http, &first, &format!("/api/contacts?search={first_name}"), ORG1).await;
+    let found = get(
+        &http,
+        &first,
+        &format!("/api/contacts?search={first_name}"),
+        ORG1,
+    )
+    .await;
     assert_eq!(found.status, 200, "{}", found.body);
     assert!(
         found.body["contacts"]
@@ -168,7 +169,11 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
     let hit = get(&http, &first, "/api/templates?limit=50", ORG1).await;
     assert_eq!(hit.x_cache, "HIT");
     assert_eq!(hit.body, miss.body);
-    assert_eq!(db_queries(&http, &first).await, before, "a hit runs no query");
+    assert_eq!(
+        db_queries(&http, &first).await,
+        before,
+        "a hit runs no query"
+    );
     let miss_queries = {
         let before = db_queries(&http, &first).await;
         let answer = get(&http, &first, "/api/templates?limit=49", ORG1).await;
@@ -198,10 +203,14 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
     );
     // The other tenant never sees it, through either instance.
     for demo in [&first, &second] {
-        let other = get(&http, demo, "/api/templates?limit=100", ORG2).await.body;
+        let other = get(&http, demo, "/api/templates?limit=100", ORG2)
+            .await
+            .body;
         let rows = other["templates"].as_array().expect("templates");
         assert!(!rows.is_empty());
-        assert!(rows.iter().all(|t| t["organization_id"] == 2 && t["id"] != id));
+        assert!(rows
+            .iter()
+            .all(|t| t["organization_id"] == 2 && t["id"] != id));
     }
     let updated = send(
         http.put(format!("{}/api/templates/{id}", second.url()))
@@ -210,7 +219,9 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
     )
     .await;
     assert_eq!(updated.status, 200, "{}", updated.body);
-    let after = get(&http, &first, "/api/templates?limit=50", ORG1).await.body;
+    let after = get(&http, &first, "/api/templates?limit=50", ORG1)
+        .await
+        .body;
     assert_eq!(after["templates"][0]["name"], "Renamed on Postgres");
     // Another tenant cannot change it.
     let foreign = send(
@@ -230,7 +241,9 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
     .await;
     assert_eq!(contact.status, 201, "{}", contact.body);
     let contact_id = contact.body["id"].as_i64().expect("a contact id");
-    let tagged = get(&http, &first, "/api/contacts?tags=beta&limit=100", ORG1).await.body;
+    let tagged = get(&http, &first, "/api/contacts?tags=beta&limit=100", ORG1)
+        .await
+        .body;
     assert!(tagged["contacts"]
         .as_array()
         .expect("contacts")
@@ -267,7 +280,9 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
     )
     .await;
     assert_eq!(organization.status, 200, "{}", organization.body);
-    let current = get(&http, &first, "/api/organizations/current", ORG1).await.body;
+    let current = get(&http, &first, "/api/organizations/current", ORG1)
+        .await
+        .body;
     assert_eq!(current["name"], "Renamed Org");
     assert_eq!(current["version"], 2);
     let deleted = send(
@@ -282,7 +297,9 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
     )
     .await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
-    let after = get(&http, &first, "/api/templates?limit=50", ORG1).await.body;
+    let after = get(&http, &first, "/api/templates?limit=50", ORG1)
+        .await
+        .body;
     assert!(after["templates"]
         .as_array()
         .expect("templates")
@@ -291,9 +308,15 @@ async fn two_instances_on_one_postgres_database_read_their_writes_and_keep_tenan
 
     first.shutdown().await;
     second.shutdown().await;
-    database.drop_database().await.expect("drop the test's database");
+    database
+        .drop_database()
+        .await
+        .expect("drop the test's database");
     assert_eq!(
-        postgres.psql("postgres", "SELECT COUNT(*) FROM pg_database WHERE datname = 'demo_e2e'"),
+        postgres.psql(
+            "postgres",
+            "SELECT COUNT(*) FROM pg_database WHERE datname = 'demo_e2e'"
+        ),
         "0"
     );
 }
@@ -330,7 +353,10 @@ async fn a_short_report_run_on_postgres_passes_and_drops_its_databases() {
         off.figures.all.requests > 50 && on.figures.all.requests > 50,
         "{text}"
     );
-    assert!(on.checks.read_your_writes > 0, "writes were verified: {text}");
+    assert!(
+        on.checks.read_your_writes > 0,
+        "writes were verified: {text}"
+    );
     assert!(on.figures.all.hit_rate > 0.0, "{text}");
     assert!(
         text.contains("database: PostgreSQL (database api_cache_report_"),

@@ -198,7 +198,12 @@ impl Db {
         }
     }
 
-    async fn run<T, F>(&self, write: bool, counter: Option<Arc<AtomicU64>>, f: F) -> Result<T, DbError>
+    async fn run<T, F>(
+        &self,
+        write: bool,
+        counter: Option<Arc<AtomicU64>>,
+        f: F,
+    ) -> Result<T, DbError>
     where
         F: FnOnce(&Sql<'_>) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
@@ -387,8 +392,9 @@ impl Sql<'_> {
             Conn::Sqlite(conn) => Ok(conn
                 .prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(params))?),
-            Conn::Postgres(conn) => Ok(usize::try_from(conn.execute(sql, params)?)
-                .unwrap_or(usize::MAX)),
+            Conn::Postgres(conn) => {
+                Ok(usize::try_from(conn.execute(sql, params)?).unwrap_or(usize::MAX))
+            }
         }
     }
 

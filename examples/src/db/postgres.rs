@@ -222,7 +222,10 @@ mod tests {
             dollar_placeholders("id = ? AND x IN (?, ?)"),
             "id = $1 AND x IN ($2, $3)"
         );
-        assert_eq!(dollar_placeholders("LIMIT ?10 OFFSET ?"), "LIMIT $10 OFFSET $11");
+        assert_eq!(
+            dollar_placeholders("LIMIT ?10 OFFSET ?"),
+            "LIMIT $10 OFFSET $11"
+        );
     }
 
     #[test]

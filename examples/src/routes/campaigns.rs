@@ -4,12 +4,12 @@
 //! broadcast list shows its template's name, so it is tagged `templates` too: a template
 //! rename or delete must show there.
 
+use crate::db::{DbError, Row, Sql};
+use crate::params;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use crate::db::{DbError, Row, Sql};
-use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;

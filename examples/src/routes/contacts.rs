@@ -5,12 +5,12 @@
 //! are tagged with what they read, so they need no `analytics` here: naming it would
 //! drop every part of the dashboard, the message scans among them, on each contact write.
 
+use crate::db::{DbError, Row, Sql, Value};
+use crate::params;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use crate::db::{DbError, Row, Sql, Value};
-use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;

@@ -2,12 +2,12 @@
 //! is cached only 30 seconds (the `conversations` preset). It shows each conversation's
 //! contact name, so a contact rename invalidates it too.
 
+use crate::db::{DbError, Row};
+use crate::params;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use crate::db::{DbError, Row};
-use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;

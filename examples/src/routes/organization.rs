@@ -4,11 +4,11 @@
 //! key (`vary = user`). The profile shows the organization's name, so changing the
 //! organization invalidates `organization` and `profiles`.
 
+use crate::db::{DbError, Row};
+use crate::params;
 use axum::extract::State;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use crate::db::{DbError, Row};
-use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;

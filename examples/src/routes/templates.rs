@@ -4,12 +4,12 @@
 //! mutation here needs to name `campaigns` (which would drop the drip list and the
 //! dashboard's campaign counts too, neither of which reads templates).
 
+use crate::db::{DbError, Row};
+use crate::params;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
-use crate::db::{DbError, Row};
-use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
