@@ -23,7 +23,6 @@
 //! module never talks to a backend.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
@@ -65,28 +64,38 @@ pub fn validate_resource(name: &str) -> Result<(), InvalidResource> {
 
 /// The hash-tagged tenant segment, e.g. `{t.org_1}`.
 pub(crate) fn tenant_tag(tenant: Tenant<'_>) -> String {
+    let mut tag = String::new();
+    push_tenant_tag(&mut tag, tenant);
+    tag
+}
+
+/// Appends [`tenant_tag`] to `out`, escaping in place: a key is built in one buffer.
+fn push_tenant_tag(out: &mut String, tenant: Tenant<'_>) {
     const MAX_READABLE: usize = 64;
     let id = match tenant {
-        Tenant::Global => return "{global}".to_owned(),
+        Tenant::Global => return out.push_str("{global}"),
         Tenant::Scoped(id) => id,
     };
-    let mut escaped = String::with_capacity(id.len() + 4);
-    escaped.push_str("{t.");
+    let start = out.len();
+    out.push_str("{t.");
     for byte in id.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-') {
-            escaped.push(byte as char);
+            out.push(byte as char);
         } else {
-            // Writing to a String cannot fail.
-            let _ = write!(escaped, "%{byte:02X}");
+            out.push('%');
+            push_hex_upper(out, byte);
         }
-        if escaped.len() > MAX_READABLE + 3 {
+        if out.len() - start > MAX_READABLE + 3 {
+            out.truncate(start);
             let mut hasher = PartHasher::new();
             hasher.part(id.as_bytes());
-            return format!("{{h.{}}}", hasher.finish_hex());
+            out.push_str("{h.");
+            push_hex(out, &hasher.finish());
+            out.push('}');
+            return;
         }
     }
-    escaped.push('}');
-    escaped
+    out.push('}');
 }
 
 /// The query string's pairs, percent-decoded (`+` as space), sorted by name with
@@ -113,20 +122,53 @@ fn normalized_pairs(query: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
 }
 
 /// SHA-256 over length-prefixed parts, so no two sequences of parts share an input.
-pub(crate) struct PartHasher(Sha256);
+///
+/// Parts are staged in a small buffer and handed to SHA-256 in few calls: a key is a
+/// dozen short parts (two dozen slices with their lengths), and each `update` call has a
+/// cost of its own besides the bytes it hashes.
+pub(crate) struct PartHasher {
+    sha: Sha256,
+    staged: [u8; STAGE_BYTES],
+    staged_len: usize,
+}
+
+/// Two SHA-256 blocks: a key's fixed parts, method and a short path fit in it.
+const STAGE_BYTES: usize = 128;
 
 impl PartHasher {
     pub(crate) fn new() -> Self {
-        PartHasher(Sha256::new())
+        PartHasher {
+            sha: Sha256::new(),
+            staged: [0; STAGE_BYTES],
+            staged_len: 0,
+        }
     }
 
     pub(crate) fn part(&mut self, bytes: &[u8]) {
-        self.0.update((bytes.len() as u64).to_le_bytes());
-        self.0.update(bytes);
+        self.stage(&(bytes.len() as u64).to_le_bytes());
+        self.stage(bytes);
     }
 
-    pub(crate) fn finish(self) -> [u8; 16] {
-        let full = self.0.finalize();
+    fn stage(&mut self, bytes: &[u8]) {
+        if self.staged_len + bytes.len() > STAGE_BYTES {
+            self.flush();
+            if bytes.len() > STAGE_BYTES {
+                self.sha.update(bytes);
+                return;
+            }
+        }
+        self.staged[self.staged_len..self.staged_len + bytes.len()].copy_from_slice(bytes);
+        self.staged_len += bytes.len();
+    }
+
+    fn flush(&mut self) {
+        self.sha.update(&self.staged[..self.staged_len]);
+        self.staged_len = 0;
+    }
+
+    pub(crate) fn finish(mut self) -> [u8; 16] {
+        self.flush();
+        let full = self.sha.finalize();
         let mut out = [0u8; 16];
         out.copy_from_slice(&full[..16]);
         out
@@ -153,6 +195,13 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// `%XX`'s two digits (upper case, as percent-encoding writes them).
+fn push_hex_upper(out: &mut String, byte: u8) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    out.push(DIGITS[usize::from(byte >> 4)] as char);
+    out.push(DIGITS[usize::from(byte & 0x0f)] as char);
+}
+
 /// Joins `parts` into one string allocated once (`format!` grows its buffer as it goes).
 fn concat(parts: &[&str]) -> String {
     let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
@@ -167,7 +216,9 @@ fn concat(parts: &[&str]) -> String {
 /// Built by a [`KeyBuilder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
-    pub(crate) tenant_tag: String,
+    /// `entry_key[..scope_len]` is `<prefix>:<tenant tag>`, the start of every key of
+    /// this tenant (generations, lease).
+    pub(crate) scope_len: usize,
     pub(crate) resource: String,
     pub(crate) entry_key: String,
     /// `[all, resource, tags...]`, in that order.
@@ -205,20 +256,27 @@ impl CacheKey {
         for generation in generations {
             hasher.part(generation.as_bytes());
         }
-        format!(
-            "{prefix}:{}:l:{}:{}",
-            self.tenant_tag,
-            self.resource,
-            hasher.finish_hex()
-        )
+        // The entry key starts with the prefix already.
+        debug_assert!(self.entry_key.starts_with(prefix));
+        let digest = hasher.finish();
+        let scope = &self.entry_key[..self.scope_len];
+        let mut key = String::with_capacity(scope.len() + 4 + self.resource.len() + 32);
+        for part in [scope, ":l:", &self.resource, ":"] {
+            key.push_str(part);
+        }
+        push_hex(&mut key, &digest);
+        key
     }
 }
 
 /// Builds a [`CacheKey`].
 #[derive(Debug)]
 pub struct KeyBuilder {
-    prefix: String,
-    tenant_tag: String,
+    /// `<prefix>:<tenant tag>:e:<resource>:` so far: [`build`](Self::build) appends the
+    /// digest in place, and the generation keys are cut from its start.
+    entry_key: String,
+    /// `entry_key[..scope_len]` is `<prefix>:<tenant tag>`.
+    scope_len: usize,
     resource: String,
     tags: Vec<String>,
     hasher: PartHasher,
@@ -239,9 +297,19 @@ impl KeyBuilder {
         validate_resource(resource)?;
         let mut hasher = PartHasher::new();
         hasher.part(b"api-cache/key/v1");
+        // Room for a readable tenant id of a few dozen bytes and the digest: one
+        // allocation for the usual key.
+        let mut entry_key = String::with_capacity(prefix.len() + resource.len() + 96);
+        entry_key.push_str(prefix);
+        entry_key.push(':');
+        push_tenant_tag(&mut entry_key, tenant);
+        let scope_len = entry_key.len();
+        for part in [":e:", resource, ":"] {
+            entry_key.push_str(part);
+        }
         Ok(KeyBuilder {
-            prefix: prefix.to_owned(),
-            tenant_tag: tenant_tag(tenant),
+            entry_key,
+            scope_len,
             resource: resource.to_owned(),
             tags: Vec::new(),
             hasher,
@@ -297,27 +365,22 @@ impl KeyBuilder {
     pub fn build(self) -> CacheKey {
         let digest = self.hasher.finish();
         let KeyBuilder {
-            prefix,
-            tenant_tag,
+            mut entry_key,
+            scope_len,
             resource,
             tags,
             ..
         } = self;
-        let mut entry_key = String::with_capacity(
-            prefix.len() + tenant_tag.len() + resource.len() + 5 + 2 * digest.len(),
-        );
-        for part in [prefix.as_str(), ":", &tenant_tag, ":e:", &resource, ":"] {
-            entry_key.push_str(part);
-        }
         push_hex(&mut entry_key, &digest);
+        let scope = &entry_key[..scope_len];
         let mut generation_keys = Vec::with_capacity(2 + tags.len());
-        generation_keys.push(all_generation_key(&prefix, &tenant_tag));
-        generation_keys.push(generation_key(&prefix, &tenant_tag, &resource));
+        generation_keys.push(concat(&[scope, ":g:*"]));
+        generation_keys.push(concat(&[scope, ":g:", &resource]));
         for tag in &tags {
-            generation_keys.push(generation_key(&prefix, &tenant_tag, tag));
+            generation_keys.push(concat(&[scope, ":g:", tag]));
         }
         CacheKey {
-            tenant_tag,
+            scope_len,
             resource,
             entry_key,
             generation_keys,
@@ -353,6 +416,10 @@ mod tests {
     }
 
     use super::*;
+
+    /// `key("org_1", "page=2&limit=50")`'s digest as the per-part-`update` builder of
+    /// the first release computed it.
+    const PINNED_DIGEST: &str = "1aa87a7a9ab52bbc61ff1c2aeebc88f4";
 
     fn key(tenant: &str, query: &str) -> CacheKey {
         KeyBuilder::new("p", Tenant::Scoped(tenant), "contacts")
@@ -400,6 +467,63 @@ mod tests {
             k.generation_keys,
             ["p:{t.org_1}:g:*", "p:{t.org_1}:g:contacts"]
         );
+    }
+
+    /// The documented digest, computed the plain way: SHA-256 over each part's length
+    /// (u64 LE) and bytes, one `update` per slice. Staging must not change a key, or
+    /// every entry stored by an earlier release would miss.
+    fn reference_digest(parts: &[&[u8]]) -> [u8; 16] {
+        let mut sha = Sha256::new();
+        for part in parts {
+            sha.update((part.len() as u64).to_le_bytes());
+            sha.update(part);
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&sha.finalize()[..16]);
+        out
+    }
+
+    #[test]
+    fn the_digest_is_the_documented_one_whatever_the_part_sizes() {
+        let long_path = format!("/api/{}", "p".repeat(300));
+        let long_value = "v".repeat(1000);
+        let mut checked = 0;
+        for path in ["/api/contacts", long_path.as_str()] {
+            for value in ["1", "", long_value.as_str()] {
+                let query = format!("b=2&a={value}");
+                let k = KeyBuilder::new("p", Tenant::Scoped("org_1"), "contacts")
+                    .unwrap()
+                    .request("HEAD", path, Some(&query))
+                    .part("fingerprint", "3f1c9a0be4d27788")
+                    .build();
+                let expected = reference_digest(&[
+                    b"api-cache/key/v1",
+                    b"request",
+                    b"GET",
+                    path.as_bytes(),
+                    &2u64.to_le_bytes(),
+                    b"a",
+                    value.as_bytes(),
+                    b"b",
+                    b"2",
+                    b"part",
+                    b"fingerprint",
+                    b"3f1c9a0be4d27788",
+                ]);
+                assert_eq!(
+                    k.digest,
+                    expected,
+                    "path {} value {}",
+                    path.len(),
+                    value.len()
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6);
+        // A key of the first release, pinned: the format is stable across releases.
+        let k = key("org_1", "page=2&limit=50");
+        assert_eq!(hex(&k.digest), PINNED_DIGEST);
     }
 
     #[test]

@@ -227,9 +227,9 @@ pub(super) async fn buffer_body(body: Body, max_bytes: usize) -> Result<Bytes, B
 
 pub(super) fn hit_response(entry: &Entry, age: Duration, spec: &RouteSpec) -> Response {
     let stored = entry.response();
-    let mut response = Response::new(Body::from(stored.body.clone()));
-    *response.status_mut() = stored.status;
-    let headers = response.headers_mut();
+    // Sized once for the stored headers and the four a hit adds (and the
+    // `Content-Length` axum adds): grown header by header, the map reallocated twice.
+    let mut headers = HeaderMap::with_capacity(stored.headers.len() + 5);
     let mut handler_cache_control = false;
     for (name, value) in &stored.headers {
         handler_cache_control |= name == header::CACHE_CONTROL;
@@ -242,6 +242,9 @@ pub(super) fn hit_response(entry: &Entry, age: Duration, spec: &RouteSpec) -> Re
     if !handler_cache_control {
         headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
     }
+    let mut response = Response::new(Body::from(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    *response.headers_mut() = headers;
     response
 }
 

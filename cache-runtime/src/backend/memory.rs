@@ -4,8 +4,15 @@
 //! lifetime included. Of `memory_max_bytes`, one eighth is for generations and the rest
 //! for entries: both count, so that a request-derived scope cannot grow either without
 //! bound. It must never grow without bound and never block on I/O.
+//!
+//! Generations are not in moka: a hit reads two or three of them, and a moka read (which
+//! also records the access for its eviction policy and reads the clock) cost as much as
+//! the rest of the lookup. They live in a sharded map read under a shared lock
+//! ([`GenerationTable`]); when a shard is past its share of the bound it drops
+//! generations, which only turns the entries they guarded into misses.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache as MokaCache;
@@ -19,9 +26,10 @@ use crate::key::CacheKey;
 /// Resident bytes an entry costs besides its key, body and headers (measured).
 const ENTRY_OVERHEAD_BYTES: usize = 770;
 
-/// Resident bytes a generation costs besides its key and token: moka's node, the
-/// key's and value's allocations, the frequency sketch and the expiry timer. An estimate
-/// from the entry's measured overhead (which holds more), not a measurement of its own.
+/// Resident bytes a generation costs besides its key and token: its map slot (key,
+/// token, write time, control byte), the key's and token's allocations and allocator
+/// overhead, with room to spare for the map's free slots. An estimate, not a
+/// measurement.
 const GENERATION_OVERHEAD_BYTES: usize = 200;
 
 /// The share of the memory bound generations get (one eighth): there is one per tenant
@@ -32,7 +40,132 @@ const GENERATION_SHARE: u64 = 8;
 #[derive(Debug)]
 pub(crate) struct MemoryBackend {
     entries: MokaCache<String, (Arc<Entry>, Duration)>,
-    generations: MokaCache<String, Generation>,
+    generations: GenerationTable,
+}
+
+/// Shards of the generation table: enough that the server's threads seldom share a
+/// lock's cache line, few enough that each shard's share of the bound holds many.
+const GENERATION_SHARDS: usize = 16;
+
+/// The current generation of each key, created fresh where missing or expired.
+#[derive(Debug)]
+struct GenerationTable {
+    shards: Box<[RwLock<GenerationShard>]>,
+    /// A generation lives this long from its write (like Redis's `PX`; reads do not
+    /// extend it), then comes back fresh.
+    ttl: Duration,
+    /// Each shard's share of the bound, in weighed bytes.
+    shard_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct GenerationShard {
+    tokens: HashMap<String, (Generation, Instant)>,
+    /// The weight of `tokens`, as [`generation_weight`] counts it.
+    bytes: u64,
+}
+
+fn generation_weight(key: &str, token: &Generation) -> u64 {
+    (key.len() + token.as_bytes().len() + GENERATION_OVERHEAD_BYTES) as u64
+}
+
+impl GenerationTable {
+    fn new(max_bytes: u64, ttl: Duration) -> Self {
+        GenerationTable {
+            shards: (0..GENERATION_SHARDS)
+                .map(|_| RwLock::new(GenerationShard::default()))
+                .collect(),
+            ttl,
+            shard_bytes: max_bytes / GENERATION_SHARDS as u64,
+        }
+    }
+
+    fn shard(&self, key: &str) -> &RwLock<GenerationShard> {
+        // Only spreads keys over the locks: the map inside hashes with SipHash, so a
+        // crafted tenant id can at worst crowd one shard, not degrade its map.
+        let spread = key.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        &self.shards[spread % GENERATION_SHARDS]
+    }
+
+    /// The generation of `key` at `now`, created fresh when there is none or it expired.
+    fn current(&self, key: &str, now: Instant) -> Generation {
+        let shard = self.shard(key);
+        {
+            // A poisoned lock only means a panic elsewhere while it was held; the map
+            // itself is always consistent (every update is a single insert or remove).
+            let read = shard.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((token, written)) = read.tokens.get(key) {
+                if now.saturating_duration_since(*written) < self.ttl {
+                    return token.clone();
+                }
+            }
+        }
+        let mut write = shard.write().unwrap_or_else(PoisonError::into_inner);
+        // Another thread may have created it between the two locks: everyone must get
+        // the same token, or an entry stored under one would miss for the others.
+        if let Some((token, written)) = write.tokens.get(key) {
+            if now.saturating_duration_since(*written) < self.ttl {
+                return token.clone();
+            }
+        }
+        let token = Generation::fresh();
+        self.insert(&mut write, key, token.clone(), now);
+        token
+    }
+
+    /// Replaces the generation of `key` with a fresh one.
+    fn bump(&self, key: &str, now: Instant) {
+        let mut write = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.insert(&mut write, key, Generation::fresh(), now);
+    }
+
+    fn insert(&self, shard: &mut GenerationShard, key: &str, token: Generation, now: Instant) {
+        shard.bytes += generation_weight(key, &token);
+        if let Some((old, _)) = shard.tokens.insert(key.to_owned(), (token, now)) {
+            shard.bytes -= generation_weight(key, &old);
+        }
+        if shard.bytes > self.shard_bytes {
+            self.make_room(shard, key, now);
+        }
+    }
+
+    /// Brings `shard` back under its share: expired generations first, then any but
+    /// `keep` (the one just written).
+    fn make_room(&self, shard: &mut GenerationShard, keep: &str, now: Instant) {
+        let ttl = self.ttl;
+        shard.tokens.retain(|key, (_, written)| {
+            key == keep || now.saturating_duration_since(*written) < ttl
+        });
+        shard.bytes = shard
+            .tokens
+            .iter()
+            .map(|(key, (token, _))| generation_weight(key, token))
+            .sum();
+        while shard.bytes > self.shard_bytes {
+            let Some(victim) = shard.tokens.keys().find(|k| k.as_str() != keep).cloned() else {
+                break;
+            };
+            if let Some((token, _)) = shard.tokens.remove(&victim) {
+                shard.bytes -= generation_weight(&victim, &token);
+            }
+        }
+    }
+
+    /// Nothing to run: kept so that callers read like moka's (its maintenance is lazy).
+    fn run_pending_tasks(&self) {}
+
+    /// Bytes held, as weighed for the bound.
+    fn weighted_size(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| shard.read().unwrap_or_else(PoisonError::into_inner).bytes)
+            .sum()
+    }
 }
 
 struct EntryExpiry;
@@ -75,16 +208,7 @@ impl MemoryBackend {
             })
             .expire_after(EntryExpiry)
             .build();
-        let generations = MokaCache::builder()
-            .max_capacity(generation_bytes)
-            .weigher(|key: &String, token: &Generation| {
-                let weight = key.len() + token.as_bytes().len() + GENERATION_OVERHEAD_BYTES;
-                u32::try_from(weight).unwrap_or(u32::MAX)
-            })
-            // Like Redis's PX: from the write, not refreshed by reads. An expired
-            // generation is recreated with a fresh token.
-            .time_to_live(generation_ttl)
-            .build();
+        let generations = GenerationTable::new(generation_bytes, generation_ttl);
         MemoryBackend {
             entries,
             generations,
@@ -94,13 +218,11 @@ impl MemoryBackend {
     /// The current generations, created where missing, and the entry: what a remote
     /// lookup and its generation initialisation return, without their two steps.
     pub(crate) fn read(&self, key: &CacheKey) -> (Vec<Generation>, EntrySlot) {
+        let now = Instant::now();
         let generations = key
             .generation_keys
             .iter()
-            .map(|k| {
-                self.generations
-                    .get_with_by_ref(k.as_str(), Generation::fresh)
-            })
+            .map(|k| self.generations.current(k, now))
             .collect();
         let entry = match self.entries.get(&key.entry_key) {
             Some((entry, _)) => EntrySlot::Present(entry),
@@ -114,8 +236,9 @@ impl MemoryBackend {
     }
 
     pub(crate) fn bump(&self, generation_keys: &[String]) {
+        let now = Instant::now();
         for key in generation_keys {
-            self.generations.insert(key.clone(), Generation::fresh());
+            self.generations.bump(key, now);
         }
     }
 
@@ -162,6 +285,19 @@ mod tests {
             "{generations} bytes of generations"
         );
         assert!(memory.weighted_size() <= max_bytes);
+    }
+
+    #[test]
+    fn a_bump_is_read_by_every_later_lookup_and_reads_agree_in_between() {
+        let memory = MemoryBackend::new(1024 * 1024, Duration::from_secs(600));
+        let k = key("org_1");
+        let (first, _) = memory.read(&k);
+        assert_eq!(memory.read(&k).0, first);
+        memory.bump(&k.generation_keys[1..2]);
+        let (after, _) = memory.read(&k);
+        assert_eq!(after[0], first[0], "the tenant's generation was not bumped");
+        assert_ne!(after[1], first[1], "the bump was not read");
+        assert_eq!(memory.read(&k).0, after);
     }
 
     #[test]

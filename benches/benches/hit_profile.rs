@@ -1,0 +1,148 @@
+//! A driver for instruction counts (BENCHMARKS.md, "Hit path under callgrind"): sends
+//! `N` requests to one route of an axum router in process (`tower::ServiceExt::oneshot`,
+//! no sockets, no hyper), on a current-thread runtime, so that
+//! `valgrind --tool=callgrind` counts only the route's own work and the router's.
+//!
+//! ```text
+//! cargo bench -p cache-benches --bench hit_profile --no-run
+//! valgrind --tool=callgrind target/release/deps/hit_profile-* /cached-memory 20000
+//! ```
+//!
+//! Routes, all answering the same 2 KB of JSON: `/static` (no cache), `/peer`
+//! (axum-response-cache's `CacheLayer`, in memory), `/cached-memory` and `/cached-redis`
+//! (`#[cached]`, measured on hits), `/redis-get` (one raw GET). The instructions of one
+//! request are the difference between two runs with different `N`, divided by the
+//! difference in `N`: start-up and the first miss cancel out.
+//!
+//! `key` and `digest` instead time, natively, the building of one request's key and the
+//! SHA-256 of its parts (valgrind hides the CPU's SHA extensions, so under callgrind the
+//! digest runs sha2's portable code): nanoseconds per operation, the minimum over
+//! batches, and whether this CPU has the SHA extensions sha2 picks at run time.
+
+#[path = "http/routes.rs"]
+mod routes;
+#[path = "../../cache-runtime/benches/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::{header, Request};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+/// Nanoseconds per call of `op`: the minimum over 50 batches of `count / 50`.
+fn min_ns_per_op(count: u64, mut op: impl FnMut()) -> f64 {
+    let batch = (count / 50).max(1);
+    (0..50)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..batch {
+                op();
+            }
+            started.elapsed().as_nanos() as f64 / batch as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The key of `/cached-memory` as `serve_cached` builds it, and the digest of its parts.
+fn time_key_and_digest(count: u64) {
+    use cache_runtime::testing::Tenant;
+    use sha2::{Digest, Sha256};
+    use std::hint::black_box;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = runtime
+        .block_on(cache_runtime::Cache::new(
+            cache_runtime::CacheConfig::default(),
+        ))
+        .unwrap();
+    let key_ns = min_ns_per_op(count, || {
+        black_box(
+            cache
+                .key(Tenant::Scoped(black_box("org_1")), "templates")
+                .unwrap()
+                .request("GET", black_box("/cached-memory"), None)
+                .part("fingerprint", "3f1c9a0be4d27788")
+                .build(),
+        );
+    });
+    // The bytes that key hashes: each part's length (u64 LE), then the part.
+    let mut stream = Vec::new();
+    for part in [
+        &b"api-cache/key/v1"[..],
+        b"request",
+        b"GET",
+        b"/cached-memory",
+        &0u64.to_le_bytes(),
+        b"part",
+        b"fingerprint",
+        b"3f1c9a0be4d27788",
+    ] {
+        stream.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        stream.extend_from_slice(part);
+    }
+    let digest_ns = min_ns_per_op(count, || {
+        black_box(Sha256::digest(black_box(&stream)));
+    });
+    println!(
+        "key build {key_ns:.0} ns, of which SHA-256 of its {} bytes {digest_ns:.0} ns; SHA extensions (sha_ni): {}",
+        stream.len(),
+        std::arch::is_x86_feature_detected!("sha")
+    );
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
+    let path = args.next().unwrap_or_else(|| "/cached-memory".to_owned());
+    let count: u64 = args.next().map_or(10_000, |n| n.parse().unwrap());
+    if path == "key" || path == "digest" {
+        return time_key_and_digest(count);
+    }
+    let redis = cache_tests::RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let app = routes::app(&redis.url()).await;
+        let request = || {
+            Request::get(path.as_str())
+                .header(header::HOST, "127.0.0.1")
+                .body(Body::empty())
+                .unwrap()
+        };
+        // Warm up until the route answers from its cache (the Redis store lands off the
+        // request path).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = app.clone().oneshot(request()).await.unwrap();
+            let x_cache = response.headers().get("x-cache").cloned();
+            response.into_body().collect().await.unwrap();
+            if !path.starts_with("/cached") || x_cache.is_some_and(|v| v == "HIT") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{path} never became a hit");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut bytes = 0;
+        for _ in 0..count {
+            let response = app.clone().oneshot(request()).await.unwrap();
+            bytes += response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .len();
+        }
+        assert_eq!(
+            bytes as u64,
+            2048 * count,
+            "{path}: a response was not the page"
+        );
+        println!("{path}: {count} requests");
+    });
+}

@@ -1,0 +1,105 @@
+//! The routes of the HTTP benchmarks (`http`, `hit_profile`), all answering the same 2 KB
+//! of JSON, under the same middleware (the tenant's `CacheScope` extension):
+//! - `/static`: the bytes from a static buffer, no cache, no work: the HTTP floor;
+//! - `/static-hit-headers`: the same, with the headers a hit adds (`X-Cache`,
+//!   `X-Cache-Age`, `Cache-Control`), to tell their cost from the cache's;
+//! - `/uncached`: the route's handler (a simulated 2 ms database query, then the bytes);
+//! - `/cached-memory`, `/cached-redis`: the same handler under `#[cached]`, on the
+//!   in-memory backend and on Redis, measured on hits;
+//! - `/peer`: the same handler behind axum-response-cache 0.5's `CacheLayer` (in memory,
+//!   keyed by method and URI), the peer a user compares us with, measured on hits;
+//! - `/redis-get`: the bytes by one raw redis-rs GET per request, the floor of a route
+//!   that reads Redis.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Extension, Router};
+use axum_response_cache::CacheLayer;
+use bytes::Bytes;
+use cache_runtime::{cached, Cache, CacheConfig, CacheScope};
+use http::header;
+use redis::aio::ConnectionManager;
+
+use crate::support;
+
+pub fn body() -> Bytes {
+    static BODY: OnceLock<Bytes> = OnceLock::new();
+    BODY.get_or_init(|| support::json_body(2048)).clone()
+}
+
+async fn static_page() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], body())
+}
+
+/// The static bytes with the headers a hit carries: what the extra headers cost alone.
+async fn static_page_hit_headers() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        [("x-cache", "HIT"), ("x-cache-age", "0")],
+        body(),
+    )
+}
+
+/// The bytes from Redis by one raw GET on a `ConnectionManager`: the floor of any route
+/// that reads Redis once per request.
+async fn redis_get_page(Extension(conn): Extension<ConnectionManager>) -> impl IntoResponse {
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg("page")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    ([(header::CONTENT_TYPE, "application/json")], bytes)
+}
+
+/// The route's work: a database query (simulated) and the page.
+async fn page() -> impl IntoResponse {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    ([(header::CONTENT_TYPE, "application/json")], body())
+}
+
+#[cached(resource = "templates", ttl = 3600)]
+async fn cached_page() -> impl IntoResponse {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    ([(header::CONTENT_TYPE, "application/json")], body())
+}
+
+/// Every route, with `redis_url` as the Redis of `/cached-redis` and `/redis-get`
+/// (which it fills with the page).
+pub async fn app(redis_url: &str) -> Router {
+    let memory_cache = Cache::new(CacheConfig::default()).await.unwrap();
+    let redis_cache = Cache::new(support::redis_config(redis_url)).await.unwrap();
+    let mut redis_conn = ConnectionManager::new(redis::Client::open(redis_url).unwrap())
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("page")
+        .arg(body().as_ref())
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    let memory = Router::new()
+        .route("/cached-memory", get(cached_page))
+        .layer(memory_cache.extension());
+    let redis = Router::new()
+        .route("/cached-redis", get(cached_page))
+        .layer(redis_cache.extension());
+    let peer = Router::new()
+        .route("/peer", get(page))
+        .layer(CacheLayer::with_lifespan(Duration::from_secs(3600)));
+    Router::new()
+        .route("/static", get(static_page))
+        .route("/static-hit-headers", get(static_page_hit_headers))
+        .route("/uncached", get(page))
+        .route("/redis-get", get(redis_get_page))
+        .layer(Extension(redis_conn))
+        .merge(memory)
+        .merge(redis)
+        .merge(peer)
+        .layer(Extension(CacheScope::new("org_1")))
+}
