@@ -23,6 +23,12 @@ use crate::key::CacheKey;
 use crate::stats::Event;
 use crate::verify::{diff, Mismatch, ResourceMode};
 
+/// How long after a difference the generations are read again. A mutation changes its
+/// data and invalidates right after its handler returns; a comparison that falls between
+/// the two sees new data under the old generations. Waiting this long (in the background)
+/// lets that invalidation land, so it is counted as a race, not reported as missing.
+const RACE_GRACE: Duration = Duration::from_secs(1);
+
 /// What a comparison needs to know of the route whose response it compares.
 #[derive(Debug, Clone)]
 pub(crate) struct ShadowRoute {
@@ -69,6 +75,18 @@ impl Cache {
                 None
             }
         }
+    }
+
+    /// Shadow and verification runs holding a permit now (for this workspace's tests:
+    /// zero means every background run has finished).
+    #[cfg(feature = "testing")]
+    pub fn shadow_runs_in_flight(&self) -> usize {
+        let bound = self
+            .inner
+            .config
+            .shadow_concurrency
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        bound.saturating_sub(self.inner.shadow_permits.available_permits())
     }
 
     /// Whether this hit of `resource` is drawn for verification.
@@ -214,6 +232,7 @@ impl Cache {
         let Some(difference) = difference else {
             return;
         };
+        tokio::time::sleep(RACE_GRACE).await;
         // Generations that cannot be read now cannot tell a race from a fault: counted
         // as a race, so that a mismatch is never a false alarm.
         match self.current_generations(key).await {
