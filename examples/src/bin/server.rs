@@ -9,7 +9,9 @@
 //! `REDIS_CLUSTER_URLS` (seed nodes; both unset: the in-memory cache), `DATABASE_URL` (unset: a temporary SQLite file of this process;
 //! `sqlite:///path/demo.sqlite3`: a file shared with other instances, seeded by the
 //! first), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume), `RUST_LOG`
-//! (default `info`: one line per request).
+//! (default `info`: one line per request), `DEMO_INCOMPLETE_INVALIDATION=1` (or the
+//! argument `--incomplete-invalidation`: a contact rename forgets to invalidate
+//! `conversations`, a deliberate bug that shadow mode detects; see the README's rollout).
 //!
 //! Two instances on one database and one Redis, as behind a load balancer:
 //!
@@ -86,9 +88,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
              cannot see the others' invalidations, so they will serve each other's stale data"
         );
     }
+    let incomplete_invalidation = env_or("DEMO_INCOMPLETE_INVALIDATION", 0u8)? != 0
+        || std::env::args().any(|arg| arg == "--incomplete-invalidation");
+    if incomplete_invalidation {
+        tracing::warn!(
+            "--incomplete-invalidation: PUT /api/contacts/{{id}} does not invalidate \
+             `conversations` (a deliberate bug, for shadow mode to catch)"
+        );
+    }
     let config = DemoConfig {
         seed,
         database,
+        incomplete_invalidation,
         ..DemoConfig::default()
     };
     let cache_at_exit = cache.clone();
