@@ -49,6 +49,8 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
     });
     let cache_only_success = spec.cache_only_success;
     let skip_cache = spec.skip_cache;
+    let verify = spec.verify;
+    let verify_ignore = &spec.verify_ignore;
     let scope = scope(&spec.scope);
     let declarations = quote! {
         #ttl_const
@@ -62,6 +64,8 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
                 fingerprint: ::core::concat!(#fingerprint, "-", ::core::env!("CARGO_PKG_VERSION")),
                 cache_only_success: #cache_only_success,
                 skip_cache: #skip_cache,
+                verify: #verify,
+                verify_ignore: &[#(#verify_ignore),*],
                 function: #name,
             };
         ::cache_runtime::__private::inventory::submit! {

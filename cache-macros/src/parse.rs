@@ -23,11 +23,14 @@ pub(crate) mod kw {
     syn::custom_keyword!(cache_only_success);
     syn::custom_keyword!(key);
     syn::custom_keyword!(browser_ttl);
+    syn::custom_keyword!(verify);
+    syn::custom_keyword!(verify_ignore);
 }
 
 /// The options `#[cached]` accepts, for the "unknown option" message.
 const CACHED_OPTIONS: &str = "`resource`, `ttl`, `tags`, `vary`, `scope`, `skip_cache`, \
-                              `cache_only_success`, `key`, `browser_ttl`";
+                              `cache_only_success`, `key`, `browser_ttl`, `verify`, \
+                              `verify_ignore`";
 
 /// The arguments of `#[cached(...)]`.
 pub(crate) struct CachedArgs {
@@ -40,6 +43,8 @@ pub(crate) struct CachedArgs {
     pub(crate) cache_only_success: Attr<LitBool>,
     pub(crate) key: Attr<Expr>,
     pub(crate) browser_ttl: Attr<Expr>,
+    pub(crate) verify: Attr<LitBool>,
+    pub(crate) verify_ignore: Attr<Expr>,
 }
 
 /// The arguments of `#[invalidates(...)]`.
@@ -62,6 +67,8 @@ impl CachedArgs {
             cache_only_success: Attr::none("cache_only_success"),
             key: Attr::none("key"),
             browser_ttl: Attr::none("browser_ttl"),
+            verify: Attr::none("verify"),
+            verify_ignore: Attr::none("verify_ignore"),
         };
         parse_separated(tokens, |input| {
             parse_cached_option(input, &mut args, errors)
@@ -116,6 +123,14 @@ fn parse_cached_option(
     } else if lookahead.peek(kw::browser_ttl) {
         let keyword: kw::browser_ttl = input.parse()?;
         args.browser_ttl.set(errors, keyword.span, assigned(input)?);
+    } else if lookahead.peek(kw::verify_ignore) {
+        let keyword: kw::verify_ignore = input.parse()?;
+        args.verify_ignore
+            .set(errors, keyword.span, assigned(input)?);
+    } else if lookahead.peek(kw::verify) {
+        let keyword: kw::verify = input.parse()?;
+        let value = flag(input, keyword.span)?;
+        args.verify.set(errors, keyword.span, value);
     } else if lookahead.peek(kw::skip_cache) {
         let keyword: kw::skip_cache = input.parse()?;
         let value = flag(input, keyword.span)?;

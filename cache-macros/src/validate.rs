@@ -49,6 +49,10 @@ pub(crate) struct CachedSpec {
     pub(crate) browser_ttl_secs: Option<u32>,
     /// `key = (...)`: a plain function keyed by these expressions instead of a handler.
     pub(crate) key: Option<Vec<Expr>>,
+    /// `verify = false`: shadow runs and verification never compare responses.
+    pub(crate) verify: bool,
+    /// `verify_ignore = ["field", ...]`: JSON fields left out of comparisons.
+    pub(crate) verify_ignore: Vec<String>,
 }
 
 /// A validated `#[invalidates(...)]`.
@@ -172,7 +176,42 @@ pub(crate) fn cached(args: CachedArgs, function: &ItemFn, errors: &mut Errors) -
         Some(seconds(&set.value, &BROWSER_TTL, errors))
     });
 
+    let verify = match args.verify.get() {
+        Some(set) if plain_function => {
+            errors.at(
+                set.keyword,
+                "`verify` is about comparing HTTP responses in shadow mode; a function \
+                 cached with `key` is never shadowed",
+            );
+            true
+        }
+        Some(set) => set.value.value,
+        None => true,
+    };
+    let verify_ignore = match args.verify_ignore.get() {
+        Some(set) if plain_function => {
+            errors.at(
+                set.keyword,
+                "`verify_ignore` is about comparing HTTP responses in shadow mode; a \
+                 function cached with `key` is never shadowed",
+            );
+            Vec::new()
+        }
+        Some(set) if !verify => {
+            errors.at(
+                set.keyword,
+                "`verify_ignore` does nothing with `verify = false`, which compares nothing: \
+                 keep one of them",
+            );
+            Vec::new()
+        }
+        Some(set) => verify_ignore(&set.value, errors),
+        None => Vec::new(),
+    };
+
     CachedSpec {
+        verify,
+        verify_ignore,
         resource: resource.map(|r| r.value()).unwrap_or_default(),
         browser_ttl_secs,
         ttl,
@@ -440,6 +479,36 @@ fn tags(value: &Expr, errors: &mut Errors) -> Vec<String> {
         }
     }
     tags
+}
+
+/// `verify_ignore = ["generated_at", ...]`: JSON field names, each once.
+fn verify_ignore(value: &Expr, errors: &mut Errors) -> Vec<String> {
+    const EXAMPLE: &str = "verify_ignore = [\"generated_at\"]";
+    let Expr::Array(array) = value else {
+        errors.spanned(
+            value,
+            "`verify_ignore` is a list of JSON field names, like \
+             `verify_ignore = [\"generated_at\", \"request_id\"]`",
+        );
+        return Vec::new();
+    };
+    let mut fields: Vec<String> = Vec::new();
+    for element in &array.elems {
+        let Some(field) = string_literal(element, EXAMPLE, errors) else {
+            continue;
+        };
+        if field.value().is_empty() {
+            errors.spanned(&field, "a field name cannot be empty");
+        } else if fields.contains(&field.value()) {
+            errors.spanned(
+                &field,
+                format_args!("field \"{}\" is listed twice", field.value()),
+            );
+        } else {
+            fields.push(field.value());
+        }
+    }
+    fields
 }
 
 fn vary(value: &Expr, errors: &mut Errors) -> Vec<VaryPart> {

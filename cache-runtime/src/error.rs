@@ -28,6 +28,10 @@ pub enum ConfigError {
     /// hash tags stay where the key layout puts them.
     #[error("invalid key prefix {0:?}: use 1-64 characters without braces or whitespace")]
     Prefix(String),
+    /// A resource is switched off (`API_CACHE_DISABLED_RESOURCES`) and given another
+    /// mode (`API_CACHE_RESOURCE_MODES`): which one is meant cannot be guessed.
+    #[error("resource {0:?} is disabled and given another mode in API_CACHE_RESOURCE_MODES")]
+    ResourceMode(String),
     /// A Redis-backed cache must be created inside a Tokio runtime.
     #[error("a Redis-backed cache must be created inside a Tokio runtime")]
     NoRuntime,

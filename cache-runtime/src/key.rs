@@ -245,6 +245,14 @@ impl CacheKey {
         &self.resource
     }
 
+    /// The hash-tagged tenant segment as stored in the key, e.g. `{t.org_1}` (what an
+    /// operator finds in Redis). A tag never contains `:`, so it is what follows the
+    /// scope's last one.
+    pub(crate) fn tenant_tag(&self) -> &str {
+        let scope = &self.entry_key[..self.scope_len];
+        scope.rfind(':').map_or(scope, |colon| &scope[colon + 1..])
+    }
+
     /// The key of the cross-instance miss lease for this entry under `generations`.
     pub(crate) fn lease_key(
         &self,
@@ -467,6 +475,7 @@ mod tests {
             k.generation_keys,
             ["p:{t.org_1}:g:*", "p:{t.org_1}:g:contacts"]
         );
+        assert_eq!(k.tenant_tag(), "{t.org_1}");
     }
 
     /// The documented digest, computed the plain way: SHA-256 over each part's length

@@ -126,6 +126,7 @@ pub mod stats;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+mod verify;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -139,6 +140,7 @@ pub use error::{BackendError, ConfigError, InvalidationError};
 pub use key::InvalidResource;
 pub use scope::{CacheScope, ToCacheScope};
 pub use stats::{Outcome, StatsSnapshot};
+pub use verify::{Mismatch, ResourceMode};
 
 /// Invalidation through [`Cache::current`] (the request's cache, else the process-wide
 /// one), like the reference's `invalidateCache`: for jobs, scripts and code outside a

@@ -31,6 +31,12 @@ pub struct RouteSpec {
     pub cache_only_success: bool,
     /// `skip_cache`: the route is declared but always served uncached (BYPASS).
     pub skip_cache: bool,
+    /// `verify = false`: shadow runs and sampled verification never compare this
+    /// route's responses (they change on every call); default true.
+    pub verify: bool,
+    /// `verify_ignore = [...]`: JSON object fields (at any depth) left out of the
+    /// comparison, such as a timestamp or a request id.
+    pub verify_ignore: &'static [&'static str],
     /// `concat!(module_path!(), "::", fn name)`, for logs and the registry.
     pub function: &'static str,
 }

@@ -121,6 +121,12 @@ struct Counters {
     coalesced: AtomicU64,
     early_refreshes: AtomicU64,
     corrupt: AtomicU64,
+    would_be_hits: AtomicU64,
+    would_be_misses: AtomicU64,
+    verifications: AtomicU64,
+    mismatches: AtomicU64,
+    raced: AtomicU64,
+    shadow_skipped: AtomicU64,
 }
 
 /// Counter values.
@@ -146,6 +152,22 @@ pub struct CounterSnapshot {
     pub early_refreshes: u64,
     /// Stored values that did not decode or belonged to another key; also in `errors`.
     pub corrupt: u64,
+    /// Shadow mode: requests the cache would have answered from an entry (the handler
+    /// answered them; they are also in `bypasses`).
+    pub would_be_hits: u64,
+    /// Shadow mode: requests that would have missed (their fresh response is stored as
+    /// `on` would store it).
+    pub would_be_misses: u64,
+    /// Entries compared with a fresh response: shadow would-be hits, and hits sampled
+    /// for verification in `on`.
+    pub verifications: u64,
+    /// Comparisons that differed under unchanged generations: a write that was not
+    /// invalidated. Each is logged at WARN (once per key per interval).
+    pub mismatches: u64,
+    /// Comparisons that differed because an invalidation landed meanwhile: not a fault.
+    pub raced: u64,
+    /// Shadow or verification runs skipped because the concurrency bound was reached.
+    pub shadow_skipped: u64,
 }
 
 impl CounterSnapshot {
@@ -156,6 +178,16 @@ impl CounterSnapshot {
             0.0
         } else {
             self.hits as f64 * 100.0 / lookups as f64
+        }
+    }
+
+    /// Shadow mode: would-be hits as a percentage of shadow lookups, 0 when none.
+    pub fn would_be_hit_rate(&self) -> f64 {
+        let lookups = self.would_be_hits + self.would_be_misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.would_be_hits as f64 * 100.0 / lookups as f64
         }
     }
 }
@@ -173,6 +205,12 @@ impl Counters {
             coalesced: self.coalesced.load(Relaxed),
             early_refreshes: self.early_refreshes.load(Relaxed),
             corrupt: self.corrupt.load(Relaxed),
+            would_be_hits: self.would_be_hits.load(Relaxed),
+            would_be_misses: self.would_be_misses.load(Relaxed),
+            verifications: self.verifications.load(Relaxed),
+            mismatches: self.mismatches.load(Relaxed),
+            raced: self.raced.load(Relaxed),
+            shadow_skipped: self.shadow_skipped.load(Relaxed),
         }
     }
 }
@@ -324,6 +362,12 @@ pub(crate) enum Event {
     Coalesced,
     EarlyRefresh,
     Corrupt,
+    WouldBeHit,
+    WouldBeMiss,
+    Verification,
+    Mismatch,
+    Raced,
+    ShadowSkipped,
 }
 
 impl Counters {
@@ -339,6 +383,12 @@ impl Counters {
             Event::Coalesced => &self.coalesced,
             Event::EarlyRefresh => &self.early_refreshes,
             Event::Corrupt => &self.corrupt,
+            Event::WouldBeHit => &self.would_be_hits,
+            Event::WouldBeMiss => &self.would_be_misses,
+            Event::Verification => &self.verifications,
+            Event::Mismatch => &self.mismatches,
+            Event::Raced => &self.raced,
+            Event::ShadowSkipped => &self.shadow_skipped,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -396,6 +446,7 @@ impl Stats {
                 name.to_owned(),
                 ResourceSnapshot {
                     hit_rate: counters.hit_rate(),
+                    would_be_hit_rate: counters.would_be_hit_rate(),
                     counters,
                     ttl_secs: (ttl > 0).then_some(ttl),
                     lookup: stats.lookup.snapshot(),
@@ -439,6 +490,8 @@ pub struct ResourceSnapshot {
     pub counters: CounterSnapshot,
     /// Hits as a percentage of lookups.
     pub hit_rate: f64,
+    /// Shadow mode: would-be hits as a percentage of shadow lookups.
+    pub would_be_hit_rate: f64,
     /// The TTL its routes use (the last one seen), seconds.
     pub ttl_secs: Option<u64>,
     /// Time spent looking up (hits and misses).

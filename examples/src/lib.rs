@@ -46,6 +46,9 @@ pub use crate::seed::{token, SeedConfig, SeedSummary};
 pub struct AppState {
     /// The database (with its query counter).
     pub db: Db,
+    /// `--incomplete-invalidation`: `PUT /api/contacts/{id}` forgets to invalidate
+    /// `conversations`, to show shadow mode catching a missing annotation.
+    pub incomplete_invalidation: bool,
 }
 
 /// How to build the demo.
@@ -59,6 +62,9 @@ pub struct DemoConfig {
     /// open it seeds it, the others use its data. `None` (the default): a temporary
     /// SQLite file of this instance alone, seeded afresh and removed at exit.
     pub database: Option<Database>,
+    /// A deliberate bug for the shadow-mode demonstration: a contact rename does not
+    /// invalidate `conversations` (whose inbox shows contact names). Default false.
+    pub incomplete_invalidation: bool,
 }
 
 impl Default for DemoConfig {
@@ -67,6 +73,7 @@ impl Default for DemoConfig {
             seed: SeedConfig::default(),
             db_connections: 8,
             database: None,
+            incomplete_invalidation: false,
         }
     }
 }
@@ -176,7 +183,10 @@ pub async fn build_demo(config: &DemoConfig, cache: Cache) -> Result<Demo, Start
     };
     let seed = Arc::new(summary);
     let tokens = Tokens::load(&db).await?;
-    let state = AppState { db: db.clone() };
+    let state = AppState {
+        db: db.clone(),
+        incomplete_invalidation: config.incomplete_invalidation,
+    };
     let router = routes::router(state, tokens, cache.clone(), Arc::clone(&seed));
     Ok(Demo {
         router,

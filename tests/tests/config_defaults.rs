@@ -90,10 +90,18 @@ fn check_table(source: &str, table: &BTreeMap<String, String>) {
                 }
                 _ => panic!("{source}: only REDIS_URL and REDIS_CLUSTER_URLS are unset"),
             },
-            "empty" => {
-                assert_eq!(name, "API_CACHE_DISABLED_RESOURCES", "{source}");
-                assert!(defaults.disabled_resources.is_empty(), "{source}: {name}");
-            }
+            "empty" => match name.as_str() {
+                "API_CACHE_DISABLED_RESOURCES" => {
+                    assert!(defaults.disabled_resources.is_empty(), "{source}: {name}")
+                }
+                "API_CACHE_RESOURCE_MODES" => {
+                    assert!(defaults.resource_modes.is_empty(), "{source}: {name}")
+                }
+                "API_CACHE_VERIFY" => {
+                    assert!(defaults.verify_shares.is_empty(), "{source}: {name}")
+                }
+                _ => panic!("{source}: {name} is not a list"),
+            },
             value => {
                 let set = CacheConfig::from_lookup(|n| (n == name).then(|| value.to_owned()))
                     .unwrap_or_else(|err| panic!("{source}: {name}={value}: {err}"));

@@ -36,6 +36,7 @@ async fn demo_on(redis: &RedisServer) -> RunningDemo {
         },
         db_connections: 4,
         database: None,
+        incomplete_invalidation: false,
     };
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
     start_demo(config, cache, addr)

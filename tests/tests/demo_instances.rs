@@ -33,6 +33,7 @@ async fn instance(redis: &RedisServer, database: &Path) -> RunningDemo {
         },
         db_connections: 4,
         database: Some(Database::Sqlite(database.to_path_buf())),
+        incomplete_invalidation: false,
     };
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
     start_demo(config, cache, addr)

@@ -40,6 +40,7 @@ async fn instance(redis: &RedisServer, database_url: &str) -> RunningDemo {
         },
         db_connections: 4,
         database: Some(Database::Postgres(database_url.to_owned())),
+        ..DemoConfig::default()
     };
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
     start_demo(config, cache, addr)

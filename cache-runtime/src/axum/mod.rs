@@ -17,6 +17,7 @@ use http::{Method, Uri};
 
 mod invalidating;
 mod response;
+mod shadow;
 
 pub use invalidating::serve_invalidating;
 use response::{
@@ -183,7 +184,7 @@ pub async fn serve_cached<F>(
     handler: F,
 ) -> Response
 where
-    F: Future<Output = HandlerOutput>,
+    F: Future<Output = HandlerOutput> + Send + 'static,
 {
     let Some(cache) = ctx.take_cache_or_warn(spec.function) else {
         return with_outcome(handler.await.response, Outcome::Bypass);
@@ -209,11 +210,25 @@ where
             return with_outcome(response, Outcome::Bypass);
         }
     };
+    if cache.is_shadowed(spec.resource) {
+        // Boxed: the shadow path's state stays out of every request's future.
+        return Box::pin(shadow::serve_shadowed(
+            &cache,
+            key,
+            ctx.uri.path(),
+            spec,
+            handler,
+        ))
+        .await;
+    }
     let if_none_match = ctx.if_none_match.take();
     // A hit is answered here, before anything of the handler is set up to run.
     let looked_up = cache.lookup_uncounted(&key).await;
     if let Lookup::Hit(entry) = looked_up {
         cache.record_hit(spec.resource, spec.ttl_secs);
+        if spec.verify && cache.draw_verification(spec.resource) {
+            shadow::spawn_verification(&cache, &key, ctx.uri.path(), spec, entry.clone(), handler);
+        }
         return serve_entry(spec, &entry, started, if_none_match.as_ref());
     }
     cache.note_ttl(spec.resource, spec.ttl_secs);

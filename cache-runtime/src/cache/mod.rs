@@ -9,11 +9,11 @@
 mod invalidation;
 mod miss;
 mod read;
+mod shadow;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::backend::{memory::MemoryBackend, redis::RedisBackend, Backend};
@@ -24,11 +24,13 @@ use crate::flight::Flights;
 use crate::key::{InvalidResource, KeyBuilder, Tenant};
 use crate::pending::Pending;
 use crate::stats::{CircuitSnapshot, Event, Stats, StatsSnapshot};
+use crate::verify::{Mismatch, Reports, ResourceMode, Rollout};
 
 pub(crate) use miss::Resolved;
 #[cfg(feature = "testing")]
 pub use read::MissTicket;
 pub use read::{BypassReason, Lookup};
+pub(crate) use shadow::{Fresh, ShadowRoute};
 
 /// A handle to the cache: cheap to clone, shared by every request.
 ///
@@ -54,10 +56,12 @@ struct Inner {
     config: CacheConfig,
     backend: Backend,
     enabled: AtomicBool,
-    disabled_resources: RwLock<HashSet<String>>,
-    /// Whether `disabled_resources` has any: read first, so that the usual request (none
-    /// switched off) does not take the lock, whose count every worker would write.
-    any_resource_disabled: AtomicBool,
+    /// Per-resource modes and verification shares (`verify/`).
+    rollout: Rollout,
+    /// Bounds shadow and verification runs; a run that finds no permit is skipped.
+    shadow_permits: Arc<tokio::sync::Semaphore>,
+    /// Mismatch reports: WARN once per key per interval, the last few kept.
+    reports: Reports,
     stats: Stats,
     circuit: Circuit,
     pending: Pending,
@@ -159,8 +163,20 @@ impl Cache {
         Ok(Cache {
             inner: Arc::new(Inner {
                 enabled: AtomicBool::new(config.enabled),
-                disabled_resources: RwLock::new(config.disabled_resources.clone()),
-                any_resource_disabled: AtomicBool::new(!config.disabled_resources.is_empty()),
+                rollout: Rollout::new(
+                    config
+                        .disabled_resources
+                        .iter()
+                        .map(|r| (r.clone(), ResourceMode::Off))
+                        .chain(config.resource_modes.clone()),
+                    config.verify_shares.clone(),
+                ),
+                shadow_permits: Arc::new(tokio::sync::Semaphore::new(
+                    config
+                        .shadow_concurrency
+                        .min(tokio::sync::Semaphore::MAX_PERMITS),
+                )),
+                reports: Reports::new(config.mismatch_log_interval),
                 circuit: Circuit::new(config.circuit_failures, config.circuit_open_for),
                 stats: Stats::default(),
                 pending: Pending::default(),
@@ -287,30 +303,62 @@ impl Cache {
         self.inner.enabled.load(Ordering::Relaxed)
     }
 
-    /// Turns caching of one resource on or off at run time (a rollback without a deploy).
+    /// Turns caching of one resource on or off at run time (a rollback without a deploy):
+    /// [`set_resource_mode`](Self::set_resource_mode) with `On` or `Off`.
     pub fn set_resource_enabled(&self, resource: &str, enabled: bool) {
-        if let Ok(mut disabled) = self.inner.disabled_resources.write() {
-            if enabled {
-                disabled.remove(resource);
-            } else {
-                disabled.insert(resource.to_owned());
-            }
-            self.inner
-                .any_resource_disabled
-                .store(!disabled.is_empty(), Ordering::Relaxed);
-        }
+        let mode = if enabled {
+            ResourceMode::On
+        } else {
+            ResourceMode::Off
+        };
+        self.set_resource_mode(resource, mode);
     }
 
-    /// Whether `resource` is cached (the global switch aside).
+    /// Whether `resource` is served from the cache (mode `on`; the global switch aside).
     pub fn is_resource_enabled(&self, resource: &str) -> bool {
-        if !self.inner.any_resource_disabled.load(Ordering::Relaxed) {
-            return true;
-        }
-        self.inner
-            .disabled_resources
-            .read()
-            .map(|d| d.is_empty() || !d.contains(resource))
-            .unwrap_or(false)
+        self.resource_mode(resource) == ResourceMode::On
+    }
+
+    /// Sets the mode of one resource at run time: `Off` (uncached), `Shadow` (uncached,
+    /// the cache working and comparing in the background), `On` (cached). Entries stored
+    /// in shadow are guarded by generations like any other, so switching to `on` serves
+    /// them only while no invalidation has passed.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, CacheConfig, ResourceMode};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::new(CacheConfig::default()).await.unwrap();
+    /// cache.set_resource_mode("contacts", ResourceMode::Shadow);
+    /// assert_eq!(cache.resource_mode("contacts"), ResourceMode::Shadow);
+    /// assert!(!cache.is_resource_enabled("contacts"));
+    /// cache.set_verify_share("contacts", 0.02); // once it is `on`: 2% of hits re-checked
+    /// # });
+    /// ```
+    pub fn set_resource_mode(&self, resource: &str, mode: ResourceMode) {
+        self.inner.rollout.set_mode(resource, mode);
+    }
+
+    /// The mode of `resource` (`On` unless set otherwise).
+    pub fn resource_mode(&self, resource: &str) -> ResourceMode {
+        self.inner.rollout.mode(resource)
+    }
+
+    /// Sets the share (0 to 1, clamped) of `resource`'s hits recomputed in the
+    /// background and compared with the entry served, at run time.
+    pub fn set_verify_share(&self, resource: &str, share: f64) {
+        self.inner.rollout.set_share(resource, share);
+    }
+
+    /// The share of `resource`'s hits that are verified.
+    pub fn verify_share(&self, resource: &str) -> f64 {
+        self.inner.rollout.share(resource)
+    }
+
+    /// The last mismatches found (at most 32, oldest first): what differed, where, for
+    /// which tenant and key; never the bodies. Also counted in stats and logged at WARN.
+    pub fn recent_mismatches(&self) -> Vec<Mismatch> {
+        self.inner.reports.recent()
     }
 
     /// A copy of every counter.

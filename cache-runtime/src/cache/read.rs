@@ -44,6 +44,9 @@ pub enum BypassReason {
     Method,
     /// The route says `skip_cache`.
     SkipCache,
+    /// The resource is in shadow mode: the handler answers, the cache works and
+    /// compares in the background.
+    Shadow,
 }
 
 impl BypassReason {
@@ -58,6 +61,7 @@ impl BypassReason {
             BypassReason::NoUser => "no-user",
             BypassReason::Method => "method",
             BypassReason::SkipCache => "skip-cache",
+            BypassReason::Shadow => "shadow",
         }
     }
 }
@@ -100,6 +104,12 @@ impl Cache {
         if let Some(reason) = self.bypass_reason(key) {
             return Lookup::Bypass(reason);
         }
+        self.lookup_consulted(key).await
+    }
+
+    /// [`lookup_uncounted`](Self::lookup_uncounted) once the switches have been passed:
+    /// the shadow run looks up a resource whose mode serves it uncached.
+    pub(super) async fn lookup_consulted(&self, key: &CacheKey) -> Lookup {
         let started = Instant::now();
         let miss = |generations, refreshing| {
             Lookup::Miss(MissTicket {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{CacheConfig, WaitReplicas};
 use crate::early_refresh::RandomSource;
+use crate::verify::ResourceMode;
 
 impl CacheConfig {
     /// Uses Redis at `url` (`redis://` or `rediss://`).
@@ -127,6 +128,47 @@ impl CacheConfig {
     /// [`RandomSource`].
     pub fn with_early_refresh_random(mut self, source: RandomSource) -> Self {
         self.early_refresh_random = source;
+        self
+    }
+
+    /// Sets the mode of one resource (`off`, `shadow`, `on`); see
+    /// [`CacheConfig::resource_modes`] and, at run time, `Cache::set_resource_mode`.
+    ///
+    /// ```
+    /// use cache_runtime::{CacheConfig, ResourceMode};
+    ///
+    /// let config = CacheConfig::default()
+    ///     .with_resource_mode("contacts", ResourceMode::Shadow)
+    ///     .with_verify_share("templates", 0.01);
+    /// assert_eq!(config.resource_modes["contacts"], ResourceMode::Shadow);
+    /// ```
+    pub fn with_resource_mode(mut self, resource: impl Into<String>, mode: ResourceMode) -> Self {
+        self.resource_modes.insert(resource.into(), mode);
+        self
+    }
+
+    /// Sets the share (0 to 1) of one resource's hits that are recomputed in the
+    /// background and compared with the entry served.
+    pub fn with_verify_share(mut self, resource: impl Into<String>, share: f64) -> Self {
+        self.verify_shares.insert(resource.into(), share);
+        self
+    }
+
+    /// Sets how many shadow and verification runs may be in flight at once.
+    pub fn with_shadow_concurrency(mut self, runs: usize) -> Self {
+        self.shadow_concurrency = runs;
+        self
+    }
+
+    /// Sets how often one key's mismatch is logged at WARN.
+    pub fn with_mismatch_log_interval(mut self, interval: Duration) -> Self {
+        self.mismatch_log_interval = interval;
+        self
+    }
+
+    /// Sets where the draw that picks hits for verification comes from.
+    pub fn with_verify_random(mut self, random: RandomSource) -> Self {
+        self.verify_random = random;
         self
     }
 }

@@ -7,7 +7,11 @@
 //! | `REDIS_CLUSTER_URLS` | unset | Redis Cluster: comma list of seed nodes, all `redis://` or all `rediss://` (any few nodes; the rest are discovered); excludes `REDIS_URL`. See [`CacheConfig::redis_cluster_urls`] |
 //! | `API_CACHE_PREFIX` | `api-cache` | first segment of every key |
 //! | `API_CACHE_ENABLED` | `true` | global off switch (`false`, `0`, `off` disable) |
-//! | `API_CACHE_DISABLED_RESOURCES` | empty | comma list of resources served uncached |
+//! | `API_CACHE_DISABLED_RESOURCES` | empty | comma list of resources served uncached (mode `off`) |
+//! | `API_CACHE_RESOURCE_MODES` | empty | comma list of `resource=mode`, mode `off`, `shadow` or `on`; see [`CacheConfig::resource_modes`] |
+//! | `API_CACHE_VERIFY` | empty | comma list of `resource=share`: the share (0 to 1) of hits recomputed in the background and compared |
+//! | `API_CACHE_SHADOW_CONCURRENCY` | `16` | shadow and verification runs in flight at once; beyond it they are skipped (counted), never queued |
+//! | `API_CACHE_MISMATCH_LOG_SECS` | `300` | a mismatch is logged at WARN once per key per this interval |
 //! | `API_CACHE_CONNECT_TIMEOUT_MS` | `50` | Redis connect timeout |
 //! | `API_CACHE_TIMEOUT_MS` | `30` | Redis response timeout, per operation |
 //! | `API_CACHE_MAX_ENTRY_BYTES` | `1048576` | larger responses are not stored |
@@ -20,11 +24,12 @@
 //! | `API_CACHE_WAIT_REPLICAS` | `all` | replicas that must acknowledge an invalidation (`WAIT`): `all` connected ones, a number N (at most the connected ones), or `0`/`off`; see [`WaitReplicas`] |
 //! | `API_CACHE_GENERATION_TTL_SECS` | `604800` (7 days) | lifetime of a generation key; see [`CacheConfig::generation_ttl`] |
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::early_refresh::RandomSource;
 use crate::error::ConfigError;
+use crate::verify::ResourceMode;
 
 mod builder;
 mod redis;
@@ -63,8 +68,22 @@ pub struct CacheConfig {
     /// Global switch: when false every cached route answers `X-Cache: BYPASS`
     /// (invalidations are still delivered, so turning it back on serves nothing stale).
     pub enabled: bool,
-    /// Resources served uncached (a rollback of one route without a deploy).
+    /// Resources served uncached (a rollback of one route without a deploy): mode `off`.
     pub disabled_resources: HashSet<String>,
+    /// Per-resource modes (`off`, `shadow`, `on`; unnamed resources are `on`). `shadow`
+    /// serves every request fresh from the handler while the cache, in the background,
+    /// looks up, stores and compares would-be hits with the fresh response: the would-be
+    /// hit rate and any missing invalidation, before a cached byte is served. A resource
+    /// also in `disabled_resources` must be `off` here.
+    pub resource_modes: HashMap<String, ResourceMode>,
+    /// Per-resource share (0 to 1) of hits in `on` recomputed in the background and
+    /// compared with the entry served; unnamed resources 0.
+    pub verify_shares: HashMap<String, f64>,
+    /// Shadow and verification runs in flight at once (semaphore permits). One that
+    /// finds none is skipped and counted, never queued: this work cannot build up.
+    pub shadow_concurrency: usize,
+    /// A mismatch is logged at WARN once per key per this interval (counted every time).
+    pub mismatch_log_interval: Duration,
     /// Redis connect timeout.
     pub connect_timeout: Duration,
     /// Bound on each Redis operation on a request path.
@@ -101,6 +120,9 @@ pub struct CacheConfig {
     /// Where the early-refresh decision draws its randomness (`rand::random`); set a
     /// seeded or constant source to reproduce decisions. No environment variable.
     pub early_refresh_random: RandomSource,
+    /// Where the draw that picks hits for verification comes from (`rand::random`).
+    /// No environment variable.
+    pub verify_random: RandomSource,
 }
 
 impl Default for CacheConfig {
@@ -111,6 +133,10 @@ impl Default for CacheConfig {
             prefix: "api-cache".to_owned(),
             enabled: true,
             disabled_resources: HashSet::new(),
+            resource_modes: HashMap::new(),
+            verify_shares: HashMap::new(),
+            shadow_concurrency: 16,
+            mismatch_log_interval: Duration::from_secs(300),
             connect_timeout: Duration::from_millis(50),
             response_timeout: Duration::from_millis(30),
             max_entry_bytes: 1024 * 1024,
@@ -123,6 +149,7 @@ impl Default for CacheConfig {
             wait_replicas: WaitReplicas::All,
             generation_ttl: Duration::from_secs(7 * 24 * 3600),
             early_refresh_random: RandomSource::default(),
+            verify_random: RandomSource::default(),
         }
     }
 }
@@ -169,6 +196,37 @@ impl CacheConfig {
         }
         if let Some(list) = get("API_CACHE_DISABLED_RESOURCES") {
             config.disabled_resources = split_list(&list);
+        }
+        if let Some(list) = get("API_CACHE_RESOURCE_MODES") {
+            for (resource, mode) in split_pairs("API_CACHE_RESOURCE_MODES", &list)? {
+                let mode = mode.parse().map_err(|()| ConfigError::Env {
+                    name: "API_CACHE_RESOURCE_MODES",
+                    value: list.clone(),
+                    reason: "expected `resource=mode`, mode `off`, `shadow` or `on`",
+                })?;
+                config.resource_modes.insert(resource, mode);
+            }
+        }
+        if let Some(list) = get("API_CACHE_VERIFY") {
+            for (resource, share) in split_pairs("API_CACHE_VERIFY", &list)? {
+                let share = share
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| (0.0..=1.0).contains(s))
+                    .ok_or(ConfigError::Env {
+                        name: "API_CACHE_VERIFY",
+                        value: list.clone(),
+                        reason: "expected `resource=share`, share from 0 to 1",
+                    })?;
+                config.verify_shares.insert(resource, share);
+            }
+        }
+        if let Some(n) = get("API_CACHE_SHADOW_CONCURRENCY") {
+            config.shadow_concurrency = parse_num("API_CACHE_SHADOW_CONCURRENCY", &n)?;
+        }
+        if let Some(secs) = get("API_CACHE_MISMATCH_LOG_SECS") {
+            let secs = parse_num::<u64>("API_CACHE_MISMATCH_LOG_SECS", &secs)?;
+            config.mismatch_log_interval = Duration::from_secs(secs);
         }
         if let Some(ms) = get("API_CACHE_CONNECT_TIMEOUT_MS") {
             config.connect_timeout = parse_ms("API_CACHE_CONNECT_TIMEOUT_MS", &ms)?;
@@ -254,6 +312,12 @@ impl CacheConfig {
                 return Err(ConfigError::RedisUrl(redact(url)));
             }
         }
+        for resource in &self.disabled_resources {
+            let mode = self.resource_modes.get(resource);
+            if mode.is_some_and(|mode| *mode != ResourceMode::Off) {
+                return Err(ConfigError::ResourceMode(resource.clone()));
+            }
+        }
         if !self.redis_cluster_urls.is_empty() {
             if self.redis_url.is_some() {
                 return Err(ConfigError::StandaloneAndCluster);
@@ -304,6 +368,24 @@ fn parse_num<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T,
 
 fn parse_ms(name: &'static str, value: &str) -> Result<Duration, ConfigError> {
     parse_num::<u64>(name, value).map(Duration::from_millis)
+}
+
+/// `a=x, b=y` as pairs; an item without `=` is an error.
+fn split_pairs(name: &'static str, list: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((resource, value)) if !resource.trim().is_empty() => {
+                Ok((resource.trim().to_owned(), value.trim().to_owned()))
+            }
+            _ => Err(ConfigError::Env {
+                name,
+                value: list.to_owned(),
+                reason: "expected a comma list of `resource=value`",
+            }),
+        })
+        .collect()
 }
 
 pub(crate) fn split_list(list: &str) -> HashSet<String> {
@@ -386,6 +468,36 @@ mod tests {
         let config = read("API_CACHE_GENERATION_TTL_SECS", "60").unwrap();
         assert_eq!(config.generation_ttl, Duration::from_secs(60));
         assert!(read("API_CACHE_GENERATION_TTL_SECS", "0").is_err());
+    }
+
+    #[test]
+    fn reads_modes_shares_and_refuses_conflicts() {
+        let config = CacheConfig::from_lookup(|n| match n {
+            "API_CACHE_RESOURCE_MODES" => {
+                Some("contacts=shadow, templates=off,analytics=on".into())
+            }
+            "API_CACHE_VERIFY" => Some("analytics=0.05".into()),
+            "API_CACHE_DISABLED_RESOURCES" => Some("templates".into()),
+            "API_CACHE_SHADOW_CONCURRENCY" => Some("3".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.resource_modes["contacts"], ResourceMode::Shadow);
+        assert_eq!(config.resource_modes["templates"], ResourceMode::Off);
+        assert_eq!(config.verify_shares["analytics"], 0.05);
+        assert_eq!(config.shadow_concurrency, 3);
+        let read = |name: &'static str, value: &'static str| {
+            CacheConfig::from_lookup(move |n| (n == name).then(|| value.to_owned()))
+        };
+        assert!(read("API_CACHE_RESOURCE_MODES", "contacts").is_err());
+        assert!(read("API_CACHE_RESOURCE_MODES", "contacts=maybe").is_err());
+        assert!(read("API_CACHE_VERIFY", "contacts=1.5").is_err());
+        let conflict = CacheConfig::from_lookup(|n| match n {
+            "API_CACHE_RESOURCE_MODES" => Some("contacts=shadow".into()),
+            "API_CACHE_DISABLED_RESOURCES" => Some("contacts".into()),
+            _ => None,
+        });
+        assert!(matches!(conflict, Err(ConfigError::ResourceMode(_))));
     }
 
     #[test]

@@ -40,8 +40,12 @@ pub struct StatsDocument {
     pub backend: &'static str,
     /// Whether the global switch is on.
     pub enabled: bool,
-    /// Resources seen so far that are switched off at run time.
+    /// Resources seen so far that are switched off (mode `off`).
     pub disabled_resources: Vec<String>,
+    /// Resources seen so far that are in shadow mode.
+    pub shadow_resources: Vec<String>,
+    /// The last mismatches found (what differed, where; never a body).
+    pub recent_mismatches: Vec<crate::Mismatch>,
     /// When the figures were read, milliseconds since the Unix epoch (rates are computed
     /// between two documents with it).
     pub generated_at_ms: u64,
@@ -57,16 +61,22 @@ impl StatsDocument {
     /// The document for `cache` now.
     pub fn of(cache: &Cache) -> Self {
         let stats = cache.stats();
-        let disabled_resources = stats
-            .resources
-            .keys()
-            .filter(|r| r.as_str() != "*" && !cache.is_resource_enabled(r))
-            .cloned()
-            .collect();
+        let in_mode = |mode: crate::ResourceMode| {
+            stats
+                .resources
+                .keys()
+                .filter(|r| r.as_str() != "*" && cache.resource_mode(r) == mode)
+                .cloned()
+                .collect()
+        };
+        let disabled_resources = in_mode(crate::ResourceMode::Off);
+        let shadow_resources = in_mode(crate::ResourceMode::Shadow);
         StatsDocument {
             backend: cache.backend_name(),
             enabled: cache.is_enabled(),
             disabled_resources,
+            shadow_resources,
+            recent_mismatches: cache.recent_mismatches(),
             generated_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)

@@ -167,7 +167,7 @@ const OUTCOMES: [(&str, CounterOf); 3] = [
 /// The per-resource counters other than requests: (name without `_total`, help, value).
 type ResourceCounter = (&'static str, &'static str, CounterOf);
 
-const RESOURCE_COUNTERS: [ResourceCounter; 7] = [
+const RESOURCE_COUNTERS: [ResourceCounter; 13] = [
     (
         "api_cache_errors",
         "Store faults while serving a resource: timeouts, connection errors, refused writes, corrupt values.",
@@ -202,6 +202,36 @@ const RESOURCE_COUNTERS: [ResourceCounter; 7] = [
         "api_cache_corrupt_values",
         "Stored values that did not decode or belonged to another key; also counted as errors.",
         |c| c.corrupt,
+    ),
+    (
+        "api_cache_would_be_hits",
+        "Shadow mode: requests the cache would have answered from an entry (served by the handler; also counted as bypasses).",
+        |c| c.would_be_hits,
+    ),
+    (
+        "api_cache_would_be_misses",
+        "Shadow mode: requests that would have missed; their fresh response is stored as on would store it.",
+        |c| c.would_be_misses,
+    ),
+    (
+        "api_cache_verifications",
+        "Entries compared with a fresh response: shadow would-be hits and sampled hits.",
+        |c| c.verifications,
+    ),
+    (
+        "api_cache_mismatches",
+        "Comparisons that differed under unchanged generations: a write that was not invalidated (logged at WARN).",
+        |c| c.mismatches,
+    ),
+    (
+        "api_cache_verification_races",
+        "Comparisons that differed because an invalidation landed meanwhile: not a fault.",
+        |c| c.raced,
+    ),
+    (
+        "api_cache_shadow_skipped",
+        "Shadow or verification runs skipped because API_CACHE_SHADOW_CONCURRENCY runs were in flight.",
+        |c| c.shadow_skipped,
     ),
 ];
 
@@ -245,6 +275,22 @@ fn encode_snapshot(
             let labels = [("resource", resource.as_str())];
             ConstGauge::new(ttl).encode(family.encode_family(&labels)?)?;
         }
+    }
+
+    let mut family = encoder.encode_descriptor(
+        "api_cache_resource_mode",
+        "The resource's mode now: 0 off, 1 shadow, 2 on (the global switch aside).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for resource in resources.keys().filter(|r| r.as_str() != "*") {
+        let labels = [("resource", resource.as_str())];
+        let mode = match cache.resource_mode(resource) {
+            crate::ResourceMode::Off => 0,
+            crate::ResourceMode::Shadow => 1,
+            crate::ResourceMode::On => 2,
+        };
+        ConstGauge::new(mode).encode(family.encode_family(&labels)?)?;
     }
 
     let mut family = encoder.encode_descriptor(

@@ -58,6 +58,12 @@ options:
   --fault-pause-redis SECS
                        freeze Redis (CLIENT PAUSE ALL) for SECS in the middle of the
                        cache-on run; needs REDIS_URL or --redis
+  --mode shadow        a third run with every resource in shadow mode (served by the
+                       handlers; the cache looks up, stores and compares in the
+                       background): would-be hit rate next to the real one, mismatches
+  --incomplete-invalidation
+                       the demo's contact rename forgets to invalidate `conversations`
+                       (a deliberate bug): the shadow run reports it as mismatches
   --out DIR            output directory (default report-output)
   --no-output          write no files
   --quiet              no progress lines
@@ -141,6 +147,12 @@ fn parse_args() -> Result<(ReportConfig, OwnRedis), String> {
                 }
                 config.fault_pause_redis = Some(Duration::from_secs_f64(secs));
             }
+            "--mode" => match value("--mode")?.as_str() {
+                "shadow" => config.shadow = true,
+                "default" => config.shadow = false,
+                other => return Err(format!("--mode {other}: expected `shadow` or `default`")),
+            },
+            "--incomplete-invalidation" => config.incomplete_invalidation = true,
             "--out" => config.out_dir = Some(PathBuf::from(value("--out")?)),
             "--no-output" => config.out_dir = None,
             "--quiet" => config.progress = false,

@@ -10,7 +10,9 @@
 //! `sqlite:///path/demo.sqlite3`: a file shared with other instances, seeded by the
 //! first; `postgres://user@host/db` or `postgres:///db?host=/var/run/postgresql`: a
 //! PostgreSQL database, seeded by the first instance when it has no demo tables yet), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume), `RUST_LOG`
-//! (default `info`: one line per request).
+//! (default `info`: one line per request), `DEMO_INCOMPLETE_INVALIDATION=1` (or the
+//! argument `--incomplete-invalidation`: a contact rename forgets to invalidate
+//! `conversations`, a deliberate bug that shadow mode detects; see the README's rollout).
 //!
 //! Two instances on one database and one Redis, as behind a load balancer:
 //!
@@ -87,9 +89,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
              cannot see the others' invalidations, so they will serve each other's stale data"
         );
     }
+    let incomplete_invalidation = env_or("DEMO_INCOMPLETE_INVALIDATION", 0u8)? != 0
+        || std::env::args().any(|arg| arg == "--incomplete-invalidation");
+    if incomplete_invalidation {
+        tracing::warn!(
+            "--incomplete-invalidation: PUT /api/contacts/{{id}} does not invalidate \
+             `conversations` (a deliberate bug, for shadow mode to catch)"
+        );
+    }
     let config = DemoConfig {
         seed,
         database,
+        incomplete_invalidation,
         ..DemoConfig::default()
     };
     let cache_at_exit = cache.clone();

@@ -31,7 +31,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cache_runtime::{Cache, CacheConfig};
+use cache_runtime::{Cache, CacheConfig, ResourceMode};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -85,6 +85,13 @@ pub struct ReportConfig {
     /// middle of the cache-on run's measured window. Needs Redis (`redis_url` or
     /// `REDIS_URL`).
     pub fault_pause_redis: Option<Duration>,
+    /// `--mode shadow`: a third run with every resource in shadow mode (served by the
+    /// handlers; the cache looks up, stores and compares in the background), printed as
+    /// the would-be hit rate next to the real one, and the mismatches found.
+    pub shadow: bool,
+    /// `--incomplete-invalidation`: the in-process demos' contact rename forgets to
+    /// invalidate `conversations` (a deliberate bug, for the shadow run to catch).
+    pub incomplete_invalidation: bool,
     /// Where to write report.json, report.svg and report.md (None: nowhere).
     pub out_dir: Option<PathBuf>,
     /// Print progress to stderr.
@@ -109,6 +116,8 @@ impl Default for ReportConfig {
             instances: 1,
             allow_per_process_cache: false,
             fault_pause_redis: None,
+            shadow: false,
+            incomplete_invalidation: false,
             out_dir: Some(PathBuf::from("report-output")),
             progress: true,
         }
@@ -156,10 +165,12 @@ pub enum ReportError {
 /// One run's outcome.
 #[derive(Debug, Serialize)]
 pub struct PhaseReport {
-    /// `cache off` or `cache on`.
+    /// `cache off`, `cache on` or `cache shadow`.
     pub name: &'static str,
     /// Whether the cache was on.
     pub cache_enabled: bool,
+    /// Whether every resource was in shadow mode.
+    pub shadow: bool,
     /// Seconds from the end of the warm-up to the last response.
     pub elapsed_seconds: f64,
     /// The figures.
@@ -239,6 +250,14 @@ fn check_config(config: &ReportConfig) -> Result<(), ReportError> {
     if config.instances == 0 {
         return Err(ReportError::Options(
             "--instances must be at least 1".into(),
+        ));
+    }
+    if (config.shadow || config.incomplete_invalidation) && config.url.is_some() {
+        return Err(ReportError::Options(
+            "--mode shadow and --incomplete-invalidation start in-process demos; they do not \
+             go with --url (set API_CACHE_RESOURCE_MODES and DEMO_INCOMPLETE_INVALIDATION on \
+             the server instead)"
+                .into(),
         ));
     }
     if config.instances > 1 && config.url.is_some() {
@@ -349,6 +368,7 @@ async fn run_phase(
     client: &reqwest::Client,
     name: &'static str,
     enabled: bool,
+    shadow: bool,
     scratch: Option<&ScratchDatabase>,
 ) -> Result<(PhaseReport, SeedSummary, String, String), ReportError> {
     // Outlives the demos (declared first, dropped last): their shared database.
@@ -360,11 +380,12 @@ async fn run_phase(
         Some(url) => vec![url.trim_end_matches('/').to_owned()],
         None => {
             // One prefix per run, shared by the run's instances: one cache store.
-            let cache_config = cache_config(config)?.with_prefix(unique_prefix(if enabled {
-                "on"
-            } else {
-                "off"
-            }));
+            let cache_config =
+                cache_config(config)?.with_prefix(unique_prefix(match (enabled, shadow) {
+                    (true, true) => "shadow",
+                    (true, false) => "on",
+                    (false, _) => "off",
+                }));
             let database = match &config.database {
                 // `run_report` made `scratch` for this run.
                 Some(_) => scratch.map(|db| Database::Postgres(db.url.clone())),
@@ -381,6 +402,11 @@ async fn run_phase(
                 // A handle per instance, as each process builds its own.
                 let cache = Cache::new(cache_config.clone()).await?;
                 cache.set_enabled(enabled);
+                if shadow {
+                    for resource in DEMO_RESOURCES {
+                        cache.set_resource_mode(resource, ResourceMode::Shadow);
+                    }
+                }
                 backend = cache.backend_name().to_owned();
                 let demo_config = DemoConfig {
                     seed: SeedConfig {
@@ -389,6 +415,7 @@ async fn run_phase(
                         ..SeedConfig::default()
                     },
                     database: database.clone(),
+                    incomplete_invalidation: config.incomplete_invalidation,
                     ..DemoConfig::default()
                 };
                 if config.progress {
@@ -590,6 +617,7 @@ async fn run_phase(
     let report = PhaseReport {
         name,
         cache_enabled: enabled,
+        shadow,
         elapsed_seconds: run.elapsed.saturating_sub(config.warmup).as_secs_f64(),
         timeline: summary::timeline(&run.samples),
         figures,
@@ -614,17 +642,44 @@ pub async fn run_report(config: ReportConfig) -> Result<Report, ReportError> {
         .timeout(Duration::from_secs(60))
         .build()?;
     let scratch = scratch_database(&config, "off").await?;
-    let off = run_phase(&config, &client, "cache off", false, scratch.as_ref()).await;
+    let off = run_phase(
+        &config,
+        &client,
+        "cache off",
+        false,
+        false,
+        scratch.as_ref(),
+    )
+    .await;
     drop_scratch_database(scratch).await;
     let (off, seed, backend, database) = off?;
     let scratch = scratch_database(&config, "on").await?;
-    let on = run_phase(&config, &client, "cache on", true, scratch.as_ref()).await;
+    let on = run_phase(&config, &client, "cache on", true, false, scratch.as_ref()).await;
     drop_scratch_database(scratch).await;
     let (on, ..) = on?;
-    let phases = vec![off, on];
-    let passed = phases
-        .iter()
-        .all(|p| p.violations.is_empty() && p.server_errors == 0 && p.transport_errors == 0);
+    let mut phases = vec![off, on];
+    if config.shadow {
+        let scratch = scratch_database(&config, "shadow").await?;
+        let shadow = run_phase(
+            &config,
+            &client,
+            "cache shadow",
+            true,
+            true,
+            scratch.as_ref(),
+        )
+        .await;
+        drop_scratch_database(scratch).await;
+        let (shadow, ..) = shadow?;
+        phases.push(shadow);
+    }
+    // A mismatch is a write some `#[invalidates]` does not announce: a failure.
+    let passed = phases.iter().all(|p| {
+        p.violations.is_empty()
+            && p.server_errors == 0
+            && p.transport_errors == 0
+            && shadow_total(p, "mismatches") == 0
+    });
     Ok(Report {
         read_mix: READ_MIX.iter().copied().collect(),
         write_mix: WRITE_MIX.to_vec(),
@@ -662,6 +717,136 @@ async fn drop_scratch_database(scratch: Option<ScratchDatabase>) {
         if let Err(err) = scratch.drop_database().await {
             eprintln!("warning: could not drop the report's database {name}: {err}");
         }
+    }
+}
+
+/// The resources of the demo's `#[cached]` routes.
+const DEMO_RESOURCES: [&str; 7] = [
+    "templates",
+    "contacts",
+    "analytics",
+    "campaigns",
+    "conversations",
+    "organization",
+    "profiles",
+];
+
+/// A counter of the phase's cache, summed over its instances (`totals.<name>`).
+fn shadow_total(phase: &PhaseReport, name: &str) -> u64 {
+    phase
+        .instances
+        .iter()
+        .filter_map(|i| i.cache_stats.pointer(&format!("/totals/{name}")))
+        .filter_map(Value::as_u64)
+        .sum()
+}
+
+/// One resource's counter in a phase, summed over its instances.
+fn resource_total(phase: &PhaseReport, resource: &str, name: &str) -> u64 {
+    phase
+        .instances
+        .iter()
+        .filter_map(|i| {
+            i.cache_stats
+                .pointer(&format!("/resources/{resource}/{name}"))
+        })
+        .filter_map(Value::as_u64)
+        .sum()
+}
+
+/// `part` as a percentage of `whole`, or "–".
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "–".to_owned()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+impl Report {
+    /// The shadow run's section: per resource, the real hit rate (cache on) next to the
+    /// would-be one (shadow), and what the comparisons found.
+    fn shadow_text(&self, on: &PhaseReport, shadow: &PhaseReport) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Shadow run (every resource in shadow mode: each request served by its handler; the cache looked up, stored and compared in the background)"
+        );
+        let _ = writeln!(
+            out,
+            "  {:<14} {:>14} {:>18} {:>13} {:>11} {:>7} {:>8}",
+            "resource",
+            "hit rate (on)",
+            "would-be (shadow)",
+            "comparisons",
+            "mismatches",
+            "raced",
+            "skipped"
+        );
+        for resource in DEMO_RESOURCES {
+            let get = |p: &PhaseReport, name: &str| resource_total(p, resource, name);
+            let (hits, misses) = (get(on, "hits"), get(on, "misses"));
+            let (would_hit, would_miss) =
+                (get(shadow, "would_be_hits"), get(shadow, "would_be_misses"));
+            if hits + misses + would_hit + would_miss == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "  {:<14} {:>14} {:>18} {:>13} {:>11} {:>7} {:>8}",
+                resource,
+                percent(hits, hits + misses),
+                percent(would_hit, would_hit + would_miss),
+                get(shadow, "verifications"),
+                get(shadow, "mismatches"),
+                get(shadow, "raced"),
+                get(shadow, "shadow_skipped")
+            );
+        }
+        let total = |p: &PhaseReport, name: &str| shadow_total(p, name);
+        let _ = writeln!(
+            out,
+            "  all            {:>14} {:>18} {:>13} {:>11} {:>7} {:>8}",
+            percent(total(on, "hits"), total(on, "hits") + total(on, "misses")),
+            percent(
+                total(shadow, "would_be_hits"),
+                total(shadow, "would_be_hits") + total(shadow, "would_be_misses")
+            ),
+            total(shadow, "verifications"),
+            total(shadow, "mismatches"),
+            total(shadow, "raced"),
+            total(shadow, "shadow_skipped")
+        );
+        let found: Vec<&Value> = shadow
+            .instances
+            .iter()
+            .filter_map(|i| i.cache_stats.get("recent_mismatches"))
+            .filter_map(Value::as_array)
+            .flatten()
+            .collect();
+        for mismatch in found.iter().take(5) {
+            let field = |name: &str| mismatch.get(name).and_then(Value::as_str).unwrap_or("?");
+            let _ = writeln!(
+                out,
+                "  mismatch: {} {} tenant {} (entry {} s old): {}  key {}",
+                field("resource"),
+                field("path"),
+                field("tenant"),
+                mismatch
+                    .get("age_secs")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                field("difference"),
+                field("key")
+            );
+        }
+        if self.config.incomplete_invalidation {
+            let _ = writeln!(
+                out,
+                "  (--incomplete-invalidation: a contact rename does not invalidate `conversations`; the mismatches above are that bug, found before any cached byte was served)"
+            );
+        }
+        out
     }
 }
 
@@ -762,7 +947,12 @@ impl Report {
             ));
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "Correctness (both runs)");
+        let runs = if self.phases.len() > 2 {
+            "all runs"
+        } else {
+            "both runs"
+        };
+        let _ = writeln!(out, "Correctness ({runs})");
         let sum = |f: &dyn Fn(&PhaseReport) -> u64| self.phases.iter().map(f).sum::<u64>();
         let _ = writeln!(
             out,
@@ -845,6 +1035,10 @@ impl Report {
             for u in phase.unexpected.iter().take(5) {
                 let _ = writeln!(out, "  [{}] unexpected: {u}", phase.name);
             }
+        }
+        if let Some(shadow) = self.phases.iter().find(|p| p.shadow) {
+            let _ = writeln!(out);
+            out.push_str(&self.shadow_text(on, shadow));
         }
         if let Some(fault) = &on.fault {
             let _ = writeln!(out);

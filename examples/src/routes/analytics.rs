@@ -377,11 +377,13 @@ pub async fn campaign_totals(db: &Db, org_id: i64) -> Result<CampaignTotals, DbE
 
 /// `GET /api/analytics/dashboard?range=7d|30d|90d`: composed from the cached parts
 /// above. Tagged with every part's tags, so any write a part depends on also drops the
-/// composed response.
+/// composed response. `generated_at` is the time of computing: shadow runs and
+/// verification compare the rest.
 #[cached(
     resource = "analytics",
     ttl = presets::ANALYTICS,
-    tags = ["contacts", "conversations", "messages", "campaigns"]
+    tags = ["contacts", "conversations", "messages", "campaigns"],
+    verify_ignore = ["generated_at"]
 )]
 pub async fn dashboard(
     State(app): State<AppState>,

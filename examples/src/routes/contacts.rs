@@ -301,6 +301,29 @@ pub async fn update_contact(
     Id(id): Id,
     Body(input): Body<ContactInput>,
 ) -> Result<Json<Contact>, ApiError> {
+    apply_contact_update(app, auth, id, input).await
+}
+
+/// `PUT /api/contacts/{id}` with the demo's deliberate bug (`--incomplete-invalidation`):
+/// the annotation forgets `conversations`, so the inbox keeps showing the old contact
+/// name. Shadow mode and sampled verification report it as mismatches on
+/// `conversations`.
+#[invalidates("contacts")]
+pub async fn update_contact_forgetting_conversations(
+    State(app): State<AppState>,
+    auth: Auth,
+    Id(id): Id,
+    Body(input): Body<ContactInput>,
+) -> Result<Json<Contact>, ApiError> {
+    apply_contact_update(app, auth, id, input).await
+}
+
+async fn apply_contact_update(
+    app: AppState,
+    auth: Auth,
+    id: i64,
+    input: ContactInput,
+) -> Result<Json<Contact>, ApiError> {
     let name = optional("name", input.name, 200)?;
     let phone = optional("phone_number", input.phone_number, 32)?;
     if let Some(phone) = &phone {

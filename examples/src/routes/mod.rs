@@ -53,7 +53,10 @@ impl Deleted {
 fn api(state: AppState, tokens: Tokens) -> Router {
     use analytics::dashboard;
     use campaigns::{create_broadcast, create_drip, list_broadcasts, list_drips};
-    use contacts::{create_contact, delete_contact, list_contacts, update_contact};
+    use contacts::{
+        create_contact, delete_contact, list_contacts, update_contact,
+        update_contact_forgetting_conversations,
+    };
     use conversations::{create_conversation, list_conversations};
     use organization::{current_organization, my_profile, update_organization};
     use templates::{create_template, delete_template, list_templates, update_template};
@@ -67,7 +70,12 @@ fn api(state: AppState, tokens: Tokens) -> Router {
         .route("/api/contacts", get(list_contacts).post(create_contact))
         .route(
             "/api/contacts/{id}",
-            put(update_contact).delete(delete_contact),
+            if state.incomplete_invalidation {
+                put(update_contact_forgetting_conversations)
+            } else {
+                put(update_contact)
+            }
+            .delete(delete_contact),
         )
         .route("/api/analytics/dashboard", get(dashboard))
         .route(
@@ -113,7 +121,16 @@ fn debug(state: DebugState) -> Router {
         )
         .route(
             "/debug/cache",
-            get(|State(s): State<DebugState>| async move { Json(s.cache.stats()) }).put(
+            get(|State(s): State<DebugState>| async move {
+                // The stats, and the last mismatches shadow runs and verification found.
+                let mut stats = serde_json::to_value(s.cache.stats()).unwrap_or_default();
+                if let Some(fields) = stats.as_object_mut() {
+                    let found = serde_json::to_value(s.cache.recent_mismatches());
+                    fields.insert("recent_mismatches".into(), found.unwrap_or_default());
+                }
+                Json(stats)
+            })
+            .put(
                 |State(s): State<DebugState>, Body(switch): Body<CacheSwitch>| async move {
                     s.cache.set_enabled(switch.enabled);
                     Json(serde_json::json!({ "enabled": switch.enabled }))
