@@ -49,6 +49,17 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
     });
     let cache_only_success = spec.cache_only_success;
     let skip_cache = spec.skip_cache;
+    // The default grace is half the TTL: an entry nothing invalidated is served at most
+    // 1.5 TTLs old, never more, and a popular one rarely makes anyone wait.
+    let stale_while_revalidate = match spec.stale_while_revalidate_secs {
+        Some(seconds) => {
+            let seconds = Literal::u32_unsuffixed(seconds);
+            quote!(#seconds)
+        }
+        None if spec.key.is_some() => quote!(0),
+        None => quote!(#ttl_secs / 2),
+    };
+    let stale_after_invalidation = Literal::u32_unsuffixed(spec.stale_after_invalidation_secs);
     let scope = scope(&spec.scope);
     let declarations = quote! {
         #ttl_const
@@ -56,6 +67,8 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
             ::cache_runtime::__private::RouteSpec {
                 resource: #resource,
                 ttl_secs: #ttl_secs,
+                stale_while_revalidate_secs: #stale_while_revalidate,
+                stale_after_invalidation_secs: #stale_after_invalidation,
                 cache_control: ::cache_runtime::__private::HeaderValue::from_static(#cache_control),
                 tags: &[#(#tags),*],
                 vary: &[#(#vary),*],

@@ -23,11 +23,14 @@ pub(crate) mod kw {
     syn::custom_keyword!(cache_only_success);
     syn::custom_keyword!(key);
     syn::custom_keyword!(browser_ttl);
+    syn::custom_keyword!(stale_while_revalidate);
+    syn::custom_keyword!(stale_after_invalidation);
 }
 
 /// The options `#[cached]` accepts, for the "unknown option" message.
 const CACHED_OPTIONS: &str = "`resource`, `ttl`, `tags`, `vary`, `scope`, `skip_cache`, \
-                              `cache_only_success`, `key`, `browser_ttl`";
+                              `cache_only_success`, `key`, `browser_ttl`, \
+                              `stale_while_revalidate`, `stale_after_invalidation`";
 
 /// The arguments of `#[cached(...)]`.
 pub(crate) struct CachedArgs {
@@ -40,6 +43,8 @@ pub(crate) struct CachedArgs {
     pub(crate) cache_only_success: Attr<LitBool>,
     pub(crate) key: Attr<Expr>,
     pub(crate) browser_ttl: Attr<Expr>,
+    pub(crate) stale_while_revalidate: Attr<Expr>,
+    pub(crate) stale_after_invalidation: Attr<Expr>,
 }
 
 /// The arguments of `#[invalidates(...)]`.
@@ -62,6 +67,8 @@ impl CachedArgs {
             cache_only_success: Attr::none("cache_only_success"),
             key: Attr::none("key"),
             browser_ttl: Attr::none("browser_ttl"),
+            stale_while_revalidate: Attr::none("stale_while_revalidate"),
+            stale_after_invalidation: Attr::none("stale_after_invalidation"),
         };
         parse_separated(tokens, |input| {
             parse_cached_option(input, &mut args, errors)
@@ -116,6 +123,14 @@ fn parse_cached_option(
     } else if lookahead.peek(kw::browser_ttl) {
         let keyword: kw::browser_ttl = input.parse()?;
         args.browser_ttl.set(errors, keyword.span, assigned(input)?);
+    } else if lookahead.peek(kw::stale_while_revalidate) {
+        let keyword: kw::stale_while_revalidate = input.parse()?;
+        args.stale_while_revalidate
+            .set(errors, keyword.span, assigned(input)?);
+    } else if lookahead.peek(kw::stale_after_invalidation) {
+        let keyword: kw::stale_after_invalidation = input.parse()?;
+        args.stale_after_invalidation
+            .set(errors, keyword.span, assigned(input)?);
     } else if lookahead.peek(kw::skip_cache) {
         let keyword: kw::skip_cache = input.parse()?;
         let value = flag(input, keyword.span)?;

@@ -28,6 +28,7 @@ use crate::stats::{CircuitSnapshot, Event, Stats, StatsSnapshot};
 pub(crate) use miss::Resolved;
 #[cfg(feature = "testing")]
 pub use read::MissTicket;
+pub(crate) use read::Staleness;
 pub use read::{BypassReason, Lookup};
 
 /// A handle to the cache: cheap to clone, shared by every request.
