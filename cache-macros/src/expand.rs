@@ -82,6 +82,7 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
                 resource: #resource,
                 tags: &[#(#tags),*],
                 ttl_secs: #ttl_secs,
+                stale_after_invalidation_secs: #stale_after_invalidation,
                 function: #name,
             }
         }

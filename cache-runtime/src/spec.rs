@@ -89,6 +89,8 @@ pub enum Registration {
         tags: &'static [&'static str],
         /// Its TTL, seconds.
         ttl_secs: u32,
+        /// Its `stale_after_invalidation`, seconds (0: strict).
+        stale_after_invalidation_secs: u32,
         /// `module::function`.
         function: &'static str,
     },

@@ -260,7 +260,7 @@ fn write_request() -> axum::http::Request<axum::body::Body> {
 }
 
 /// `stale_after_invalidation = 2`: after a write the previous entry is answered `STALE`
-/// (and one run recomputes); when recomputations keep failing, it is answered `STALE`
+/// (and one run recomputes it once it is 1 s old); when recomputations keep failing, it is answered `STALE`
 /// only until 2 s after its generations were read, then every read misses. Every `STALE`
 /// answer is checked against the bound from the client's side: its request was sent at
 /// most 2 s after the entry's first read had returned (its generations were read before).
@@ -270,10 +270,17 @@ async fn bounded_route_is_never_behind_by_more_than_its_bound(backend: TestBacke
     let api = router(&cache, db.clone());
     let bound = Duration::from_secs(2);
 
-    // A write shows after a bounded delay, the recomputation landing in the background.
+    // A write shows after a bounded delay: the writes of the first half of the bound share
+    // one recomputation, which starts from then on and lands in the background.
     assert_eq!(version(&read(&api, "/bounded", "org_1").await), 1);
+    let first_read = Instant::now();
     wait_until("the entry stored", || cache.stats().totals.stores == 1).await;
     assert_eq!(send(&api, write_request()).await.status, 204);
+    let behind = read(&api, "/bounded", "org_1").await;
+    assert_eq!(behind.x_cache(), "STALE");
+    assert_eq!(version(&behind), 1);
+    assert_eq!(cache.stats().totals.revalidations, 0, "not yet half the bound");
+    tokio::time::sleep((first_read + bound / 2 + Duration::from_millis(50)) - Instant::now()).await;
     let behind = read(&api, "/bounded", "org_1").await;
     assert_eq!(behind.x_cache(), "STALE");
     assert_eq!(version(&behind), 1);
@@ -281,6 +288,7 @@ async fn bounded_route_is_never_behind_by_more_than_its_bound(backend: TestBacke
         cache.stats().totals.stores == 2
     })
     .await;
+    assert_eq!(cache.stats().totals.revalidations, 1);
     let caught_up = read(&api, "/bounded", "org_1").await;
     assert_eq!(caught_up.x_cache(), "HIT");
     assert_eq!(version(&caught_up), 2);

@@ -240,9 +240,10 @@ where
     };
     let looked_up = match looked_up {
         Lookup::Miss(mut ticket) => match ticket.stale.take() {
-            // Served as it is now; one request per key recomputes it in the background.
+            // Served as it is now; one request per key recomputes it in the background
+            // (after an invalidation, from half the route's bound on).
             Some(stale) => {
-                cache.revalidate(ticket, ttl, policy, compute);
+                cache.revalidate(ticket, &stale, ttl, policy, compute);
                 return serve_entry(
                     spec,
                     &stale,

@@ -273,14 +273,16 @@ impl Cache {
         }
     }
 
-    /// For a lookup answered `STALE` (its stale entry taken out of `ticket` by the
-    /// caller, who serves it at once): counts the answer and, unless this key is being
-    /// recomputed already (this instance's flight, or with the lease another instance),
-    /// recomputes it on a spawned task, stored under the generations the lookup read
-    /// *before* it runs (a write meanwhile leaves it stale on arrival). Never waits.
+    /// For a lookup answered `STALE` with `stale` (taken out of `ticket` by the caller,
+    /// who serves it at once): counts the answer and, when the policy says it is time
+    /// ([`Staleness::recompute_now`]) and this key is not being recomputed already (this
+    /// instance's flight, or with the lease another instance), recomputes it on a
+    /// spawned task, stored under the generations the lookup read *before* it runs (a
+    /// write meanwhile leaves it stale on arrival). Never waits.
     pub(crate) fn revalidate<T, Fut>(
         &self,
         ticket: MissTicket,
+        stale: &Entry,
         ttl: Duration,
         policy: Staleness,
         compute: Fut,
@@ -290,6 +292,9 @@ impl Cache {
     {
         let resource = ticket.key.resource.clone();
         self.record(Some(&resource), Event::Stale);
+        if !policy.recompute_now(stale, ticket.cause, now_ms()) {
+            return;
+        }
         let Some(generations) = &ticket.generations else {
             return;
         };

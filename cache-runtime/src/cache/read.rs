@@ -126,6 +126,20 @@ impl Staleness {
         }
     }
 
+    /// Whether a `STALE` answer of `entry` (stale for `cause`) starts its recomputation
+    /// now. Past its TTL: always. After an invalidation: only once the entry is half its
+    /// bound old (from the read of its generations), so that the writes of that half
+    /// share one recomputation, and the recomputation still has the other half to land
+    /// before readers would have to wait for it.
+    pub(crate) fn recompute_now(self, entry: &Entry, cause: MissCause, now_ms: u64) -> bool {
+        match cause {
+            MissCause::Invalidation => {
+                now_ms.saturating_sub(entry.based_on_ms) >= self.after_invalidation_ms / 2
+            }
+            MissCause::Cold | MissCause::Expiry => true,
+        }
+    }
+
     /// How long the store keeps an entry whose TTL is `ttl`: fresh for `ttl`, then
     /// servable stale for the grace.
     pub(crate) fn keep_for(self, ttl: std::time::Duration) -> std::time::Duration {
@@ -394,6 +408,10 @@ mod tests {
             worth(&e, &moved, based_on + 2_001, bounded),
             Worth::Miss(MissCause::Invalidation)
         );
+        // Recomputed from half the bound on: writes meanwhile share one recomputation.
+        assert!(!bounded.recompute_now(&e, MissCause::Invalidation, based_on + 999));
+        assert!(bounded.recompute_now(&e, MissCause::Invalidation, based_on + 1_000));
+        assert!(bounded.recompute_now(&e, MissCause::Expiry, based_on));
         // Unknown read time (format 1): never served after an invalidation.
         let old_format = entry(vec![Generation::fresh()], 0);
         assert_eq!(
