@@ -378,10 +378,21 @@ pub async fn campaign_totals(db: &Db, org_id: i64) -> Result<CampaignTotals, DbE
 /// `GET /api/analytics/dashboard?range=7d|30d|90d`: composed from the cached parts
 /// above. Tagged with every part's tags, so any write a part depends on also drops the
 /// composed response.
+///
+/// It declares itself bounded (`stale_after_invalidation = 30`): after a write it may be
+/// answered from the previous entry (`X-Cache: STALE`) for at most 30 seconds while one
+/// request recomputes it. A dashboard of 7-, 30- and 90-day aggregates does not change
+/// meaningfully with one new contact or message, and it is the one route that most
+/// writes drop (contacts, conversations, messages and campaigns all feed it) and the
+/// most expensive to recompute: strict, it is recomputed after nearly every write of its
+/// organization; bounded, the writes of 15 seconds share one recomputation, and nobody
+/// waits for it. A user who just created a conversation sees it counted within 30 s
+/// (the report measures it). The lists stay strict: a user expects their own new row.
 #[cached(
     resource = "analytics",
     ttl = presets::ANALYTICS,
-    tags = ["contacts", "conversations", "messages", "campaigns"]
+    tags = ["contacts", "conversations", "messages", "campaigns"],
+    stale_after_invalidation = 30
 )]
 pub async fn dashboard(
     State(app): State<AppState>,
