@@ -189,29 +189,26 @@ pub(crate) fn cached(args: CachedArgs, function: &ItemFn, errors: &mut Errors) -
         }
         Some(seconds(&set.value, &STALE_WHILE_REVALIDATE, errors))
     });
-    let stale_after_invalidation_secs = args
-        .stale_after_invalidation
-        .get()
-        .map_or(0, |set| {
-            if plain_function {
-                errors.at(set.keyword, STALE_FOR_PLAIN_FUNCTION);
-                return 0;
-            }
-            let bound = seconds(&set.value, &STALE_AFTER_INVALIDATION, errors);
-            if let Ttl::Seconds(ttl) = ttl {
-                if ttl > 0 && bound > ttl {
-                    errors.spanned(
-                        &set.value,
-                        format_args!(
-                            "`stale_after_invalidation = {bound}` is longer than `ttl = {ttl}`: \
+    let stale_after_invalidation_secs = args.stale_after_invalidation.get().map_or(0, |set| {
+        if plain_function {
+            errors.at(set.keyword, STALE_FOR_PLAIN_FUNCTION);
+            return 0;
+        }
+        let bound = seconds(&set.value, &STALE_AFTER_INVALIDATION, errors);
+        if let Ttl::Seconds(ttl) = ttl {
+            if ttl > 0 && bound > ttl {
+                errors.spanned(
+                    &set.value,
+                    format_args!(
+                        "`stale_after_invalidation = {bound}` is longer than `ttl = {ttl}`: \
                              a route cannot be further behind its writes than the age its \
                              entries may reach; give at most {ttl}"
-                        ),
-                    );
-                }
+                    ),
+                );
             }
-            bound
-        });
+        }
+        bound
+    });
 
     CachedSpec {
         resource: resource.map(|r| r.value()).unwrap_or_default(),

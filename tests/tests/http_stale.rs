@@ -186,7 +186,12 @@ async fn expired_entry_is_served_stale_while_one_run_recomputes(backend: TestBac
         .collect();
     let mut replies = Vec::new();
     for reply in burst {
-        replies.push(tokio::time::timeout(DEADLINE, reply).await.unwrap().unwrap());
+        replies.push(
+            tokio::time::timeout(DEADLINE, reply)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     // Every reader was answered; the recomputation is (or will be) held at the gate.
     wait_until("the background run held", || {
@@ -224,7 +229,10 @@ async fn expired_entry_is_served_stale_while_one_run_recomputes(backend: TestBac
     assert_eq!(db.runs(), 3);
 }
 
-both_backends!(grace, expired_entry_is_served_stale_while_one_run_recomputes);
+both_backends!(
+    grace,
+    expired_entry_is_served_stale_while_one_run_recomputes
+);
 
 /// A strict route (no `stale_after_invalidation`) reads its write at once, even with a
 /// long grace and an entry that is also past its TTL: invalidated is not merely old.
@@ -279,7 +287,11 @@ async fn bounded_route_is_never_behind_by_more_than_its_bound(backend: TestBacke
     let behind = read(&api, "/bounded", "org_1").await;
     assert_eq!(behind.x_cache(), "STALE");
     assert_eq!(version(&behind), 1);
-    assert_eq!(cache.stats().totals.revalidations, 0, "not yet half the bound");
+    assert_eq!(
+        cache.stats().totals.revalidations,
+        0,
+        "not yet half the bound"
+    );
     tokio::time::sleep((first_read + bound / 2 + Duration::from_millis(50)) - Instant::now()).await;
     let behind = read(&api, "/bounded", "org_1").await;
     assert_eq!(behind.x_cache(), "STALE");
@@ -305,7 +317,10 @@ async fn bounded_route_is_never_behind_by_more_than_its_bound(backend: TestBacke
     loop {
         let sent = Instant::now();
         let reply = read(&api, "/bounded", "org_1").await;
-        answers.push((sent.duration_since(read_generations_by), reply.x_cache().to_owned()));
+        answers.push((
+            sent.duration_since(read_generations_by),
+            reply.x_cache().to_owned(),
+        ));
         if sent.duration_since(read_generations_by) > bound + Duration::from_millis(500) {
             break;
         }
@@ -315,10 +330,7 @@ async fn bounded_route_is_never_behind_by_more_than_its_bound(backend: TestBacke
         // The entry's generations were read before the HIT above: a STALE answer at
         // `since` would be an entry older than the bound.
         if outcome == "STALE" {
-            assert!(
-                *since <= bound,
-                "STALE {since:?} after the entry's read"
-            );
+            assert!(*since <= bound, "STALE {since:?} after the entry's read");
         }
     }
     let stale: Vec<_> = answers.iter().filter(|(_, o)| o == "STALE").collect();
@@ -332,4 +344,7 @@ async fn bounded_route_is_never_behind_by_more_than_its_bound(backend: TestBacke
     assert_eq!(last_outcome, "MISS", "past the bound: {answers:?}");
 }
 
-both_backends!(bounded, bounded_route_is_never_behind_by_more_than_its_bound);
+both_backends!(
+    bounded,
+    bounded_route_is_never_behind_by_more_than_its_bound
+);

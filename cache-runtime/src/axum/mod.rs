@@ -261,13 +261,9 @@ where
     // request, hits included (and deep stacks in debug builds of handlers that await
     // several cached calls).
     match Box::pin(cache.resolve_lookup_with(&key, ttl, policy, looked_up, compute)).await {
-        Resolved::Served { entry, .. } => serve_entry(
-            spec,
-            &entry,
-            started,
-            if_none_match.as_ref(),
-            Outcome::Hit,
-        ),
+        Resolved::Served { entry, .. } => {
+            serve_entry(spec, &entry, started, if_none_match.as_ref(), Outcome::Hit)
+        }
         Resolved::Computed {
             value: (value, etag, handler_started, handler_time),
             how,

@@ -318,7 +318,9 @@ impl Cache {
                     let Some(generations) = &ticket.generations else {
                         return;
                     };
-                    let lease_key = ticket.key.lease_key(&cache.inner.config.prefix, generations);
+                    let lease_key = ticket
+                        .key
+                        .lease_key(&cache.inner.config.prefix, generations);
                     if let Ok(false) = cache
                         .call(cache.inner.backend.try_lease(&lease_key, lease))
                         .await

@@ -669,7 +669,11 @@ async fn probe(
             .await;
         let (body, cache) = match response {
             Ok(response) if response.status().is_success() => {
-                let cache = match response.headers().get("x-cache").and_then(|v| v.to_str().ok()) {
+                let cache = match response
+                    .headers()
+                    .get("x-cache")
+                    .and_then(|v| v.to_str().ok())
+                {
                     Some("HIT") => CacheOutcome::Hit,
                     Some("MISS") => CacheOutcome::Miss,
                     Some("BYPASS") => CacheOutcome::Bypass,

@@ -37,9 +37,7 @@ use serde_json::Value;
 
 use crate::db::DbStats;
 use crate::report::browser::BrowserOutcome;
-use crate::report::driver::{
-    drive, BoundedCheck, CheckCounts, DriveConfig, PhaseRun, Violation,
-};
+use crate::report::driver::{drive, BoundedCheck, CheckCounts, DriveConfig, PhaseRun, Violation};
 use crate::report::summary::{phase_figures, InstanceFigures, PhaseFigures, Second};
 use crate::report::workload::{Route, READ_MIX, WRITE_MIX};
 use crate::seed::{SeedConfig, SeedSummary};
@@ -657,7 +655,15 @@ fn miss_table(on: &PhaseReport) -> String {
     let _ = writeln!(
         out,
         "  {:<14} {:>8} {:>8} {:>8} {:>8}   {:>6} {:>7} {:>12} {:>13}",
-        "resource", "lookups", "hits", "stale", "misses", "cold", "expiry", "invalidation", "early refresh"
+        "resource",
+        "lookups",
+        "hits",
+        "stale",
+        "misses",
+        "cold",
+        "expiry",
+        "invalidation",
+        "early refresh"
     );
     for (name, [hits, stale, misses, cold, expired, invalidated, early]) in resources {
         let lookups = hits + stale + misses;

@@ -379,7 +379,10 @@ pub fn success_table(off: &PhaseFigures, on: &PhaseFigures) -> String {
             "75%+".into(),
             format!("{:.1}%", off.all.served_from_cache_rate),
             format!("{:.1}%", on.all.served_from_cache_rate),
-            pts(off.all.served_from_cache_rate, on.all.served_from_cache_rate),
+            pts(
+                off.all.served_from_cache_rate,
+                on.all.served_from_cache_rate,
+            ),
         ],
         [
             "  fresh hits only (HIT)".into(),
@@ -492,7 +495,11 @@ pub fn route_table(off: &PhaseFigures, on: &PhaseFigures, ttls: &BTreeMap<Route,
             a,
             b,
             if b.stale > 0 {
-                format!("{:.1}% +{:.1}% stale", b.hit_rate, b.served_from_cache_rate - b.hit_rate)
+                format!(
+                    "{:.1}% +{:.1}% stale",
+                    b.hit_rate,
+                    b.served_from_cache_rate - b.hit_rate
+                )
             } else {
                 format!("{:.1}%", b.hit_rate)
             },
