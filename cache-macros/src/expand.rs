@@ -51,6 +51,17 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
     let skip_cache = spec.skip_cache;
     let verify = spec.verify;
     let verify_ignore = &spec.verify_ignore;
+    // The default grace is half the TTL: an entry nothing invalidated is served at most
+    // 1.5 TTLs old, never more, and a popular one rarely makes anyone wait.
+    let stale_while_revalidate = match spec.stale_while_revalidate_secs {
+        Some(seconds) => {
+            let seconds = Literal::u32_unsuffixed(seconds);
+            quote!(#seconds)
+        }
+        None if spec.key.is_some() => quote!(0),
+        None => quote!(#ttl_secs / 2),
+    };
+    let stale_after_invalidation = Literal::u32_unsuffixed(spec.stale_after_invalidation_secs);
     let scope = scope(&spec.scope);
     let declarations = quote! {
         #ttl_const
@@ -58,6 +69,8 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
             ::cache_runtime::__private::RouteSpec {
                 resource: #resource,
                 ttl_secs: #ttl_secs,
+                stale_while_revalidate_secs: #stale_while_revalidate,
+                stale_after_invalidation_secs: #stale_after_invalidation,
                 cache_control: ::cache_runtime::__private::HeaderValue::from_static(#cache_control),
                 tags: &[#(#tags),*],
                 vary: &[#(#vary),*],
@@ -73,6 +86,7 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
                 resource: #resource,
                 tags: &[#(#tags),*],
                 ttl_secs: #ttl_secs,
+                stale_after_invalidation_secs: #stale_after_invalidation,
                 function: #name,
             }
         }

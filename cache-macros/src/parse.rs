@@ -25,12 +25,15 @@ pub(crate) mod kw {
     syn::custom_keyword!(browser_ttl);
     syn::custom_keyword!(verify);
     syn::custom_keyword!(verify_ignore);
+    syn::custom_keyword!(stale_while_revalidate);
+    syn::custom_keyword!(stale_after_invalidation);
 }
 
 /// The options `#[cached]` accepts, for the "unknown option" message.
 const CACHED_OPTIONS: &str = "`resource`, `ttl`, `tags`, `vary`, `scope`, `skip_cache`, \
                               `cache_only_success`, `key`, `browser_ttl`, `verify`, \
-                              `verify_ignore`";
+                              `verify_ignore`, `stale_while_revalidate`, \
+                              `stale_after_invalidation`";
 
 /// The arguments of `#[cached(...)]`.
 pub(crate) struct CachedArgs {
@@ -45,6 +48,8 @@ pub(crate) struct CachedArgs {
     pub(crate) browser_ttl: Attr<Expr>,
     pub(crate) verify: Attr<LitBool>,
     pub(crate) verify_ignore: Attr<Expr>,
+    pub(crate) stale_while_revalidate: Attr<Expr>,
+    pub(crate) stale_after_invalidation: Attr<Expr>,
 }
 
 /// The arguments of `#[invalidates(...)]`.
@@ -69,6 +74,8 @@ impl CachedArgs {
             browser_ttl: Attr::none("browser_ttl"),
             verify: Attr::none("verify"),
             verify_ignore: Attr::none("verify_ignore"),
+            stale_while_revalidate: Attr::none("stale_while_revalidate"),
+            stale_after_invalidation: Attr::none("stale_after_invalidation"),
         };
         parse_separated(tokens, |input| {
             parse_cached_option(input, &mut args, errors)
@@ -131,6 +138,14 @@ fn parse_cached_option(
         let keyword: kw::verify = input.parse()?;
         let value = flag(input, keyword.span)?;
         args.verify.set(errors, keyword.span, value);
+    } else if lookahead.peek(kw::stale_while_revalidate) {
+        let keyword: kw::stale_while_revalidate = input.parse()?;
+        args.stale_while_revalidate
+            .set(errors, keyword.span, assigned(input)?);
+    } else if lookahead.peek(kw::stale_after_invalidation) {
+        let keyword: kw::stale_after_invalidation = input.parse()?;
+        args.stale_after_invalidation
+            .set(errors, keyword.span, assigned(input)?);
     } else if lookahead.peek(kw::skip_cache) {
         let keyword: kw::skip_cache = input.parse()?;
         let value = flag(input, keyword.span)?;

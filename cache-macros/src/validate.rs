@@ -53,6 +53,12 @@ pub(crate) struct CachedSpec {
     pub(crate) verify: bool,
     /// `verify_ignore = ["field", ...]`: JSON fields left out of comparisons.
     pub(crate) verify_ignore: Vec<String>,
+    /// `stale_while_revalidate = N`: the grace past the TTL; `None` is the default (half
+    /// the TTL), `Some(0)` turns it off.
+    pub(crate) stale_while_revalidate_secs: Option<u32>,
+    /// `stale_after_invalidation = N`: how far behind the route may be after a write;
+    /// 0 (strict) when absent.
+    pub(crate) stale_after_invalidation_secs: u32,
 }
 
 /// A validated `#[invalidates(...)]`.
@@ -208,12 +214,45 @@ pub(crate) fn cached(args: CachedArgs, function: &ItemFn, errors: &mut Errors) -
         Some(set) => verify_ignore(&set.value, errors),
         None => Vec::new(),
     };
+    let stale_while_revalidate_secs = args.stale_while_revalidate.get().and_then(|set| {
+        if plain_function {
+            errors.at(set.keyword, STALE_FOR_PLAIN_FUNCTION);
+            return None;
+        }
+        // 0 is allowed: it turns the default grace off.
+        if is_literal_zero(&set.value) {
+            return Some(0);
+        }
+        Some(seconds(&set.value, &STALE_WHILE_REVALIDATE, errors))
+    });
+    let stale_after_invalidation_secs = args.stale_after_invalidation.get().map_or(0, |set| {
+        if plain_function {
+            errors.at(set.keyword, STALE_FOR_PLAIN_FUNCTION);
+            return 0;
+        }
+        let bound = seconds(&set.value, &STALE_AFTER_INVALIDATION, errors);
+        if let Ttl::Seconds(ttl) = ttl {
+            if ttl > 0 && bound > ttl {
+                errors.spanned(
+                    &set.value,
+                    format_args!(
+                        "`stale_after_invalidation = {bound}` is longer than `ttl = {ttl}`: \
+                             a route cannot be further behind its writes than the age its \
+                             entries may reach; give at most {ttl}"
+                    ),
+                );
+            }
+        }
+        bound
+    });
 
     CachedSpec {
         verify,
         verify_ignore,
         resource: resource.map(|r| r.value()).unwrap_or_default(),
         browser_ttl_secs,
+        stale_while_revalidate_secs,
+        stale_after_invalidation_secs,
         ttl,
         tags,
         vary,
@@ -368,6 +407,29 @@ const BROWSER_TTL: SecondsOption = SecondsOption {
     zero: "`browser_ttl = 0` is what the route does without it: the browser revalidates \
            every time (`Cache-Control: private, no-cache`); leave it out",
 };
+
+const STALE_WHILE_REVALIDATE: SecondsOption = SecondsOption {
+    name: "stale_while_revalidate",
+    example: 60,
+    zero: "",
+};
+
+const STALE_AFTER_INVALIDATION: SecondsOption = SecondsOption {
+    name: "stale_after_invalidation",
+    example: 30,
+    zero: "`stale_after_invalidation = 0` is what the route does without it: strict \
+           read-your-writes after every invalidation; leave it out",
+};
+
+const STALE_FOR_PLAIN_FUNCTION: &str =
+    "a function cached with `key` is always served fresh: serving stale data while it is \
+     recomputed in the background is for HTTP routes";
+
+/// `0` written as a literal, with or without an integer suffix.
+fn is_literal_zero(value: &Expr) -> bool {
+    matches!(value, Expr::Lit(ExprLit { lit: Lit::Int(literal), .. })
+        if literal.base10_digits() == "0" && literal.suffix().is_empty())
+}
 
 fn seconds(value: &Expr, option: &SecondsOption, errors: &mut Errors) -> u32 {
     let SecondsOption {

@@ -3,7 +3,9 @@
 //! A Redis value is `b"AC"`, a format version byte, then: the key digest (16 bytes, so a
 //! value planted under another key or by another handler is recognised), stored-at and
 //! TTL in milliseconds (u64 LE), the computation time in milliseconds (u32 LE, for early
-//! refresh), the generations (count u8, each u16 LE length + bytes), the HTTP status
+//! refresh), since version 2 when its generations were read in milliseconds (u64 LE, for
+//! `stale_after_invalidation`; a version 1 entry decodes with 0, "unknown", and is never
+//! served after an invalidation), the generations (count u8, each u16 LE length + bytes), the HTTP status
 //! (u16 LE), the headers (count u16 LE, each name u16 LE length + bytes, value u32 LE
 //! length + bytes), and the body as the rest. Anything that does not decode exactly is
 //! [`Corrupt`] and is treated as a miss, then overwritten. The in-memory backend keeps
@@ -17,7 +19,9 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use crate::generation::Generation;
 
 const MAGIC: &[u8; 2] = b"AC";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Entries written before the generations' read time was recorded.
+const VERSION_1: u8 = 1;
 
 /// A stored value that cannot be ours: wrong magic, version, length or field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +69,10 @@ pub struct Entry {
     pub(crate) stored_at_ms: u64,
     pub(crate) ttl_ms: u64,
     pub(crate) compute_ms: u32,
+    /// When the generations it carries were read (epoch ms), before its computation
+    /// started: it reflects every write whose invalidation had landed by then. 0 when
+    /// unknown (an entry of format version 1).
+    pub(crate) based_on_ms: u64,
     pub(crate) response: CachedResponse,
 }
 
@@ -106,6 +114,11 @@ impl Entry {
         now_ms >= self.expires_at_ms()
     }
 
+    /// Whether, expired, it is still within `grace` past its TTL.
+    pub(crate) fn within_grace(&self, now_ms: u64, grace_ms: u64) -> bool {
+        now_ms < self.expires_at_ms().saturating_add(grace_ms)
+    }
+
     pub(crate) fn encode(&self) -> Bytes {
         let response = &self.response;
         let mut out = BytesMut::with_capacity(64 + response.weight());
@@ -115,6 +128,7 @@ impl Entry {
         out.put_u64_le(self.stored_at_ms);
         out.put_u64_le(self.ttl_ms);
         out.put_u32_le(self.compute_ms);
+        out.put_u64_le(self.based_on_ms);
         out.put_u8(self.generations.len() as u8);
         for generation in &self.generations {
             out.put_u16_le(generation.as_bytes().len() as u16);
@@ -137,14 +151,20 @@ impl Entry {
         // The fixed fields are read from a plain slice: a `Bytes` split per field would
         // touch the shared reference count a dozen times per hit.
         let mut buf: &[u8] = &raw;
-        if buf.len() < 3 || &buf[..2] != MAGIC || buf[2] != VERSION {
+        if buf.len() < 3 || &buf[..2] != MAGIC || !matches!(buf[2], VERSION | VERSION_1) {
             return Err(Corrupt);
         }
+        let version = buf[2];
         buf = &buf[3..];
         let digest = take_array::<16>(&mut buf)?;
         let stored_at_ms = u64::from_le_bytes(take_array(&mut buf)?);
         let ttl_ms = u64::from_le_bytes(take_array(&mut buf)?);
         let compute_ms = u32::from_le_bytes(take_array(&mut buf)?);
+        let based_on_ms = if version == VERSION_1 {
+            0
+        } else {
+            u64::from_le_bytes(take_array(&mut buf)?)
+        };
         let [count] = take_array::<1>(&mut buf)?;
         let mut generations = Vec::with_capacity(count as usize);
         for _ in 0..count {
@@ -175,6 +195,7 @@ impl Entry {
             stored_at_ms,
             ttl_ms,
             compute_ms,
+            based_on_ms,
             response: CachedResponse {
                 status,
                 headers,
@@ -210,6 +231,7 @@ mod tests {
             stored_at_ms: 1_700_000_000_000,
             ttl_ms: 300_000,
             compute_ms: 42,
+            based_on_ms: 1_699_999_999_000,
             response: CachedResponse {
                 status: StatusCode::CREATED,
                 headers: vec![(
@@ -229,6 +251,24 @@ mod tests {
         assert_eq!(decoded.generations, entry.generations);
         assert_eq!(decoded.digest, entry.digest);
         assert_eq!(decoded.compute_ms, 42);
+        assert_eq!(decoded.based_on_ms, 1_699_999_999_000);
+    }
+
+    #[test]
+    fn a_version_1_entry_still_decodes_with_an_unknown_read_time() {
+        let entry = sample();
+        let v2 = entry.encode();
+        // Version 1 is version 2 without the 8 bytes of `based_on_ms` after `compute_ms`.
+        let fixed = 3 + 16 + 8 + 8 + 4;
+        let mut v1 = BytesMut::new();
+        v1.put_slice(&v2[..fixed]);
+        v1.put_slice(&v2[fixed + 8..]);
+        v1[2] = VERSION_1;
+        let decoded = Entry::decode(v1.freeze()).unwrap();
+        assert_eq!(decoded.response, entry.response);
+        assert_eq!(decoded.generations, entry.generations);
+        assert_eq!(decoded.stored_at_ms, entry.stored_at_ms);
+        assert_eq!(decoded.based_on_ms, 0);
     }
 
     #[test]
@@ -244,5 +284,6 @@ mod tests {
         }
         assert!(Entry::decode(Bytes::from_static(b"{\"json\":true}")).is_err());
         assert!(Entry::decode(Bytes::from_static(b"AC\x02rest")).is_err());
+        assert!(Entry::decode(Bytes::from_static(b"AC\x03rest")).is_err());
     }
 }

@@ -13,6 +13,32 @@ pub(crate) fn registrations() -> impl Iterator<Item = &'static Registration> {
     inventory::iter::<Registration>.into_iter()
 }
 
+/// The staleness bound each resource's routes declare (`stale_after_invalidation`), the
+/// longest when several do; resources whose routes are all strict are absent. For tools
+/// that check read-your-writes from outside, like the demo's report.
+///
+/// ```
+/// // In a program without bounded routes, every resource is strict.
+/// assert!(cache_runtime::registry::staleness_bounds().is_empty());
+/// ```
+pub fn staleness_bounds() -> BTreeMap<&'static str, u32> {
+    let mut bounds = BTreeMap::new();
+    for registration in registrations() {
+        if let Registration::Cached {
+            resource,
+            stale_after_invalidation_secs,
+            ..
+        } = registration
+        {
+            if *stale_after_invalidation_secs > 0 {
+                let bound = bounds.entry(*resource).or_insert(0);
+                *bound = (*bound).max(*stale_after_invalidation_secs);
+            }
+        }
+    }
+    bounds
+}
+
 /// A likely mistake in resource names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResourceProblem {
@@ -90,6 +116,7 @@ pub(crate) fn check<'a>(
                 tags,
                 ttl_secs,
                 function,
+                ..
             } => {
                 let slot = cached.entry(resource).or_default();
                 slot.0.push(function);

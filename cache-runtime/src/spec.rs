@@ -16,6 +16,15 @@ pub struct RouteSpec {
     pub resource: &'static str,
     /// Time to live in seconds, from `ttl = N` or the preset table; never 0.
     pub ttl_secs: u32,
+    /// `stale_while_revalidate = N` (default: half the TTL): for N seconds past its TTL an
+    /// entry whose generations are still current is served `STALE` while one request
+    /// recomputes it in the background. Data changed outside the annotated mutations is
+    /// then at most `ttl + N` seconds old. 0 turns it off.
+    pub stale_while_revalidate_secs: u32,
+    /// `stale_after_invalidation = N` (default 0: strict read-your-writes): after an
+    /// invalidation, the previous entry may be served `STALE` while one request
+    /// recomputes it, as long as it reflects every write older than N seconds.
+    pub stale_after_invalidation_secs: u32,
     /// `private, no-cache` (the browser revalidates every time), or `private,
     /// max-age=<browser_ttl>` when the route opts into a browser lifetime; built at
     /// compile time, sent with every hit and every stored miss whose handler set no
@@ -86,6 +95,8 @@ pub enum Registration {
         tags: &'static [&'static str],
         /// Its TTL, seconds.
         ttl_secs: u32,
+        /// Its `stale_after_invalidation`, seconds (0: strict).
+        stale_after_invalidation_secs: u32,
         /// `module::function`.
         function: &'static str,
     },

@@ -22,6 +22,10 @@ pub enum Outcome {
     /// Not looked up: no scope, caching switched off, a pending invalidation, an open
     /// circuit, or a method other than GET/HEAD. The handler ran.
     Bypass,
+    /// Served from an entry that is no longer fresh, as the route allows
+    /// (`stale_while_revalidate`, `stale_after_invalidation`), while one request
+    /// recomputes it in the background. The handler did not run for this request.
+    Stale,
 }
 
 impl Outcome {
@@ -31,6 +35,7 @@ impl Outcome {
             Outcome::Hit => "HIT",
             Outcome::Miss => "MISS",
             Outcome::Bypass => "BYPASS",
+            Outcome::Stale => "STALE",
         }
     }
 }
@@ -127,6 +132,11 @@ struct Counters {
     mismatches: AtomicU64,
     raced: AtomicU64,
     shadow_skipped: AtomicU64,
+    stale: AtomicU64,
+    revalidations: AtomicU64,
+    misses_cold: AtomicU64,
+    misses_expired: AtomicU64,
+    misses_invalidated: AtomicU64,
 }
 
 /// Counter values.
@@ -168,16 +178,39 @@ pub struct CounterSnapshot {
     pub raced: u64,
     /// Shadow or verification runs skipped because the concurrency bound was reached.
     pub shadow_skipped: u64,
+    /// Answered `STALE`: an entry past its TTL (within the route's grace) or, on a route
+    /// with a staleness bound, from before an invalidation. Not in `hits` nor `misses`.
+    pub stale: u64,
+    /// Background recomputations started by a stale answer (one per key at a time).
+    pub revalidations: u64,
+    /// Misses that found no entry at all (never computed, evicted, past TTL and grace,
+    /// undecodable); also in `misses`.
+    pub misses_cold: u64,
+    /// Misses on an entry past its TTL whose data nothing invalidated; also in `misses`.
+    pub misses_expired: u64,
+    /// Misses on an entry an invalidation made stale; also in `misses`.
+    pub misses_invalidated: u64,
 }
 
 impl CounterSnapshot {
-    /// Hits as a percentage of lookups (hits + misses), 0 when there were none.
+    /// Hits as a percentage of lookups (hits + stale + misses), 0 when there were none:
+    /// a `STALE` answer is not a hit.
     pub fn hit_rate(&self) -> f64 {
-        let lookups = self.hits + self.misses;
+        self.percent_of_lookups(self.hits)
+    }
+
+    /// Hits and `STALE` answers (both served without running the handler) as a
+    /// percentage of lookups.
+    pub fn hit_or_stale_rate(&self) -> f64 {
+        self.percent_of_lookups(self.hits + self.stale)
+    }
+
+    fn percent_of_lookups(&self, served: u64) -> f64 {
+        let lookups = self.hits + self.stale + self.misses;
         if lookups == 0 {
             0.0
         } else {
-            self.hits as f64 * 100.0 / lookups as f64
+            served as f64 * 100.0 / lookups as f64
         }
     }
 
@@ -211,6 +244,11 @@ impl Counters {
             mismatches: self.mismatches.load(Relaxed),
             raced: self.raced.load(Relaxed),
             shadow_skipped: self.shadow_skipped.load(Relaxed),
+            stale: self.stale.load(Relaxed),
+            revalidations: self.revalidations.load(Relaxed),
+            misses_cold: self.misses_cold.load(Relaxed),
+            misses_expired: self.misses_expired.load(Relaxed),
+            misses_invalidated: self.misses_invalidated.load(Relaxed),
         }
     }
 }
@@ -368,6 +406,11 @@ pub(crate) enum Event {
     Mismatch,
     Raced,
     ShadowSkipped,
+    Stale,
+    Revalidation,
+    MissCold,
+    MissExpired,
+    MissInvalidated,
 }
 
 impl Counters {
@@ -389,6 +432,11 @@ impl Counters {
             Event::Mismatch => &self.mismatches,
             Event::Raced => &self.raced,
             Event::ShadowSkipped => &self.shadow_skipped,
+            Event::Stale => &self.stale,
+            Event::Revalidation => &self.revalidations,
+            Event::MissCold => &self.misses_cold,
+            Event::MissExpired => &self.misses_expired,
+            Event::MissInvalidated => &self.misses_invalidated,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -447,6 +495,7 @@ impl Stats {
                 ResourceSnapshot {
                     hit_rate: counters.hit_rate(),
                     would_be_hit_rate: counters.would_be_hit_rate(),
+                    hit_or_stale_rate: counters.hit_or_stale_rate(),
                     counters,
                     ttl_secs: (ttl > 0).then_some(ttl),
                     lookup: stats.lookup.snapshot(),
@@ -457,6 +506,7 @@ impl Stats {
         let totals = self.totals.snapshot();
         StatsSnapshot {
             hit_rate: totals.hit_rate(),
+            hit_or_stale_rate: totals.hit_or_stale_rate(),
             totals,
             lookup: self.lookup.snapshot(),
             handler: self.handler.snapshot(),
@@ -488,10 +538,12 @@ pub struct ResourceSnapshot {
     /// Its counters.
     #[serde(flatten)]
     pub counters: CounterSnapshot,
-    /// Hits as a percentage of lookups.
+    /// Hits as a percentage of lookups (`STALE` answers are lookups, not hits).
     pub hit_rate: f64,
     /// Shadow mode: would-be hits as a percentage of shadow lookups.
     pub would_be_hit_rate: f64,
+    /// Hits and `STALE` answers as a percentage of lookups.
+    pub hit_or_stale_rate: f64,
     /// The TTL its routes use (the last one seen), seconds.
     pub ttl_secs: Option<u64>,
     /// Time spent looking up (hits and misses).
@@ -518,8 +570,11 @@ pub struct ResourceSnapshot {
 pub struct StatsSnapshot {
     /// Counters over all resources.
     pub totals: CounterSnapshot,
-    /// Hits as a percentage of lookups, over all resources.
+    /// Hits as a percentage of lookups, over all resources (`STALE` answers are lookups,
+    /// not hits).
     pub hit_rate: f64,
+    /// Hits and `STALE` answers as a percentage of lookups, over all resources.
+    pub hit_or_stale_rate: f64,
     /// Lookup latency over all resources.
     pub lookup: LatencySnapshot,
     /// Handler latency over all resources.

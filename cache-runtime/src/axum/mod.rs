@@ -24,16 +24,16 @@ use response::{
     cacheable, etag_in, etag_of, hit_response, matches_if_none_match, not_modified, with_outcome,
 };
 
-use crate::cache::{BypassReason, Cache, Lookup, Resolved};
+use crate::cache::{BypassReason, Cache, Lookup, Resolved, Staleness};
 use crate::entry::Entry;
 use crate::key::{CacheKey, Tenant};
 use crate::scope::CacheScope;
 use crate::spec::{RouteSpec, ScopeArg, VaryPart};
 use crate::stats::{Event, Outcome};
 
-/// `X-Cache`: `HIT`, `MISS` or `BYPASS`.
+/// `X-Cache`: `HIT`, `MISS`, `BYPASS` or `STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-/// `X-Cache-Age`: seconds since the served entry was stored (hits only).
+/// `X-Cache-Age`: seconds since the served entry was stored (hits and stale answers).
 pub const X_CACHE_AGE: HeaderName = HeaderName::from_static("x-cache-age");
 /// `X-Cache-Invalidated`: the resources a mutation invalidated (every outcome but a 4xx).
 pub const X_CACHE_INVALIDATED: HeaderName = HeaderName::from_static("x-cache-invalidated");
@@ -176,6 +176,9 @@ impl RequestScope {
 }
 
 /// The body of every `#[cached]` handler: see the crate docs for the semantics.
+///
+/// The handler's future is `Send + 'static` (as every axum handler's is): a `STALE`
+/// answer recomputes the entry on a spawned task, without making the request wait.
 pub async fn serve_cached<F>(
     mut ctx: RequestContext,
     headers: Option<HeaderMap>,
@@ -223,13 +226,14 @@ where
     }
     let if_none_match = ctx.if_none_match.take();
     // A hit is answered here, before anything of the handler is set up to run.
-    let looked_up = cache.lookup_uncounted(&key).await;
+    let policy = Staleness::of(spec);
+    let looked_up = cache.lookup_with(&key, policy).await;
     if let Lookup::Hit(entry) = looked_up {
         cache.record_hit(spec.resource, spec.ttl_secs);
         if spec.verify && cache.draw_verification(spec.resource) {
             shadow::spawn_verification(&cache, &key, ctx.uri.path(), spec, entry.clone(), handler);
         }
-        return serve_entry(spec, &entry, started, if_none_match.as_ref());
+        return serve_entry(spec, &entry, started, if_none_match.as_ref(), Outcome::Hit);
     }
     cache.note_ttl(spec.resource, spec.ttl_secs);
     let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
@@ -249,13 +253,31 @@ where
             cacheable,
         )
     };
+    let looked_up = match looked_up {
+        Lookup::Miss(mut ticket) => match ticket.stale.take() {
+            // Served as it is now; one request per key recomputes it in the background
+            // (after an invalidation, from half the route's bound on).
+            Some(stale) => {
+                cache.revalidate(ticket, &stale, ttl, policy, compute);
+                return serve_entry(
+                    spec,
+                    &stale,
+                    started,
+                    if_none_match.as_ref(),
+                    Outcome::Stale,
+                );
+            }
+            None => Lookup::Miss(ticket),
+        },
+        other => other,
+    };
     // The miss path, with the handler, boxed once: unboxed, the engine's state across
     // its await points would be part of this future, which is moved into place on every
     // request, hits included (and deep stacks in debug builds of handlers that await
     // several cached calls).
-    match Box::pin(cache.resolve_lookup(&key, ttl, looked_up, compute)).await {
+    match Box::pin(cache.resolve_lookup_with(&key, ttl, policy, looked_up, compute)).await {
         Resolved::Served { entry, .. } => {
-            serve_entry(spec, &entry, started, if_none_match.as_ref())
+            serve_entry(spec, &entry, started, if_none_match.as_ref(), Outcome::Hit)
         }
         Resolved::Computed {
             value: (value, etag, handler_started, handler_time),
@@ -294,13 +316,14 @@ where
     }
 }
 
-/// A hit: the stored response (or a 304 when the browser holds it already), its
-/// headers, and the lookup's event.
+/// A hit (or a stale answer): the stored response (or a 304 when the browser holds it
+/// already), its headers, and the lookup's event.
 fn serve_entry(
     spec: &RouteSpec,
     entry: &Entry,
     started: Instant,
     if_none_match: Option<&HeaderValue>,
+    outcome: Outcome,
 ) -> Response {
     let age = entry.age();
     // Checked here, not only by the macro: the clock read would run on every hit.
@@ -308,7 +331,7 @@ fn serve_entry(
         log_lookup(
             spec,
             LookupEvent {
-                outcome: Outcome::Hit.as_str(),
+                outcome: outcome.as_str(),
                 reason: None,
                 age: Some(age),
                 lookup: Some(started.elapsed()),
@@ -316,7 +339,10 @@ fn serve_entry(
             },
         );
     }
-    let response = hit_response(entry, age, spec);
+    let mut response = hit_response(entry, age, spec);
+    if outcome != Outcome::Hit {
+        response = with_outcome(response, outcome);
+    }
     if if_none_match.is_some()
         && matches_if_none_match(if_none_match, etag_in(&entry.response().headers))
     {
@@ -402,7 +428,7 @@ async fn bypass<F: Future<Output = HandlerOutput>>(
 
 /// What one request of a `#[cached]` route did, for its tracing event.
 struct LookupEvent {
-    /// `HIT`, `MISS`, `BYPASS`, or `ERROR` (the lookup failed; served uncached).
+    /// `HIT`, `STALE`, `MISS`, `BYPASS`, or `ERROR` (the lookup failed; served uncached).
     outcome: &'static str,
     reason: Option<BypassReason>,
     /// The served entry's age (hits).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::read::{BypassReason, Lookup, MissTicket};
+use super::read::{BypassReason, Lookup, MissCause, MissTicket, Staleness};
 use super::Cache;
 use crate::entry::{now_ms, CachedResponse, Entry};
 use crate::error::BackendError;
@@ -110,6 +110,15 @@ async fn wait_for_flight(
     }
 }
 
+/// The counter of a miss's cause.
+fn miss_cause_event(cause: MissCause) -> Event {
+    match cause {
+        MissCause::Cold => Event::MissCold,
+        MissCause::Expiry => Event::MissExpired,
+        MissCause::Invalidation => Event::MissInvalidated,
+    }
+}
+
 /// The flight of `key` under `generations`: requests share a computation only when it
 /// reads the same generations.
 fn flight_key(key: &CacheKey, generations: &[Generation]) -> String {
@@ -151,7 +160,25 @@ impl Cache {
     where
         Fut: Future<Output = (T, Option<CachedResponse>)>,
     {
+        self.resolve_lookup_with(key, ttl, Staleness::STRICT, looked_up, compute)
+            .await
+    }
+
+    /// [`Cache::resolve_lookup`] for a route whose entries are kept past their TTL for
+    /// its grace (`policy`).
+    pub(crate) async fn resolve_lookup_with<T, Fut>(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+        policy: Staleness,
+        looked_up: Lookup,
+        compute: Fut,
+    ) -> Resolved<T, Fut>
+    where
+        Fut: Future<Output = (T, Option<CachedResponse>)>,
+    {
         let resource = key.resource.as_str();
+        let keep = policy.keep_for(ttl);
         let decision = match looked_up {
             Lookup::Hit(entry) => Decision::Hit(entry),
             Lookup::Bypass(reason) => Decision::Bypass(reason),
@@ -163,11 +190,12 @@ impl Cache {
                 Resolved::Served { entry, compute }
             }
             Decision::Lead { ticket, flight } => {
-                self.compute_and_store(ticket, ttl, compute, Some(flight))
+                self.compute_and_store(ticket, ttl, keep, compute, Some(flight))
                     .await
             }
             Decision::ComputeAlone(ticket) => {
-                self.compute_and_store(ticket, ttl, compute, None).await
+                self.compute_and_store(ticket, ttl, keep, compute, None)
+                    .await
             }
             Decision::Bypass(reason) => {
                 let ((value, _), _) = self.run_handler(resource, compute).await;
@@ -232,25 +260,93 @@ impl Cache {
                 self.record(resource, Event::Hit);
                 self.record(resource, Event::Coalesced);
             }
-            Decision::Lead { ticket, .. } => {
+            Decision::Lead { ticket, .. } | Decision::ComputeAlone(ticket) => {
                 if ticket.refreshing.is_some() {
                     self.record(resource, Event::EarlyRefresh);
+                } else {
+                    self.record(resource, miss_cause_event(ticket.cause));
                 }
                 self.record(resource, Event::Miss);
             }
-            Decision::ComputeAlone(_) | Decision::LookupFailed => {
-                self.record(resource, Event::Miss)
-            }
+            Decision::LookupFailed => self.record(resource, Event::Miss),
             Decision::Bypass(_) => self.record(resource, Event::Bypass),
         }
     }
 
-    /// Computes, publishes the entry to the flight's waiters and stores it: off the
-    /// request path for Redis, the flight answering this instance's readers meanwhile.
+    /// For a lookup answered `STALE` with `stale` (taken out of `ticket` by the caller,
+    /// who serves it at once): counts the answer and, when the policy says it is time
+    /// ([`Staleness::recompute_now`]) and this key is not being recomputed already (this
+    /// instance's flight, or with the lease another instance), recomputes it on a
+    /// spawned task, stored under the generations the lookup read *before* it runs (a
+    /// write meanwhile leaves it stale on arrival). Never waits.
+    pub(crate) fn revalidate<T, Fut>(
+        &self,
+        ticket: MissTicket,
+        stale: &Entry,
+        ttl: Duration,
+        policy: Staleness,
+        compute: Fut,
+    ) where
+        Fut: Future<Output = (T, Option<CachedResponse>)> + Send + 'static,
+        T: Send + 'static,
+    {
+        let resource = ticket.key.resource.clone();
+        self.record(Some(&resource), Event::Stale);
+        if !policy.recompute_now(stale, ticket.cause, now_ms()) {
+            return;
+        }
+        let Some(generations) = &ticket.generations else {
+            return;
+        };
+        let flight = match self
+            .inner
+            .flights
+            .join(flight_key(&ticket.key, generations))
+        {
+            Join::Leader(flight) => flight,
+            // Another request of this instance is recomputing it already.
+            Join::Follower(_) => return,
+        };
+        let cache = self.clone();
+        let span = tracing::debug_span!(target: "api_cache", parent: None, "api_cache_revalidate", resource = %resource);
+        span.follows_from(tracing::Span::current());
+        tokio::spawn(
+            async move {
+                if let (Some(lease), true) =
+                    (cache.inner.config.lease, cache.inner.backend.is_remote())
+                {
+                    let Some(generations) = &ticket.generations else {
+                        return;
+                    };
+                    let lease_key = ticket
+                        .key
+                        .lease_key(&cache.inner.config.prefix, generations);
+                    if let Ok(false) = cache
+                        .call(cache.inner.backend.try_lease(&lease_key, lease))
+                        .await
+                    {
+                        // Another instance is recomputing it.
+                        return;
+                    }
+                }
+                cache.record(Some(&resource), Event::Revalidation);
+                let keep = policy.keep_for(ttl);
+                let _ = cache
+                    .compute_and_store(ticket, ttl, keep, compute, Some(flight))
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Computes, publishes the entry to the flight's waiters and stores it (kept for
+    /// `keep`, fresh for `ttl`): off the request path for Redis, the flight answering
+    /// this instance's readers meanwhile.
     async fn compute_and_store<T, Fut>(
         &self,
         ticket: MissTicket,
         ttl: Duration,
+        keep: Duration,
         compute: Fut,
         flight: Option<FlightGuard>,
     ) -> Resolved<T, Fut>
@@ -281,7 +377,7 @@ impl Cache {
                 tokio::spawn(async move {
                     let keep_flight_until_stored = flight;
                     let _ = cache
-                        .store_entry(&key, entry, ttl)
+                        .store_entry(&key, entry, keep)
                         .instrument(store_span)
                         .await;
                     // A reader whose lookup missed just before the store landed joins the
@@ -291,7 +387,7 @@ impl Cache {
                     drop(keep_flight_until_stored);
                 });
             } else {
-                let _ = self.store_entry(&ticket.key, entry, ttl).await;
+                let _ = self.store_entry(&ticket.key, entry, keep).await;
             }
         }
         Resolved::Computed {
@@ -363,6 +459,7 @@ impl Cache {
             stored_at_ms: now_ms(),
             ttl_ms: ttl.as_millis().min(u128::from(u64::MAX)) as u64,
             compute_ms: compute.as_millis().min(u128::from(u32::MAX)) as u32,
+            based_on_ms: ticket.started_ms,
             response,
         }))
     }

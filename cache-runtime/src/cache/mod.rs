@@ -29,6 +29,7 @@ use crate::verify::{Mismatch, Reports, ResourceMode, Rollout};
 pub(crate) use miss::Resolved;
 #[cfg(feature = "testing")]
 pub use read::MissTicket;
+pub(crate) use read::Staleness;
 pub use read::{BypassReason, Lookup};
 pub(crate) use shadow::{Fresh, ShadowRoute};
 

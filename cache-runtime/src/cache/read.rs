@@ -2,7 +2,10 @@
 //! invalidation), the one round trip that reads its generations and entry together,
 //! generations created where missing, and the XFetch draw that turns a hit into an early
 //! refresh. It ends in a [`Lookup`]; what to do on a miss is the miss path's
-//! (`cache/miss.rs`). It never computes, stores or waits on another request.
+//! (`cache/miss.rs`). Routes that allow it ([`Staleness`]) may be handed an entry that
+//! is no longer fresh (past its TTL within the grace, or bounded after an invalidation)
+//! together with their miss: `serve_cached` answers it `STALE` and recomputes in the
+//! background. It never computes, stores or waits on another request.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +16,7 @@ use crate::entry::{now_ms, Entry};
 use crate::error::BackendError;
 use crate::generation::Generation;
 use crate::key::CacheKey;
+use crate::spec::RouteSpec;
 
 /// What the read path found for one key.
 #[derive(Debug)]
@@ -80,6 +84,111 @@ pub struct MissTicket {
     /// The still-valid entry when this miss is an early refresh (XFetch): what to serve
     /// if another request is already refreshing it.
     pub(crate) refreshing: Option<Arc<Entry>>,
+    /// The no-longer-fresh entry the route allows to serve while it is recomputed
+    /// (`stale_while_revalidate`, `stale_after_invalidation`): served `STALE` at once.
+    pub(crate) stale: Option<Arc<Entry>>,
+    /// Why there was no fresh entry, for the per-resource miss counts.
+    pub(crate) cause: MissCause,
+    /// `started` on the wall clock (epoch ms): the entry computed under this ticket
+    /// reflects every write whose invalidation had landed by then.
+    pub(crate) started_ms: u64,
+}
+
+/// Why a lookup found no fresh entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MissCause {
+    /// No entry (never computed, evicted, past its TTL and grace, or not decodable).
+    Cold,
+    /// An entry past its TTL whose generations are still current.
+    Expiry,
+    /// An entry whose generations moved on: invalidated.
+    Invalidation,
+}
+
+/// How far a route lets the read path go with an entry that is no longer fresh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Staleness {
+    /// How long past its TTL an entry with current generations may still be served.
+    pub(crate) grace_ms: u64,
+    /// How old (from the read of its generations) an invalidated entry may be and still
+    /// be served: 0 is strict read-your-writes.
+    pub(crate) after_invalidation_ms: u64,
+}
+
+impl Staleness {
+    /// Nothing but fresh entries: plain functions and every manual lookup.
+    pub(crate) const STRICT: Staleness = Staleness {
+        grace_ms: 0,
+        after_invalidation_ms: 0,
+    };
+
+    /// What `route` declares.
+    pub(crate) fn of(route: &RouteSpec) -> Staleness {
+        Staleness {
+            grace_ms: u64::from(route.stale_while_revalidate_secs) * 1000,
+            after_invalidation_ms: u64::from(route.stale_after_invalidation_secs) * 1000,
+        }
+    }
+
+    /// Whether a `STALE` answer of `entry` (stale for `cause`) starts its recomputation
+    /// now. Past its TTL: always. After an invalidation: only once the entry is half its
+    /// bound old (from the read of its generations), so that the writes of that half
+    /// share one recomputation, and the recomputation still has the other half to land
+    /// before readers would have to wait for it.
+    pub(crate) fn recompute_now(self, entry: &Entry, cause: MissCause, now_ms: u64) -> bool {
+        match cause {
+            MissCause::Invalidation => {
+                now_ms.saturating_sub(entry.based_on_ms) >= self.after_invalidation_ms / 2
+            }
+            MissCause::Cold | MissCause::Expiry => true,
+        }
+    }
+
+    /// How long the store keeps an entry whose TTL is `ttl`: fresh for `ttl`, then
+    /// servable stale for the grace.
+    pub(crate) fn keep_for(self, ttl: std::time::Duration) -> std::time::Duration {
+        ttl + std::time::Duration::from_millis(self.grace_ms)
+    }
+}
+
+/// What a stored entry (of this key) is worth now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Worth {
+    Fresh,
+    /// Not fresh, but the route allows serving it while it is recomputed.
+    Stale(MissCause),
+    Miss(MissCause),
+}
+
+/// Judges an entry against the current generations at `now_ms` under `policy`.
+///
+/// After an invalidation the rule is the sound simple one: an entry whose generations
+/// were read at most `after_invalidation` ago is served. Its computation started after
+/// that read, so it reflects every write whose invalidation had landed by then, hence
+/// every write older than the bound. (The current generation's own creation time would
+/// not do: it is the *latest* invalidation's, and an entry that missed several would be
+/// served past the bound.) Entries of unknown read time (format 1) are never served
+/// after an invalidation. The entry's TTL still applies as it does to any entry.
+fn worth(entry: &Entry, generations: &[Generation], now_ms: u64, policy: Staleness) -> Worth {
+    let expired = entry.is_expired(now_ms);
+    if entry.generations == generations {
+        if !expired {
+            return Worth::Fresh;
+        }
+        if policy.grace_ms > 0 && entry.within_grace(now_ms, policy.grace_ms) {
+            return Worth::Stale(MissCause::Expiry);
+        }
+        return Worth::Miss(MissCause::Expiry);
+    }
+    let bounded = policy.after_invalidation_ms > 0
+        && entry.based_on_ms > 0
+        && now_ms.saturating_sub(entry.based_on_ms) <= policy.after_invalidation_ms
+        && entry.within_grace(now_ms, policy.grace_ms);
+    if bounded {
+        Worth::Stale(MissCause::Invalidation)
+    } else {
+        Worth::Miss(MissCause::Invalidation)
+    }
 }
 
 impl Cache {
@@ -101,22 +210,33 @@ impl Cache {
     /// when a generation does not exist yet). Counts nothing: the caller records the
     /// request's outcome once it is decided (see `cache/miss.rs`).
     pub(crate) async fn lookup_uncounted(&self, key: &CacheKey) -> Lookup {
+        self.lookup_with(key, Staleness::STRICT).await
+    }
+
+    /// [`Cache::lookup_uncounted`] for a route that may serve entries that are no longer
+    /// fresh: such an entry comes back as a miss carrying it (`MissTicket::stale`).
+    pub(crate) async fn lookup_with(&self, key: &CacheKey, policy: Staleness) -> Lookup {
         if let Some(reason) = self.bypass_reason(key) {
             return Lookup::Bypass(reason);
         }
-        self.lookup_consulted(key).await
+        self.lookup_consulted(key, policy).await
     }
 
     /// [`lookup_uncounted`](Self::lookup_uncounted) once the switches have been passed:
-    /// the shadow run looks up a resource whose mode serves it uncached.
-    pub(super) async fn lookup_consulted(&self, key: &CacheKey) -> Lookup {
+    /// the shadow run looks up a resource whose mode serves it uncached (strictly: a
+    /// would-be hit is a fresh entry, compared with the fresh response).
+    pub(super) async fn lookup_consulted(&self, key: &CacheKey, policy: Staleness) -> Lookup {
         let started = Instant::now();
-        let miss = |generations, refreshing| {
+        let started_ms = now_ms();
+        let miss = |generations, refreshing, stale, cause| {
             Lookup::Miss(MissTicket {
                 key: key.clone(),
                 generations,
                 started,
                 refreshing,
+                stale,
+                cause,
+                started_ms,
             })
         };
         let (generations, entry) = match &self.inner.backend {
@@ -127,7 +247,7 @@ impl Cache {
             Backend::Redis(redis) => match Box::pin(self.read_remote(redis, key)).await {
                 Ok(read) => read,
                 Err(Some(reason)) => return Lookup::Bypass(reason),
-                Err(None) => return miss(None, None),
+                Err(None) => return miss(None, None, None, MissCause::Cold),
             },
         };
         self.inner
@@ -136,24 +256,23 @@ impl Cache {
         match entry {
             EntrySlot::Present(entry) if entry.digest != key.digest => {
                 self.corrupt(&key.resource, "value stored under another key");
-                miss(Some(generations), None)
+                miss(Some(generations), None, None, MissCause::Cold)
             }
-            EntrySlot::Present(entry)
-                if entry.generations == generations && !entry.is_expired(now_ms()) =>
-            {
-                if self.refresh_early(&entry) {
+            EntrySlot::Present(entry) => match worth(&entry, &generations, now_ms(), policy) {
+                Worth::Fresh if self.refresh_early(&entry) => {
                     // Counted as an early refresh where it is computed, not here: a
                     // request that finds a refresh already under way is served `entry`.
-                    miss(Some(generations), Some(entry))
-                } else {
-                    Lookup::Hit(entry)
+                    miss(Some(generations), Some(entry), None, MissCause::Expiry)
                 }
-            }
+                Worth::Fresh => Lookup::Hit(entry),
+                Worth::Stale(cause) => miss(Some(generations), None, Some(entry), cause),
+                Worth::Miss(cause) => miss(Some(generations), None, None, cause),
+            },
             EntrySlot::Corrupt => {
                 self.corrupt(&key.resource, "value does not decode");
-                miss(Some(generations), None)
+                miss(Some(generations), None, None, MissCause::Cold)
             }
-            EntrySlot::Present(_) | EntrySlot::Absent => miss(Some(generations), None),
+            EntrySlot::Absent => miss(Some(generations), None, None, MissCause::Cold),
         }
     }
 
@@ -220,5 +339,95 @@ impl Cache {
         let random = self.inner.config.early_refresh_random.draw();
         let head_start_ms = f64::from(entry.compute_ms) * beta * -random.ln();
         now_ms() as f64 + head_start_ms >= entry.expires_at_ms() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::CachedResponse;
+
+    const STORED_AT: u64 = 1_000_000;
+    const TTL: u64 = 10_000;
+
+    fn entry(generations: Vec<Generation>, based_on_ms: u64) -> Entry {
+        Entry {
+            digest: [0; 16],
+            generations,
+            stored_at_ms: STORED_AT,
+            ttl_ms: TTL,
+            compute_ms: 5,
+            based_on_ms,
+            response: CachedResponse::ok("x"),
+        }
+    }
+
+    fn policy(grace_ms: u64, after_invalidation_ms: u64) -> Staleness {
+        Staleness {
+            grace_ms,
+            after_invalidation_ms,
+        }
+    }
+
+    #[test]
+    fn grace_serves_an_expired_entry_until_ttl_plus_grace_and_not_a_millisecond_more() {
+        let current = vec![Generation::fresh()];
+        let e = entry(current.clone(), STORED_AT - 5);
+        let swr = policy(3_000, 0);
+        assert_eq!(worth(&e, &current, STORED_AT + TTL - 1, swr), Worth::Fresh);
+        assert_eq!(
+            worth(&e, &current, STORED_AT + TTL, swr),
+            Worth::Stale(MissCause::Expiry)
+        );
+        assert_eq!(
+            worth(&e, &current, STORED_AT + TTL + 2_999, swr),
+            Worth::Stale(MissCause::Expiry)
+        );
+        assert_eq!(
+            worth(&e, &current, STORED_AT + TTL + 3_000, swr),
+            Worth::Miss(MissCause::Expiry)
+        );
+        assert_eq!(
+            worth(&e, &current, STORED_AT + TTL, Staleness::STRICT),
+            Worth::Miss(MissCause::Expiry)
+        );
+    }
+
+    #[test]
+    fn a_strict_route_never_serves_an_invalidated_entry_whatever_its_grace() {
+        let e = entry(vec![Generation::fresh()], STORED_AT - 5);
+        let moved = vec![Generation::fresh()];
+        for now in [STORED_AT, STORED_AT + 1, STORED_AT + TTL + 1] {
+            assert_eq!(
+                worth(&e, &moved, now, policy(600_000, 0)),
+                Worth::Miss(MissCause::Invalidation)
+            );
+        }
+    }
+
+    #[test]
+    fn after_an_invalidation_a_bounded_route_serves_only_entries_read_within_the_bound() {
+        let based_on = STORED_AT - 5;
+        let e = entry(vec![Generation::fresh()], based_on);
+        let moved = vec![Generation::fresh()];
+        let bounded = policy(0, 2_000);
+        assert_eq!(
+            worth(&e, &moved, based_on + 2_000, bounded),
+            Worth::Stale(MissCause::Invalidation)
+        );
+        assert_eq!(
+            worth(&e, &moved, based_on + 2_001, bounded),
+            Worth::Miss(MissCause::Invalidation)
+        );
+        // Recomputed from half the bound on: writes meanwhile share one recomputation.
+        assert!(!bounded.recompute_now(&e, MissCause::Invalidation, based_on + 999));
+        assert!(bounded.recompute_now(&e, MissCause::Invalidation, based_on + 1_000));
+        assert!(bounded.recompute_now(&e, MissCause::Expiry, based_on));
+        // Unknown read time (format 1): never served after an invalidation.
+        let old_format = entry(vec![Generation::fresh()], 0);
+        assert_eq!(
+            worth(&old_format, &moved, STORED_AT, bounded),
+            Worth::Miss(MissCause::Invalidation)
+        );
     }
 }

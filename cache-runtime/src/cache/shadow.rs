@@ -15,7 +15,7 @@ use http::StatusCode;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::read::Lookup;
+use super::read::{Lookup, Staleness};
 use super::Cache;
 use crate::entry::{CachedResponse, Entry};
 use crate::generation::Generation;
@@ -107,7 +107,7 @@ impl Cache {
         if self.inner.pending.blocks(&key.generation_keys) {
             return None;
         }
-        let lookup = self.lookup_consulted(key).await;
+        let lookup = self.lookup_consulted(key, Staleness::STRICT).await;
         match &lookup {
             Lookup::Bypass(_) => return None,
             Lookup::Miss(ticket) if ticket.generations.is_none() => return None,
@@ -255,7 +255,7 @@ impl Cache {
 
     /// The generations of `key` now, or `None` when they cannot be read.
     async fn current_generations(&self, key: &CacheKey) -> Option<Vec<Generation>> {
-        match self.lookup_consulted(key).await {
+        match self.lookup_consulted(key, Staleness::STRICT).await {
             Lookup::Hit(entry) => Some(entry.generations.clone()),
             Lookup::Miss(ticket) => ticket.generations,
             Lookup::Bypass(_) => None,

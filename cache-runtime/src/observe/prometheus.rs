@@ -158,16 +158,17 @@ type CounterOf = fn(&CounterSnapshot) -> u64;
 type LatencyOf = fn(&ResourceSnapshot) -> &LatencySnapshot;
 
 /// The outcome label values of `api_cache_requests_total`, with their counter.
-const OUTCOMES: [(&str, CounterOf); 3] = [
+const OUTCOMES: [(&str, CounterOf); 4] = [
     ("hit", |c| c.hits),
     ("miss", |c| c.misses),
     ("bypass", |c| c.bypasses),
+    ("stale", |c| c.stale),
 ];
 
 /// The per-resource counters other than requests: (name without `_total`, help, value).
 type ResourceCounter = (&'static str, &'static str, CounterOf);
 
-const RESOURCE_COUNTERS: [ResourceCounter; 13] = [
+const RESOURCE_COUNTERS: [ResourceCounter; 17] = [
     (
         "api_cache_errors",
         "Store faults while serving a resource: timeouts, connection errors, refused writes, corrupt values.",
@@ -233,6 +234,26 @@ const RESOURCE_COUNTERS: [ResourceCounter; 13] = [
         "Shadow or verification runs skipped because API_CACHE_SHADOW_CONCURRENCY runs were in flight.",
         |c| c.shadow_skipped,
     ),
+    (
+        "api_cache_revalidations",
+        "Background recomputations started by a stale answer, one per key at a time.",
+        |c| c.revalidations,
+    ),
+    (
+        "api_cache_misses_cold",
+        "Misses that found no entry (never computed, evicted, past TTL and grace); also counted as misses.",
+        |c| c.misses_cold,
+    ),
+    (
+        "api_cache_misses_expired",
+        "Misses on an entry past its TTL that nothing invalidated; also counted as misses.",
+        |c| c.misses_expired,
+    ),
+    (
+        "api_cache_misses_invalidated",
+        "Misses on an entry an invalidation made stale; also counted as misses.",
+        |c| c.misses_invalidated,
+    ),
 ];
 
 fn encode_snapshot(
@@ -244,7 +265,7 @@ fn encode_snapshot(
 
     let mut family = encoder.encode_descriptor(
         "api_cache_requests",
-        "Requests to cached routes by outcome: hit (served from the cache), miss (looked up, handler ran), bypass (served uncached without a lookup).",
+        "Requests to cached routes by outcome: hit (served from the cache), miss (looked up, handler ran), bypass (served uncached without a lookup), stale (served from an entry no longer fresh while one request recomputes it).",
         None,
         MetricType::Counter,
     )?;

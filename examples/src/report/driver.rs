@@ -14,9 +14,14 @@
 //! Checks on every body shown: a JSON body of tenant data whose `organization_id` (at any
 //! depth) is not the caller's is a cross-tenant response; a profile whose user is not the
 //! caller is a cross-user response; a verifying read that does not show the caller's own
-//! write is a read-your-writes violation.
+//! write is a read-your-writes violation. On a route that declares a staleness bound
+//! (`stale_after_invalidation`, learned from the program's registry) the write must show
+//! within that bound instead: a verifying read that does not show it starts a probe that
+//! reads again until it does, and a read sent after the bound that still does not show
+//! it is the violation. Each probe records how long the write took to show. Probe reads
+//! are checks, not workload: they are not in the samples or the figures.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +46,9 @@ pub enum CacheOutcome {
     Miss,
     /// `X-Cache: BYPASS`
     Bypass,
+    /// `X-Cache: STALE`: an entry no longer fresh, as the route allows, served while it
+    /// is recomputed.
+    Stale,
     /// No `X-Cache` header (writes, errors).
     None,
 }
@@ -108,6 +116,18 @@ pub struct CheckCounts {
     pub profile: u64,
 }
 
+/// How long one write took to show on a route with a declared staleness bound.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundedCheck {
+    /// The route read.
+    pub route: Route,
+    /// Its declared bound, seconds.
+    pub bound_secs: u64,
+    /// From the write's response to the first response showing it, ms (0: the
+    /// verifying read showed it); `None` when it did not show before the probe gave up.
+    pub shown_after_ms: Option<u64>,
+}
+
 /// Everything one phase measured.
 pub struct PhaseRun {
     /// Wall time from the first request to the last response.
@@ -120,6 +140,8 @@ pub struct PhaseRun {
     pub checks: CheckCounts,
     /// First few unexpected responses (non-2xx or transport errors), for the log.
     pub unexpected: Vec<String>,
+    /// The read-after-write checks of routes with a declared staleness bound.
+    pub bounded: Vec<BoundedCheck>,
 }
 
 /// How to drive a phase.
@@ -144,6 +166,9 @@ pub struct DriveConfig {
     pub label: String,
     /// Print progress.
     pub progress: bool,
+    /// The staleness bound each route declares (`stale_after_invalidation`); routes
+    /// absent are strict.
+    pub bounds: BTreeMap<Route, Duration>,
 }
 
 struct Shared {
@@ -165,6 +190,9 @@ struct UserResult {
     violations: Vec<Violation>,
     checks: CheckCounts,
     unexpected: Vec<String>,
+    /// Bounded checks: settled at once, or probes still reading.
+    bounded: Vec<BoundedCheck>,
+    probes: Vec<tokio::task::JoinHandle<(BoundedCheck, Option<Violation>)>>,
 }
 
 /// Runs the workload against `config.urls` for `config.duration`.
@@ -216,10 +244,14 @@ pub async fn drive(
         violations: Vec::new(),
         checks: CheckCounts::default(),
         unexpected: Vec::new(),
+        bounded: Vec::new(),
     };
+    let mut probes = Vec::new();
     for task in tasks {
         match task.await {
             Ok(result) => {
+                run.bounded.extend(result.bounded);
+                probes.extend(result.probes);
                 run.samples.extend(result.samples);
                 run.violations.extend(result.violations);
                 run.checks.read_your_writes += result.checks.read_your_writes;
@@ -232,7 +264,18 @@ pub async fn drive(
                 .push(format!("virtual user task failed: {err}")),
         }
     }
+    // The phase ends with the last workload response; probes still reading after it are
+    // awaited, outside the measured time.
     run.elapsed = started.elapsed();
+    for probe in probes {
+        match probe.await {
+            Ok((check, violation)) => {
+                run.bounded.push(check);
+                run.violations.extend(violation);
+            }
+            Err(err) => run.unexpected.push(format!("probe task failed: {err}")),
+        }
+    }
     progress.abort();
     if shared.config.progress {
         print_progress(&shared, true);
@@ -247,6 +290,8 @@ async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser, mut balancer: Std
         violations: Vec::new(),
         checks: CheckCounts::default(),
         unexpected: Vec::new(),
+        bounded: Vec::new(),
+        probes: Vec::new(),
     };
     // One browser cache per token: a person's browser, kept when the virtual user comes
     // back to the same user in a later session, never shared with another user.
@@ -285,14 +330,16 @@ async fn user_loop(shared: Arc<Shared>, mut user: VirtualUser, mut balancer: Std
             continue;
         };
         if let Some((verify, expectation)) = user.after_success(&request, &body) {
+            let written_at = Instant::now();
             // Drawn again: the verifying read goes wherever the balancer sends it.
             let instance = pick_instance(&mut balancer, shared.config.urls.len());
+            let bound = shared.config.bounds.get(&verify.route).copied();
             let verified = send(
                 &shared,
                 &user,
                 browser,
                 &verify,
-                Some(&expectation),
+                Some(&(expectation.clone(), bound, written_at)),
                 instance,
                 &mut result,
             )
@@ -326,11 +373,11 @@ fn think(user: &mut VirtualUser, mean_secs: f64) -> Duration {
 /// Sends one request through the user's browser cache, records it, and checks the body
 /// shown; returns that body as JSON when it is a 2xx.
 async fn send(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     user: &VirtualUser,
     browser: &mut BrowserCache,
     request: &Request,
-    expectation: Option<&Expectation>,
+    expectation: Option<&Verification>,
     instance: usize,
     result: &mut UserResult,
 ) -> Option<Value> {
@@ -357,6 +404,7 @@ async fn send(
                     instance: None,
                 });
                 return check_shown(
+                    shared,
                     user,
                     request,
                     expectation,
@@ -428,6 +476,7 @@ async fn send(
         Some("HIT") => CacheOutcome::Hit,
         Some("MISS") => CacheOutcome::Miss,
         Some("BYPASS") => CacheOutcome::Bypass,
+        Some("STALE") => CacheOutcome::Stale,
         _ => CacheOutcome::None,
     };
     shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -480,8 +529,20 @@ async fn send(
     result
         .samples
         .push(sample(status.as_u16(), cache, Some(&shown), body_bytes));
-    check_shown(user, request, expectation, &shown, (cache, sent_to), result)
+    check_shown(
+        shared,
+        user,
+        request,
+        expectation,
+        &shown,
+        (cache, sent_to),
+        result,
+    )
 }
+
+/// What a verifying read must show, the route's declared staleness bound (`None`:
+/// strict), and when the write it verifies returned.
+type Verification = (Expectation, Option<Duration>, Instant);
 
 fn describe(request: &Request) -> String {
     format!(
@@ -501,9 +562,10 @@ fn saturating_u32(n: usize) -> u32 {
 
 /// Runs the checks on the body the user is shown; returns it as JSON when it is a 2xx.
 fn check_shown(
+    shared: &Arc<Shared>,
     user: &VirtualUser,
     request: &Request,
-    expectation: Option<&Expectation>,
+    expectation: Option<&Verification>,
     shown: &Shown,
     (cache, instance): (CacheOutcome, Option<u16>),
     result: &mut UserResult,
@@ -552,13 +614,107 @@ fn check_shown(
             );
         }
     }
-    if let Some(expectation) = expectation {
+    if let Some((expectation, bound, written_at)) = expectation {
         result.checks.read_your_writes += 1;
-        if let Err(detail) = expectation.check(&body) {
-            violation("read_your_writes", detail);
+        let shown = expectation.check(&body);
+        match (shown, bound) {
+            (Ok(()), None) => {}
+            (Err(detail), None) => violation("read_your_writes", detail),
+            (Ok(()), Some(bound)) => result.bounded.push(BoundedCheck {
+                route: request.route,
+                bound_secs: bound.as_secs(),
+                shown_after_ms: Some(0),
+            }),
+            (Err(_), Some(bound)) => result.probes.push(tokio::spawn(probe(
+                Arc::clone(shared),
+                user.token.clone(),
+                request.clone(),
+                expectation.clone(),
+                *bound,
+                *written_at,
+            ))),
         }
     }
     Some(body)
+}
+
+/// Reads `request` again until its body shows the write (`expectation`) or a read sent
+/// past `bound` after the write still does not, which is the violation. Reads go to the
+/// instances in turn, about twenty per bound (between 0.1 s and 1 s apart).
+async fn probe(
+    shared: Arc<Shared>,
+    token: String,
+    request: Request,
+    expectation: Expectation,
+    bound: Duration,
+    written_at: Instant,
+) -> (BoundedCheck, Option<Violation>) {
+    let every = (bound / 20).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut check = BoundedCheck {
+        route: request.route,
+        bound_secs: bound.as_secs(),
+        shown_after_ms: None,
+    };
+    let urls = &shared.config.urls;
+    for attempt in 0usize.. {
+        tokio::time::sleep(every).await;
+        let sent = Instant::now();
+        let instance = attempt % urls.len().max(1);
+        let base = urls.get(instance).map(String::as_str).unwrap_or_default();
+        let response = shared
+            .client
+            .get(format!("{base}{}", request.path))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        let (body, cache) = match response {
+            Ok(response) if response.status().is_success() => {
+                let cache = match response
+                    .headers()
+                    .get("x-cache")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some("HIT") => CacheOutcome::Hit,
+                    Some("MISS") => CacheOutcome::Miss,
+                    Some("BYPASS") => CacheOutcome::Bypass,
+                    Some("STALE") => CacheOutcome::Stale,
+                    _ => CacheOutcome::None,
+                };
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                (body, cache)
+            }
+            // An error answer shows nothing either way: read again, within the bound.
+            _ => (Value::Null, CacheOutcome::None),
+        };
+        let shown = !body.is_null() && expectation.check(&body).is_ok();
+        if shown {
+            check.shown_after_ms = Some(written_at.elapsed().as_millis() as u64);
+            return (check, None);
+        }
+        if sent.duration_since(written_at) > bound && !body.is_null() {
+            let detail = format!(
+                "not shown {:.1} s after the write (declared bound {} s)",
+                sent.duration_since(written_at).as_secs_f64(),
+                bound.as_secs()
+            );
+            let violation = Violation {
+                kind: "read_your_writes",
+                request: describe(&request),
+                token,
+                detail,
+                cache,
+                browser: BrowserOutcome::Network,
+                browser_age_secs: None,
+                instance: u16::try_from(instance).ok(),
+            };
+            return (check, Some(violation));
+        }
+        if sent.duration_since(written_at) > bound * 2 + Duration::from_secs(5) {
+            // Only errors since the bound: give up without a verdict on the data.
+            return (check, None);
+        }
+    }
+    (check, None)
 }
 
 /// The first `organization_id` in `value` (at any depth) that is not `org`.

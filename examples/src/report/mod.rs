@@ -37,7 +37,7 @@ use serde_json::Value;
 
 use crate::db::{DbStats, ScratchDatabase};
 use crate::report::browser::BrowserOutcome;
-use crate::report::driver::{drive, CheckCounts, DriveConfig, PhaseRun, Violation};
+use crate::report::driver::{drive, BoundedCheck, CheckCounts, DriveConfig, PhaseRun, Violation};
 use crate::report::summary::{phase_figures, InstanceFigures, PhaseFigures, Second};
 use crate::report::workload::{Route, READ_MIX, WRITE_MIX};
 use crate::seed::{SeedConfig, SeedSummary};
@@ -181,6 +181,9 @@ pub struct PhaseReport {
     pub checks: CheckCounts,
     /// Failed checks.
     pub violations: Vec<Violation>,
+    /// Read-after-write checks on routes with a declared staleness bound: how long each
+    /// write took to show.
+    pub bounded: Vec<BoundedCheck>,
     /// Responses with a 5xx status.
     pub server_errors: u64,
     /// Requests that got no response.
@@ -519,6 +522,7 @@ async fn run_phase(
         seed: config.seed,
         label: name.to_owned(),
         progress: config.progress,
+        bounds: route_bounds(),
     };
     let max_seeded_contact = seed.totals.contacts as i64;
     let run: PhaseRun = drive(
@@ -626,6 +630,7 @@ async fn run_phase(
         transport_errors: count(&|s| s == 0),
         client_errors: count(&|s| (400..500).contains(&s)),
         violations: run.violations,
+        bounded: run.bounded,
         unexpected: run.unexpected,
         cache_stats,
         instances,
@@ -850,8 +855,103 @@ impl Report {
     }
 }
 
-fn route_ttls(stats: &Value) -> BTreeMap<Route, u64> {
-    let resource = |route: Route| match route {
+/// Per resource of the cache-on run: lookups, fresh hits, stale answers, and the misses
+/// by cause (cold: no entry; expiry: past its TTL and grace; invalidation: generations
+/// moved), summed over the instances' `/debug/cache`.
+fn miss_table(on: &PhaseReport) -> String {
+    const COLUMNS: [(&str, &str); 7] = [
+        ("hits", "Hits"),
+        ("stale", "Stale"),
+        ("misses", "Misses"),
+        ("misses_cold", "cold"),
+        ("misses_expired", "expiry"),
+        ("misses_invalidated", "invalidation"),
+        ("early_refreshes", "early refresh"),
+    ];
+    let mut resources: BTreeMap<String, [u64; 7]> = BTreeMap::new();
+    for instance in &on.instances {
+        let Some(map) = instance
+            .cache_stats
+            .get("resources")
+            .and_then(Value::as_object)
+        else {
+            continue;
+        };
+        for (name, figures) in map {
+            let row = resources.entry(name.clone()).or_default();
+            for (slot, (field, _)) in row.iter_mut().zip(COLUMNS) {
+                *slot += figures.get(field).and_then(Value::as_u64).unwrap_or(0);
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "  {:<14} {:>8} {:>8} {:>8} {:>8}   {:>6} {:>7} {:>12} {:>13}",
+        "resource",
+        "lookups",
+        "hits",
+        "stale",
+        "misses",
+        "cold",
+        "expiry",
+        "invalidation",
+        "early refresh"
+    );
+    for (name, [hits, stale, misses, cold, expired, invalidated, early]) in resources {
+        let lookups = hits + stale + misses;
+        if lookups == 0 {
+            continue;
+        }
+        let pct = |n: u64| n as f64 * 100.0 / lookups as f64;
+        let _ = writeln!(
+            out,
+            "  {name:<14} {lookups:>8} {:>7.1}% {:>7.1}% {:>7.1}%   {cold:>6} {expired:>7} {invalidated:>12} {early:>13}",
+            pct(hits),
+            pct(stale),
+            pct(misses)
+        );
+    }
+    out
+}
+
+/// Per route with a declared staleness bound, per run: how many writes were checked, the
+/// slowest to show, and the violations of the bound.
+fn bounded_lines(phases: &[PhaseReport]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for phase in phases {
+        let mut routes: BTreeMap<Route, Vec<&BoundedCheck>> = BTreeMap::new();
+        for check in &phase.bounded {
+            routes.entry(check.route).or_default().push(check);
+        }
+        for (route, checks) in routes {
+            let bound = checks.first().map_or(0, |c| c.bound_secs);
+            let shown: Vec<u64> = checks.iter().filter_map(|c| c.shown_after_ms).collect();
+            let later = shown.iter().filter(|&&ms| ms > 0).count();
+            let max = shown.iter().max().copied().unwrap_or(0);
+            let violations = phase
+                .violations
+                .iter()
+                .filter(|v| v.kind == "read_your_writes" && v.request.contains(route.path()))
+                .count();
+            lines.push(format!(
+                "  bounded {} ({}, declared {bound} s): {} writes checked, {} showed at once, {} later, slowest {:.1} s, {} not shown within the bound",
+                route.path(),
+                phase.name,
+                checks.len(),
+                shown.len() - later,
+                later,
+                max as f64 / 1000.0,
+                violations
+            ));
+        }
+    }
+    lines
+}
+
+/// The cache resource a route's GET belongs to.
+fn route_resource(route: Route) -> &'static str {
+    match route {
         Route::Templates => "templates",
         Route::Contacts => "contacts",
         Route::Analytics => "analytics",
@@ -859,7 +959,25 @@ fn route_ttls(stats: &Value) -> BTreeMap<Route, u64> {
         Route::Conversations => "conversations",
         Route::Organization => "organization",
         Route::Profiles => "profiles",
-    };
+    }
+}
+
+/// The staleness bound each route's resource declares (`stale_after_invalidation`), from
+/// this program's registry: the demo's routes are linked into the report.
+fn route_bounds() -> BTreeMap<Route, Duration> {
+    let bounds = cache_runtime::registry::staleness_bounds();
+    Route::ALL
+        .iter()
+        .filter_map(|&route| {
+            bounds
+                .get(route_resource(route))
+                .map(|&secs| (route, Duration::from_secs(u64::from(secs))))
+        })
+        .collect()
+}
+
+fn route_ttls(stats: &Value) -> BTreeMap<Route, u64> {
+    let resource = route_resource;
     Route::ALL
         .iter()
         .filter_map(|&route| {
@@ -932,6 +1050,12 @@ impl Report {
             &on.figures,
             &route_ttls(&on.cache_stats),
         ));
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Why the cache-on run's lookups were not fresh hits, per resource (server counters, all instances, warm-up included)"
+        );
+        out.push_str(&miss_table(on));
         if self.config.instances > 1 {
             let share = |p: &PhaseReport| p.instances.iter().map(|i| i.share).collect::<Vec<_>>();
             let _ = writeln!(out);
@@ -972,6 +1096,9 @@ impl Report {
             sum(&|p| p.checks.profile),
             self.violations("cross_user")
         );
+        for line in bounded_lines(&self.phases) {
+            let _ = writeln!(out, "{line}");
+        }
         let unusable = self.violations("unusable_304");
         if unusable > 0 {
             let _ = writeln!(
