@@ -28,6 +28,10 @@ pub enum ConfigError {
     /// hash tags stay where the key layout puts them.
     #[error("invalid key prefix {0:?}: use 1-64 characters without braces or whitespace")]
     Prefix(String),
+    /// `API_CACHE_LOCAL_TIER=tracking` with a Redis Cluster: tracking is per node and
+    /// is implemented for one server only; `validate` works on a cluster.
+    #[error("API_CACHE_LOCAL_TIER=tracking needs a single Redis server (REDIS_URL); use `validate` with a cluster")]
+    TrackingOnCluster,
     /// A Redis-backed cache must be created inside a Tokio runtime.
     #[error("a Redis-backed cache must be created inside a Tokio runtime")]
     NoRuntime,

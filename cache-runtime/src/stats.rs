@@ -121,6 +121,7 @@ struct Counters {
     coalesced: AtomicU64,
     early_refreshes: AtomicU64,
     corrupt: AtomicU64,
+    local_hits: AtomicU64,
 }
 
 /// Counter values.
@@ -146,6 +147,9 @@ pub struct CounterSnapshot {
     pub early_refreshes: u64,
     /// Stored values that did not decode or belonged to another key; also in `errors`.
     pub corrupt: u64,
+    /// Hits served by the local tier (`API_CACHE_LOCAL_TIER`) without reading the entry
+    /// from Redis; also in `hits`. `hits - local_hits` came from Redis.
+    pub local_hits: u64,
 }
 
 impl CounterSnapshot {
@@ -173,6 +177,7 @@ impl Counters {
             coalesced: self.coalesced.load(Relaxed),
             early_refreshes: self.early_refreshes.load(Relaxed),
             corrupt: self.corrupt.load(Relaxed),
+            local_hits: self.local_hits.load(Relaxed),
         }
     }
 }
@@ -324,6 +329,7 @@ pub(crate) enum Event {
     Coalesced,
     EarlyRefresh,
     Corrupt,
+    LocalHit,
 }
 
 impl Counters {
@@ -339,6 +345,7 @@ impl Counters {
             Event::Coalesced => &self.coalesced,
             Event::EarlyRefresh => &self.early_refreshes,
             Event::Corrupt => &self.corrupt,
+            Event::LocalHit => &self.local_hits,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -379,6 +386,11 @@ impl Stats {
         });
     }
 
+    /// A hit served by the local tier (the hit itself is counted by `record_hit`).
+    pub(crate) fn record_local_hit(&self, resource: &str) {
+        self.record(Some(resource), Event::LocalHit);
+    }
+
     pub(crate) fn record_circuit_opened(&self) {
         self.circuit_opened.fetch_add(1, Relaxed);
     }
@@ -413,6 +425,7 @@ impl Stats {
             circuit,
             circuit_opened: self.circuit_opened.load(Relaxed),
             pending_invalidations,
+            local_tier: None,
         }
     }
 }
@@ -479,6 +492,24 @@ pub struct StatsSnapshot {
     pub circuit_opened: u64,
     /// Invalidations waiting to be delivered to Redis.
     pub pending_invalidations: usize,
+    /// The local tier's size, when it is on (`API_CACHE_LOCAL_TIER`); its hits are
+    /// [`CounterSnapshot::local_hits`].
+    pub local_tier: Option<LocalTierSnapshot>,
+}
+
+/// The local tier's figures.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LocalTierSnapshot {
+    /// `tracking` or `validate`.
+    pub mode: &'static str,
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held, as weighed for its bound.
+    pub bytes: u64,
+    /// Generations known to be current (tracking mode; 0 in validate mode).
+    pub known_generations: u64,
+    /// Whether the tracking connection is up (`None` in validate mode).
+    pub tracking_connected: Option<bool>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 mod invalidation;
 mod miss;
+mod near;
 mod read;
 
 use std::collections::HashSet;
@@ -16,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::backend::{memory::MemoryBackend, redis::RedisBackend, Backend};
+use crate::backend::{memory::MemoryBackend, near::NearTier, redis::RedisBackend, Backend};
 use crate::circuit::{Circuit, Permit, ProbeGuard};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, LocalTier, RedisTarget};
 use crate::error::{BackendError, ConfigError};
 use crate::flight::Flights;
 use crate::key::{InvalidResource, KeyBuilder, Tenant};
@@ -53,6 +54,8 @@ pub struct Cache {
 struct Inner {
     config: CacheConfig,
     backend: Backend,
+    /// The local tier in front of Redis, when configured (`API_CACHE_LOCAL_TIER`).
+    near: Option<NearTier>,
     enabled: AtomicBool,
     disabled_resources: RwLock<HashSet<String>>,
     /// Whether `disabled_resources` has any: read first, so that the usual request (none
@@ -135,7 +138,7 @@ impl Cache {
 
     fn build(config: CacheConfig) -> Result<Cache, ConfigError> {
         config.validate()?;
-        let backend = match config.redis_target() {
+        let (backend, near) = match config.redis_target() {
             Some(target) => {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(ConfigError::NoRuntime);
@@ -146,14 +149,22 @@ impl Cache {
                 let backend = RedisBackend::new(target, &config).map_err(|err| {
                     ConfigError::RedisUrl(format!("{}: {err}", target.for_logs()))
                 })?;
-                Backend::Redis(backend)
+                let standalone = match target {
+                    RedisTarget::Standalone(url) => Some(url),
+                    RedisTarget::Cluster(_) => None,
+                };
+                let near = NearTier::new(&config, standalone).map_err(|err| {
+                    ConfigError::RedisUrl(format!("{}: {err}", target.for_logs()))
+                })?;
+                (Backend::Redis(backend), near)
             }
             None => {
                 tracing::info!(target: "api_cache", max_bytes = config.memory_max_bytes, "cache backend: in-memory, per process: several instances do not see each other's invalidations (set REDIS_URL for that)");
-                Backend::Memory(MemoryBackend::new(
-                    config.memory_max_bytes,
-                    config.generation_ttl,
-                ))
+                if config.local_tier != LocalTier::Off {
+                    tracing::warn!(target: "api_cache", "API_CACHE_LOCAL_TIER is for a Redis backend: ignored by the in-memory one");
+                }
+                let memory = MemoryBackend::new(config.memory_max_bytes, config.generation_ttl);
+                (Backend::Memory(memory), None)
             }
         };
         Ok(Cache {
@@ -167,6 +178,7 @@ impl Cache {
                 flights: Arc::new(Flights::default()),
                 redelivery_running: AtomicBool::new(false),
                 backend,
+                near,
                 config,
             }),
         })
@@ -320,7 +332,9 @@ impl Cache {
         } else {
             CircuitSnapshot::NotApplicable
         };
-        self.inner.stats.snapshot(circuit, self.inner.pending.len())
+        let mut snapshot = self.inner.stats.snapshot(circuit, self.inner.pending.len());
+        snapshot.local_tier = self.local_tier_snapshot();
+        snapshot
     }
 
     /// Hits as a percentage of lookups since start, like the reference's
