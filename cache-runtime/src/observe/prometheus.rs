@@ -167,7 +167,7 @@ const OUTCOMES: [(&str, CounterOf); 3] = [
 /// The per-resource counters other than requests: (name without `_total`, help, value).
 type ResourceCounter = (&'static str, &'static str, CounterOf);
 
-const RESOURCE_COUNTERS: [ResourceCounter; 7] = [
+const RESOURCE_COUNTERS: [ResourceCounter; 8] = [
     (
         "api_cache_errors",
         "Store faults while serving a resource: timeouts, connection errors, refused writes, corrupt values.",
@@ -202,6 +202,11 @@ const RESOURCE_COUNTERS: [ResourceCounter; 7] = [
         "api_cache_corrupt_values",
         "Stored values that did not decode or belonged to another key; also counted as errors.",
         |c| c.corrupt,
+    ),
+    (
+        "api_cache_local_hits",
+        "Hits served by the local tier without reading the entry from Redis; also counted as hits.",
+        |c| c.local_hits,
     ),
 ];
 
@@ -346,6 +351,31 @@ fn encode_snapshot(
             MetricType::Gauge,
         )?;
         ConstGauge::new(bytes).encode(family)?;
+    }
+
+    if let Some(tier) = &stats.local_tier {
+        let family = encoder.encode_descriptor(
+            "api_cache_local_tier_entries",
+            "Entries held by the local tier in front of Redis.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(tier.entries).encode(family)?;
+        let bytes_unit = Unit::Bytes;
+        let family = encoder.encode_descriptor(
+            "api_cache_local_tier_size",
+            "Size of the local tier's entries, as weighed for its bound.",
+            Some(&bytes_unit),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(tier.bytes).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "api_cache_local_tier_known_generations",
+            "Generations the local tier knows to be current (tracking mode): a local hit needs all of its own.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(tier.known_generations).encode(family)?;
     }
     Ok(())
 }
