@@ -11,6 +11,9 @@
 //! Redis is a private redis-server on loopback, or the one `API_CACHE_BENCH_REDIS_URL`
 //! names: `scripts/bench-netem.sh` runs this bench against a server in a network
 //! namespace of its own behind `tc netem` delay, as a managed Redis in another zone.
+//! Where the kernel has no netem, `API_CACHE_BENCH_DELAY_US` puts this bench's own
+//! delaying TCP relay in front of Redis instead (every chunk held that long in each
+//! direction, pipelined, on OS threads: tokio's timer rounds sleeps up to 1 ms).
 
 mod support;
 
@@ -115,6 +118,18 @@ fn main() {
             private = cache_tests::RedisServer::start();
             private.url()
         }
+    };
+    let url = match std::env::var("API_CACHE_BENCH_DELAY_US") {
+        Ok(delay) => {
+            let delay = Duration::from_micros(
+                delay
+                    .parse()
+                    .expect("API_CACHE_BENCH_DELAY_US: microseconds"),
+            );
+            println!("  through a relay adding {delay:?} each way");
+            delay_relay::start(&url, delay)
+        }
+        Err(_) => url,
     };
     println!("  Redis: {url}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -250,4 +265,67 @@ fn main() {
         );
         println!("  load average at the end: {}", support::load_average());
     });
+}
+
+/// A TCP relay that holds every chunk `delay` before passing it on, each direction on
+/// threads of its own so that chunks in flight overlap (a delay, not a bandwidth cap).
+mod delay_relay {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// Starts the relay in front of the server of `url` and returns a URL through it.
+    pub fn start(url: &str, delay: Duration) -> String {
+        let upstream = url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    delay,
+                );
+                pipe(server, client, delay);
+            }
+        });
+        format!("redis://127.0.0.1:{port}/")
+    }
+
+    fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+        let (sender, receiver) = mpsc::channel::<(Instant, Vec<u8>)>();
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buffer) {
+                if n == 0
+                    || sender
+                        .send((Instant::now() + delay, buffer[..n].to_vec()))
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for (due, chunk) in receiver {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if to.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
 }
