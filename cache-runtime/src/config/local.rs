@@ -19,7 +19,8 @@
 /// assert_eq!(config.local_tier, LocalTier::Validate);
 /// assert_eq!(CacheConfig::default().local_tier, LocalTier::Off);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LocalTier {
     /// Every lookup reads Redis (the default).
     Off,
