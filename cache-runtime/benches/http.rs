@@ -10,7 +10,9 @@
 //! - `/cached-memory`, `/cached-redis`: the same handler under `#[cached]`, on the
 //!   in-memory backend and on Redis, measured on hits;
 //! - `/redis-get`: the bytes by one raw redis-rs GET per request, the floor of a route
-//!   that reads Redis.
+//!   that reads Redis;
+//! - `/cached-local`: the cached handler on Redis with the local tier in `tracking` mode
+//!   (BENCHMARKS.md §8), measured on local hits.
 //!
 //! Each route is loaded in turn for a few seconds, round after round; the figure is
 //! requests per second and the latency percentiles of the measured window.
@@ -79,13 +81,14 @@ async fn cached_page() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body())
 }
 
-const ROUTES: [&str; 6] = [
+const ROUTES: [&str; 7] = [
     "/static",
     "/static-hit-headers",
     "/cached-memory",
     "/cached-redis",
     "/redis-get",
     "/uncached",
+    "/cached-local",
 ];
 
 /// CPU time (user + system) consumed so far by this process's threads named `name`,
@@ -284,6 +287,13 @@ fn main() {
     let addr = server_rt.block_on(async {
         let memory_cache = Cache::new(CacheConfig::default()).await.unwrap();
         let redis_cache = Cache::new(support::redis_config(&url)).await.unwrap();
+        let local_cache = Cache::new(
+            support::redis_config(&url)
+                .with_prefix("local")
+                .with_local_tier(cache_runtime::LocalTier::Tracking, 64 * 1024 * 1024),
+        )
+        .await
+        .unwrap();
         let mut redis_conn = ConnectionManager::new(redis::Client::open(url.as_str()).unwrap())
             .await
             .unwrap();
@@ -299,6 +309,9 @@ fn main() {
         let redis = Router::new()
             .route("/cached-redis", get(cached_page))
             .layer(redis_cache.extension());
+        let local = Router::new()
+            .route("/cached-local", get(cached_page))
+            .layer(local_cache.extension());
         let app = Router::new()
             .route("/static", get(static_page))
             .route("/static-hit-headers", get(static_page_hit_headers))
@@ -307,6 +320,7 @@ fn main() {
             .layer(Extension(redis_conn))
             .merge(memory)
             .merge(redis)
+            .merge(local)
             .layer(Extension(CacheScope::new("org_1")));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -318,7 +332,7 @@ fn main() {
     });
 
     let results = client_rt.block_on(async {
-        for path in ["/cached-memory", "/cached-redis"] {
+        for path in ["/cached-memory", "/cached-redis", "/cached-local"] {
             assert_eq!(probe(addr, path).await, "MISS");
             // The Redis store runs off the request path: wait for it to land.
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -436,6 +450,13 @@ fn main() {
         "     (memory hit / static route with the hit's headers = {:.3}; Redis hit / static route = {redis_vs_static:.3}; uncached / static route = {:.3})",
         mean(&results[2].rps) / mean(&results[1].rps),
         mean(&results[5].rps) / floor
+    );
+    let local = mean(&results[6].rps) / floor;
+    verdict(
+        "local hit (tracking) throughput / static route",
+        local,
+        ">= 0.80",
+        local >= 0.80,
     );
     let cpu = |r: &RouteResult| r.server_ticks as f64 / r.requests as f64;
     println!(
