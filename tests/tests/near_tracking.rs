@@ -233,3 +233,25 @@ async fn a_restarted_redis_flushes_local_generations() {
     );
     assert_eq!(local_hits(&cache), local);
 }
+
+/// `FLUSHALL` invalidates every key: Redis pushes a null `invalidate`, and the instance
+/// forgets everything (the flushed generations come back fresh, the entry is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_forgets_every_generation() {
+    let backend = TestBackend::redis();
+    let server = backend.server().unwrap();
+    let cache = tracking_cache(server.url()).await;
+    let k = key(&cache, "org_1");
+    put(&cache, &k, "v1").await;
+    assert_eq!(hit_body(&cache, &k).await.as_deref(), Some("v1"));
+    assert_eq!(hit_body(&cache, &k).await.as_deref(), Some("v1"));
+    assert!(known_generations(&cache) > 0);
+    let _: () = server.cmd(&["FLUSHALL"]);
+    wait_until_async(PUSH_BOUND, "the flush is pushed", || {
+        known_generations(&cache) == 0
+    })
+    .await;
+    let local = local_hits(&cache);
+    assert_eq!(hit_body(&cache, &k).await, None);
+    assert_eq!(local_hits(&cache), local);
+}
