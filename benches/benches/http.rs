@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 
 use support::{pick, row, us, verdict, Samples};
 
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 8] = [
     "/static",
     "/static-hit-headers",
     "/cached-memory",
@@ -37,6 +37,7 @@ const ROUTES: [&str; 7] = [
     "/redis-get",
     "/uncached",
     "/peer",
+    "/cached-local",
 ];
 
 /// CPU time (user + system) consumed so far by this process's threads named `name`,
@@ -246,7 +247,7 @@ fn main() {
     let results = client_rt.block_on(async {
         // The peer's first request is its miss.
         probe(addr, "/peer").await;
-        for path in ["/cached-memory", "/cached-redis"] {
+        for path in ["/cached-memory", "/cached-redis", "/cached-local"] {
             assert_eq!(probe(addr, path).await, "MISS");
             // The Redis store runs off the request path: wait for it to land.
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -371,6 +372,13 @@ fn main() {
         "     (memory hit / static route with the hit's headers = {:.3}; Redis hit / static route = {redis_vs_static:.3}; uncached / static route = {:.3})",
         mean(&results[2].rps) / mean(&results[1].rps),
         mean(&results[5].rps) / floor
+    );
+    let local = mean(&results[6].rps) / floor;
+    verdict(
+        "local hit (tracking) throughput / static route",
+        local,
+        ">= 0.80",
+        local >= 0.80,
     );
     let cpu = |r: &RouteResult| r.server_ticks as f64 / r.requests as f64;
     println!(

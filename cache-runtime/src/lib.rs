@@ -135,7 +135,7 @@ pub mod __private;
 pub use crate::axum::{X_CACHE, X_CACHE_AGE, X_CACHE_INVALIDATED};
 pub use cache::Cache;
 pub use cache_macros::{cached, invalidates};
-pub use config::{CacheConfig, WaitReplicas};
+pub use config::{CacheConfig, LocalTier, WaitReplicas};
 pub use error::{BackendError, ConfigError, InvalidationError};
 pub use key::InvalidResource;
 pub use scope::{CacheScope, ToCacheScope};

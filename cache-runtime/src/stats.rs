@@ -137,6 +137,7 @@ struct Counters {
     misses_cold: AtomicU64,
     misses_expired: AtomicU64,
     misses_invalidated: AtomicU64,
+    local_hits: AtomicU64,
 }
 
 /// Counter values.
@@ -190,6 +191,9 @@ pub struct CounterSnapshot {
     pub misses_expired: u64,
     /// Misses on an entry an invalidation made stale; also in `misses`.
     pub misses_invalidated: u64,
+    /// Hits served by the local tier (`API_CACHE_LOCAL_TIER`) without reading the entry
+    /// from Redis; also in `hits`. `hits - local_hits` came from Redis.
+    pub local_hits: u64,
 }
 
 impl CounterSnapshot {
@@ -249,6 +253,7 @@ impl Counters {
             misses_cold: self.misses_cold.load(Relaxed),
             misses_expired: self.misses_expired.load(Relaxed),
             misses_invalidated: self.misses_invalidated.load(Relaxed),
+            local_hits: self.local_hits.load(Relaxed),
         }
     }
 }
@@ -411,6 +416,7 @@ pub(crate) enum Event {
     MissCold,
     MissExpired,
     MissInvalidated,
+    LocalHit,
 }
 
 impl Counters {
@@ -437,6 +443,7 @@ impl Counters {
             Event::MissCold => &self.misses_cold,
             Event::MissExpired => &self.misses_expired,
             Event::MissInvalidated => &self.misses_invalidated,
+            Event::LocalHit => &self.local_hits,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -477,6 +484,11 @@ impl Stats {
         });
     }
 
+    /// A hit served by the local tier (the hit itself is counted by `record_hit`).
+    pub(crate) fn record_local_hit(&self, resource: &str) {
+        self.record(Some(resource), Event::LocalHit);
+    }
+
     pub(crate) fn record_circuit_opened(&self) {
         self.circuit_opened.fetch_add(1, Relaxed);
     }
@@ -514,6 +526,7 @@ impl Stats {
             circuit,
             circuit_opened: self.circuit_opened.load(Relaxed),
             pending_invalidations,
+            local_tier: None,
         }
     }
 }
@@ -587,6 +600,24 @@ pub struct StatsSnapshot {
     pub circuit_opened: u64,
     /// Invalidations waiting to be delivered to Redis.
     pub pending_invalidations: usize,
+    /// The local tier's size, when it is on (`API_CACHE_LOCAL_TIER`); its hits are
+    /// [`CounterSnapshot::local_hits`].
+    pub local_tier: Option<LocalTierSnapshot>,
+}
+
+/// The local tier's figures.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LocalTierSnapshot {
+    /// `tracking` or `validate`.
+    pub mode: &'static str,
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held, as weighed for its bound.
+    pub bytes: u64,
+    /// Generations known to be current (tracking mode; 0 in validate mode).
+    pub known_generations: u64,
+    /// Whether the tracking connection is up (`None` in validate mode).
+    pub tracking_connected: Option<bool>,
 }
 
 #[cfg(test)]

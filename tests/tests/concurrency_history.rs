@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_runtime::{Cache, CacheConfig};
+use cache_runtime::{Cache, CacheConfig, LocalTier};
 use cache_tests::backends::TestBackend;
 use cache_tests::http::send;
 use concurrency_support::{request, router, within_deadline, App, Flavor, Rng};
@@ -108,6 +108,9 @@ struct Record {
     instance: usize,
     sent: u64,
     answered: u64,
+    /// Wall-clock stamps beside the logical ones, to state a staleness window in time.
+    sent_at: Instant,
+    answered_at: Instant,
     status: u16,
     x_cache: String,
     body: Value,
@@ -122,6 +125,8 @@ struct Setup {
     /// refreshes overlap each other, writes and the lease all the time.
     refresh_everywhere: bool,
     flavor: Flavor,
+    /// The local tier of every instance (issue 17).
+    local_tier: LocalTier,
 }
 
 struct History {
@@ -129,11 +134,15 @@ struct History {
     instances: usize,
     /// Early refreshes computed, over all instances.
     refreshes: u64,
+    /// Hits served by the instances' local tiers.
+    local_hits: u64,
 }
 
 async fn run_history(backend: &TestBackend, setup: Setup, seed: u64, ops: u64) -> History {
     let mut config: CacheConfig = backend.config().with_prefix(format!("history-{seed}"));
-    config = config.with_lease(setup.lease);
+    config = config
+        .with_lease(setup.lease)
+        .with_local_tier(setup.local_tier, 16 * 1024 * 1024);
     if setup.refresh_everywhere {
         config = config.with_early_refresh_beta(1e6);
     }
@@ -166,9 +175,11 @@ async fn run_history(backend: &TestBackend, setup: Setup, seed: u64, ops: u64) -
                     let instance = rng.below(apis.len() as u64) as usize;
                     let (method, uri) = op.method_and_uri();
                     let request = request(method, &uri, &tenant, Some(&user));
+                    let sent_at = Instant::now();
                     let sent = clock.fetch_add(1, Ordering::SeqCst);
                     let reply = send(&apis[instance], request).await;
                     let answered = clock.fetch_add(1, Ordering::SeqCst);
+                    let answered_at = Instant::now();
                     records.push(Record {
                         op,
                         tenant,
@@ -176,6 +187,8 @@ async fn run_history(backend: &TestBackend, setup: Setup, seed: u64, ops: u64) -
                         instance,
                         sent,
                         answered,
+                        sent_at,
+                        answered_at,
                         status: reply.status.as_u16(),
                         x_cache: reply.x_cache().to_owned(),
                         body: serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
@@ -198,6 +211,7 @@ async fn run_history(backend: &TestBackend, setup: Setup, seed: u64, ops: u64) -
             .iter()
             .map(|c| c.stats().totals.early_refreshes)
             .sum(),
+        local_hits: caches.iter().map(|c| c.stats().totals.local_hits).sum(),
     }
 }
 
@@ -206,11 +220,19 @@ async fn run_history(backend: &TestBackend, setup: Setup, seed: u64, ops: u64) -
 struct Write {
     sent: u64,
     answered: u64,
+    answered_at: Instant,
     version: u64,
 }
 
 /// Every way `history` breaks the invariants, one line each.
 fn violations(history: &History) -> Vec<String> {
+    violations_and_staleness(history).0
+}
+
+/// [`violations`], and for each stale read how long before it was sent the first write
+/// it missed had been answered: the staleness window it shows.
+fn violations_and_staleness(history: &History) -> (Vec<String>, Vec<Duration>) {
+    let mut staleness = Vec::new();
     let mut writes: HashMap<(&str, &str), Vec<Write>> = HashMap::new();
     let mut found = Vec::new();
     for record in history.records.iter().filter(|r| r.op.is_write()) {
@@ -227,6 +249,7 @@ fn violations(history: &History) -> Vec<String> {
             .push(Write {
                 sent: record.sent,
                 answered: record.answered,
+                answered_at: record.answered_at,
                 version,
             });
     }
@@ -262,6 +285,14 @@ fn violations(history: &History) -> Vec<String> {
             .max()
             .unwrap_or(1);
         if version < completed_before {
+            let first_missed = row_writes
+                .iter()
+                .filter(|w| w.answered < record.sent && w.version > version)
+                .map(|w| w.answered_at)
+                .min();
+            if let Some(answered_at) = first_missed {
+                staleness.push(record.sent_at.saturating_duration_since(answered_at));
+            }
             found.push(format!(
                 "stale read: version {version} after version {completed_before} was written: {record:?}"
             ));
@@ -271,7 +302,7 @@ fn violations(history: &History) -> Vec<String> {
             ));
         }
     }
-    found
+    (found, staleness)
 }
 
 #[derive(Default)]
@@ -281,6 +312,7 @@ struct Tally {
     reads: u64,
     hits: u64,
     refreshes: u64,
+    local_hits: u64,
 }
 
 impl Tally {
@@ -291,6 +323,7 @@ impl Tally {
         self.reads += reads.clone().count() as u64;
         self.hits += reads.filter(|r| r.x_cache == "HIT").count() as u64;
         self.refreshes += history.refreshes;
+        self.local_hits += history.local_hits;
     }
 }
 
@@ -329,6 +362,10 @@ async fn check_histories(name: &str, setup: Setup) {
         tally.hits,
         started.elapsed()
     );
+    if setup.local_tier != LocalTier::Off {
+        assert!(tally.local_hits > 0, "the local tier served hits");
+        println!("  {} of the hits from the local tier", tally.local_hits);
+    }
     if setup.refresh_everywhere {
         assert!(tally.refreshes > 0, "early refreshes happened");
         println!("  with {} early refreshes", tally.refreshes);
@@ -346,6 +383,7 @@ async fn two_instances_sharing_redis_never_serve_stale_or_foreign_data() {
         lease: None,
         refresh_everywhere: false,
         flavor: Flavor::Correct,
+        local_tier: LocalTier::Off,
     };
     check_histories("two instances on Redis", setup).await;
 }
@@ -357,6 +395,7 @@ async fn two_instances_with_the_lease_never_serve_stale_or_foreign_data() {
         lease: Some(Duration::from_secs(2)),
         refresh_everywhere: false,
         flavor: Flavor::Correct,
+        local_tier: LocalTier::Off,
     };
     check_histories("two instances on Redis with the lease", setup).await;
 }
@@ -368,6 +407,7 @@ async fn the_memory_backend_never_serves_stale_or_foreign_data() {
         lease: None,
         refresh_everywhere: false,
         flavor: Flavor::Correct,
+        local_tier: LocalTier::Off,
     };
     check_histories("one instance in memory", setup).await;
 }
@@ -382,12 +422,75 @@ async fn early_refreshes_everywhere_never_serve_stale_or_foreign_data() {
         lease: Some(Duration::from_millis(50)),
         refresh_everywhere: true,
         flavor: Flavor::Correct,
+        local_tier: LocalTier::Off,
     };
     check_histories(
         "two instances on Redis with the lease, early refresh drawn on every hit",
         setup,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_a_validating_local_tier_never_serve_stale_or_foreign_data() {
+    let setup = Setup {
+        redis: true,
+        lease: None,
+        refresh_everywhere: false,
+        flavor: Flavor::Correct,
+        local_tier: LocalTier::Validate,
+    };
+    check_histories("two instances on Redis, local tier validating", setup).await;
+}
+
+/// The tracking mode's guarantee is weaker by design: another instance may serve the
+/// old entry until Redis's push arrives. The checker measures that window (how long
+/// after a write was answered a read still missed it) rather than demanding none;
+/// every other invariant (tenants, users, nothing invented) still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_a_tracking_local_tier_show_their_staleness_window() {
+    let backend = TestBackend::redis();
+    let setup = Setup {
+        redis: true,
+        lease: None,
+        refresh_everywhere: false,
+        flavor: Flavor::Correct,
+        local_tier: LocalTier::Tracking,
+    };
+    let (seeds, ops) = plan();
+    let (mut reads, mut local_hits, mut stale) = (0, 0, Vec::new());
+    for seed in seeds {
+        let history = run_history(&backend, setup, seed, ops).await;
+        let (found, staleness) = violations_and_staleness(&history);
+        let other: Vec<_> = found
+            .iter()
+            .filter(|v| !v.starts_with("stale read"))
+            .collect();
+        assert!(other.is_empty(), "seed {seed}: {other:?}");
+        assert_eq!(
+            staleness.len(),
+            found.len(),
+            "every stale read has a window"
+        );
+        reads += history.records.iter().filter(|r| !r.op.is_write()).count();
+        local_hits += history.local_hits;
+        stale.extend(staleness);
+    }
+    stale.sort();
+    println!(
+        "history checker, tracking local tier: {reads} reads, {local_hits} local hits, {} stale reads; window: max {:?}, median {:?}",
+        stale.len(),
+        stale.last().copied().unwrap_or_default(),
+        stale.get(stale.len() / 2).copied().unwrap_or_default(),
+    );
+    assert!(local_hits > 0, "the local tier served hits");
+    // Generous: a push is delivered in well under a millisecond on loopback, but this
+    // machine is shared; a window of seconds would mean a lost push.
+    let window = stale.last().copied().unwrap_or_default();
+    assert!(
+        window < Duration::from_millis(500),
+        "staleness window {window:?}"
+    );
 }
 
 /// The checker is not vacuous: a broken API fails it.
@@ -398,6 +501,7 @@ async fn violations_of_a_broken_api(flavor: Flavor) -> Vec<String> {
         lease: None,
         refresh_everywhere: false,
         flavor,
+        local_tier: LocalTier::Off,
     };
     let history = run_history(&backend, setup, 7, 600).await;
     violations(&history)

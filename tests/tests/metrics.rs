@@ -111,6 +111,7 @@ async fn exact_values_after_a_script(backend: TestBackend) {
         ("api_cache_coalesced", "counter"),
         ("api_cache_early_refreshes", "counter"),
         ("api_cache_corrupt_values", "counter"),
+        ("api_cache_local_hits", "counter"),
         ("api_cache_ttl_seconds", "gauge"),
         ("api_cache_resource_enabled", "gauge"),
         ("api_cache_lookup_duration_seconds", "histogram"),

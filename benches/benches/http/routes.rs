@@ -9,7 +9,9 @@
 //! - `/peer`: the same handler behind axum-response-cache 0.5's `CacheLayer` (in memory,
 //!   keyed by method and URI), the peer a user compares us with, measured on hits;
 //! - `/redis-get`: the bytes by one raw redis-rs GET per request, the floor of a route
-//!   that reads Redis.
+//!   that reads Redis;
+//! - `/cached-local`: the cached handler on Redis with the local tier in `tracking` mode
+//!   (BENCHMARKS.md §8), measured on local hits.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -74,6 +76,13 @@ async fn cached_page() -> impl IntoResponse {
 pub async fn app(redis_url: &str) -> Router {
     let memory_cache = Cache::new(CacheConfig::default()).await.unwrap();
     let redis_cache = Cache::new(support::redis_config(redis_url)).await.unwrap();
+    let local_cache = Cache::new(
+        support::redis_config(redis_url)
+            .with_prefix("local")
+            .with_local_tier(cache_runtime::LocalTier::Tracking, 64 * 1024 * 1024),
+    )
+    .await
+    .unwrap();
     let mut redis_conn = ConnectionManager::new(redis::Client::open(redis_url).unwrap())
         .await
         .unwrap();
@@ -89,6 +98,9 @@ pub async fn app(redis_url: &str) -> Router {
     let redis = Router::new()
         .route("/cached-redis", get(cached_page))
         .layer(redis_cache.extension());
+    let local = Router::new()
+        .route("/cached-local", get(cached_page))
+        .layer(local_cache.extension());
     let peer = Router::new()
         .route("/peer", get(page))
         .layer(CacheLayer::with_lifespan(Duration::from_secs(3600)));
@@ -100,6 +112,7 @@ pub async fn app(redis_url: &str) -> Router {
         .layer(Extension(redis_conn))
         .merge(memory)
         .merge(redis)
+        .merge(local)
         .merge(peer)
         .layer(Extension(CacheScope::new("org_1")))
 }

@@ -128,12 +128,29 @@ pub(super) fn cluster(
     Ok(client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new()))
 }
 
+/// A client for one server speaking RESP3 (which `CLIENT TRACKING` pushes need), with
+/// the same TLS roots as [`standalone`]: the local tier's tracking connection.
+pub(super) fn resp3_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(settings);
+    if url.starts_with("rediss://") {
+        tls_client(info)
+    } else {
+        redis::Client::open(info)
+    }
+}
+
 /// A client for `rediss://` that trusts the platform's roots (and `SSL_CERT_FILE` /
 /// `SSL_CERT_DIR`), handed to redis-rs explicitly: when another crate in the program
 /// also enables redis-rs's native-tls feature, redis-rs builds its rustls configuration
 /// with an empty root store, and every certificate would be refused.
 #[cfg(feature = "tls")]
-fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+fn tls_client(url: impl redis::IntoConnectionInfo) -> Result<redis::Client, redis::RedisError> {
     match native_roots_pem() {
         Some(pem) => redis::Client::build_with_tls(
             url,
@@ -147,7 +164,7 @@ fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn tls_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+fn tls_client(url: impl redis::IntoConnectionInfo) -> Result<redis::Client, redis::RedisError> {
     redis::Client::open(url)
 }
 

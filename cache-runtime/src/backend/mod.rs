@@ -5,7 +5,9 @@
 
 mod connection;
 pub(crate) mod memory;
+pub(crate) mod near;
 pub(crate) mod redis;
+mod tracking;
 
 use std::sync::Arc;
 use std::time::Duration;

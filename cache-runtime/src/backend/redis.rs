@@ -110,28 +110,32 @@ impl RedisBackend {
         let values: Vec<Value> = self
             .send(|mut connection| async move { cmd.query_async(&mut connection).await })
             .await?;
-        if values.len() != key.generation_keys.len() + 1 {
+        parse_lookup(key, values)
+    }
+
+    /// The current generations of `key`, without its entry: the local tier's check
+    /// (`validate` mode), one `MGET` of a few short tokens.
+    pub(crate) async fn read_generations(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Vec<Option<Generation>>, BackendError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&key.generation_keys);
+        let cmd = &cmd;
+        let values: Vec<Value> = self
+            .send(|mut connection| async move { cmd.query_async(&mut connection).await })
+            .await?;
+        if values.len() != key.generation_keys.len() {
             return Err(BackendError::Refused(format!(
                 "MGET returned {} values for {} keys",
                 values.len(),
-                key.generation_keys.len() + 1
+                key.generation_keys.len()
             )));
         }
-        let mut values = values.into_iter();
-        let generations = values
-            .by_ref()
-            .take(key.generation_keys.len())
+        Ok(values
+            .into_iter()
             .map(|v| bulk(v).and_then(Generation::from_bytes))
-            .collect();
-        let entry = match values.next().map(bulk_or_nil) {
-            Some(Ok(None)) | None => EntrySlot::Absent,
-            Some(Ok(Some(raw))) => match Entry::decode(raw) {
-                Ok(entry) => EntrySlot::Present(Arc::new(entry)),
-                Err(_) => EntrySlot::Corrupt,
-            },
-            Some(Err(())) => EntrySlot::Corrupt,
-        };
-        Ok(RawLookup { generations, entry })
+            .collect())
     }
 
     pub(crate) async fn init_generations(
@@ -319,6 +323,33 @@ impl RedisBackend {
             .await?;
         Ok(())
     }
+}
+
+/// The lookup's replies, generations then entry, in the order of the key's generation
+/// keys: shared by the lookup and the local tier's tracked lookup.
+pub(super) fn parse_lookup(key: &CacheKey, values: Vec<Value>) -> Result<RawLookup, BackendError> {
+    if values.len() != key.generation_keys.len() + 1 {
+        return Err(BackendError::Refused(format!(
+            "MGET returned {} values for {} keys",
+            values.len(),
+            key.generation_keys.len() + 1
+        )));
+    }
+    let mut values = values.into_iter();
+    let generations = values
+        .by_ref()
+        .take(key.generation_keys.len())
+        .map(|v| bulk(v).and_then(Generation::from_bytes))
+        .collect();
+    let entry = match values.next().map(bulk_or_nil) {
+        Some(Ok(None)) | None => EntrySlot::Absent,
+        Some(Ok(Some(raw))) => match Entry::decode(raw) {
+            Ok(entry) => EntrySlot::Present(Arc::new(entry)),
+            Err(_) => EntrySlot::Corrupt,
+        },
+        Some(Err(())) => EntrySlot::Corrupt,
+    };
+    Ok(RawLookup { generations, entry })
 }
 
 /// A duration in whole milliseconds for `PX` and `WAIT`: at least 1 (0 is an error for

@@ -105,8 +105,10 @@ impl Cache {
         // Taken before sending: only deferrals older than this delivery may be dropped
         // when it succeeds (see Pending::delivered).
         let mark = self.inner.pending.mark();
+        self.forget_local_generations(&keys);
         match self.call(self.inner.backend.bump(&keys)).await {
             Ok(()) => {
+                self.forget_local_generations(&keys);
                 self.inner.pending.delivered(&keys, mark);
                 tracing::debug!(target: "api_cache", tenant = %tenant_tag, resources = %resources.join(","), elapsed_us = started.elapsed().as_micros() as u64, "cache invalidation");
                 Ok(())
@@ -179,8 +181,10 @@ impl Cache {
     async fn redeliver_pending(&self, timeout: Duration) -> bool {
         for (tenant, keys) in self.inner.pending.snapshot() {
             let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+            self.forget_local_generations(&names);
             match tokio::time::timeout(timeout, self.inner.backend.bump(&names)).await {
                 Ok(Ok(())) => {
+                    self.forget_local_generations(&names);
                     self.inner.pending.redelivered(&keys);
                     self.inner.circuit.on_success();
                     tracing::info!(target: "api_cache", tenant = %tenant, keys = names.len(), "pending invalidation delivered");

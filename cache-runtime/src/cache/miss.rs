@@ -474,6 +474,7 @@ impl Cache {
         if self.inner.pending.blocks(&key.generation_keys) {
             return Ok(());
         }
+        self.keep_local(key, &entry);
         match self.call(self.inner.backend.store(key, entry, ttl)).await {
             Ok(()) => {
                 self.record(Some(&key.resource), Event::Store);

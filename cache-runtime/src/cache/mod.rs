@@ -8,6 +8,7 @@
 
 mod invalidation;
 mod miss;
+mod near;
 mod read;
 mod shadow;
 
@@ -16,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::backend::{memory::MemoryBackend, redis::RedisBackend, Backend};
+use crate::backend::{memory::MemoryBackend, near::NearTier, redis::RedisBackend, Backend};
 use crate::circuit::{Circuit, Permit, ProbeGuard};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, LocalTier, RedisTarget};
 use crate::error::{BackendError, ConfigError};
 use crate::flight::Flights;
 use crate::key::{InvalidResource, KeyBuilder, Tenant};
@@ -56,6 +57,8 @@ pub struct Cache {
 struct Inner {
     config: CacheConfig,
     backend: Backend,
+    /// The local tier in front of Redis, when configured (`API_CACHE_LOCAL_TIER`).
+    near: Option<NearTier>,
     enabled: AtomicBool,
     /// Per-resource modes and verification shares (`verify/`).
     rollout: Rollout,
@@ -140,7 +143,7 @@ impl Cache {
 
     fn build(config: CacheConfig) -> Result<Cache, ConfigError> {
         config.validate()?;
-        let backend = match config.redis_target() {
+        let (backend, near) = match config.redis_target() {
             Some(target) => {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(ConfigError::NoRuntime);
@@ -151,14 +154,22 @@ impl Cache {
                 let backend = RedisBackend::new(target, &config).map_err(|err| {
                     ConfigError::RedisUrl(format!("{}: {err}", target.for_logs()))
                 })?;
-                Backend::Redis(backend)
+                let standalone = match target {
+                    RedisTarget::Standalone(url) => Some(url),
+                    RedisTarget::Cluster(_) => None,
+                };
+                let near = NearTier::new(&config, standalone).map_err(|err| {
+                    ConfigError::RedisUrl(format!("{}: {err}", target.for_logs()))
+                })?;
+                (Backend::Redis(backend), near)
             }
             None => {
                 tracing::info!(target: "api_cache", max_bytes = config.memory_max_bytes, "cache backend: in-memory, per process: several instances do not see each other's invalidations (set REDIS_URL for that)");
-                Backend::Memory(MemoryBackend::new(
-                    config.memory_max_bytes,
-                    config.generation_ttl,
-                ))
+                if config.local_tier != LocalTier::Off {
+                    tracing::warn!(target: "api_cache", "API_CACHE_LOCAL_TIER is for a Redis backend: ignored by the in-memory one");
+                }
+                let memory = MemoryBackend::new(config.memory_max_bytes, config.generation_ttl);
+                (Backend::Memory(memory), None)
             }
         };
         Ok(Cache {
@@ -184,6 +195,7 @@ impl Cache {
                 flights: Arc::new(Flights::default()),
                 redelivery_running: AtomicBool::new(false),
                 backend,
+                near,
                 config,
             }),
         })
@@ -369,7 +381,9 @@ impl Cache {
         } else {
             CircuitSnapshot::NotApplicable
         };
-        self.inner.stats.snapshot(circuit, self.inner.pending.len())
+        let mut snapshot = self.inner.stats.snapshot(circuit, self.inner.pending.len());
+        snapshot.local_tier = self.local_tier_snapshot();
+        snapshot
     }
 
     /// Hits as a percentage of lookups since start, like the reference's

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::near::Validated;
 use super::Cache;
 use crate::backend::{redis::RedisBackend, Backend, EntrySlot};
 use crate::entry::{now_ms, Entry};
@@ -227,6 +228,16 @@ impl Cache {
     /// would-be hit is a fresh entry, compared with the fresh response).
     pub(super) async fn lookup_consulted(&self, key: &CacheKey, policy: Staleness) -> Lookup {
         let started = Instant::now();
+        if let Some(entry) = self.local_current(key) {
+            // An early refresh drawn here goes the remote way, which draws again.
+            if !self.refresh_early(&entry) {
+                self.inner
+                    .stats
+                    .record_lookup_time(&key.resource, started.elapsed());
+                self.record_local_hit(&key.resource);
+                return Lookup::Hit(entry);
+            }
+        }
         let started_ms = now_ms();
         let miss = |generations, refreshing, stale, cause| {
             Lookup::Miss(MissTicket {
@@ -239,11 +250,14 @@ impl Cache {
                 started_ms,
             })
         };
-        let (generations, entry) = match &self.inner.backend {
+        let (generations, entry, local) = match &self.inner.backend {
             // In process there is nothing to await. The remote read is boxed so that its
             // state is not part of every caller's future, which is moved into place on
             // every request.
-            Backend::Memory(memory) => memory.read(key),
+            Backend::Memory(memory) => {
+                let (generations, entry) = memory.read(key);
+                (generations, entry, false)
+            }
             Backend::Redis(redis) => match Box::pin(self.read_remote(redis, key)).await {
                 Ok(read) => read,
                 Err(Some(reason)) => return Lookup::Bypass(reason),
@@ -264,7 +278,14 @@ impl Cache {
                     // request that finds a refresh already under way is served `entry`.
                     miss(Some(generations), Some(entry), None, MissCause::Expiry)
                 }
-                Worth::Fresh => Lookup::Hit(entry),
+                Worth::Fresh => {
+                    if local {
+                        self.record_local_hit(&key.resource);
+                    } else {
+                        self.keep_local(key, &entry);
+                    }
+                    Lookup::Hit(entry)
+                }
                 Worth::Stale(cause) => miss(Some(generations), None, Some(entry), cause),
                 Worth::Miss(cause) => miss(Some(generations), None, None, cause),
             },
@@ -277,14 +298,26 @@ impl Cache {
     }
 
     /// The current generations (created where missing) and the entry, from the remote
-    /// store. A fault is counted and logged here; the error is the bypass reason when the
-    /// circuit turned the lookup away, `None` when the lookup failed.
+    /// store, or the local tier's entry once its generations were checked there (then
+    /// `true`). A fault is counted and logged here; the error is the bypass reason when
+    /// the circuit turned the lookup away, `None` when the lookup failed.
     async fn read_remote(
         &self,
         redis: &RedisBackend,
         key: &CacheKey,
-    ) -> Result<(Vec<Generation>, EntrySlot), Option<BypassReason>> {
-        let raw = match self.call(redis.lookup(key)).await {
+    ) -> Result<(Vec<Generation>, EntrySlot, bool), Option<BypassReason>> {
+        match self.validate_local(redis, key).await {
+            Ok(Validated::Current(generations, entry)) => {
+                return Ok((generations, EntrySlot::Present(entry), true))
+            }
+            Ok(Validated::NotLocal) => {}
+            Err(BackendError::CircuitOpen) => return Err(Some(BypassReason::CircuitOpen)),
+            Err(err) => {
+                self.fault(&key.resource, "lookup", &err);
+                return Err(None);
+            }
+        }
+        let raw = match self.lookup_round_trip(redis, key).await {
             Ok(raw) => raw,
             Err(BackendError::CircuitOpen) => return Err(Some(BypassReason::CircuitOpen)),
             Err(err) => {
@@ -299,7 +332,7 @@ impl Cache {
                 self.fault(&key.resource, "generation init", &err);
                 None
             })?;
-        Ok((generations, raw.entry))
+        Ok((generations, raw.entry, false))
     }
 
     /// Fills generations that do not exist with fresh tokens.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{CacheConfig, WaitReplicas};
+use super::{CacheConfig, LocalTier, WaitReplicas};
 use crate::early_refresh::RandomSource;
 use crate::verify::ResourceMode;
 
@@ -169,6 +169,22 @@ impl CacheConfig {
     /// Sets where the draw that picks hits for verification comes from.
     pub fn with_verify_random(mut self, random: RandomSource) -> Self {
         self.verify_random = random;
+        self
+    }
+
+    /// Sets the local tier in front of Redis and its bound in bytes.
+    ///
+    /// ```
+    /// use cache_runtime::{CacheConfig, LocalTier};
+    ///
+    /// let config = CacheConfig::default()
+    ///     .with_redis_url("redis://127.0.0.1:7000")
+    ///     .with_local_tier(LocalTier::Validate, 16 * 1024 * 1024);
+    /// assert_eq!(config.local_tier, LocalTier::Validate);
+    /// ```
+    pub fn with_local_tier(mut self, mode: LocalTier, max_bytes: u64) -> Self {
+        self.local_tier = mode;
+        self.local_tier_max_bytes = max_bytes;
         self
     }
 }

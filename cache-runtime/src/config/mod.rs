@@ -23,6 +23,8 @@
 //! | `API_CACHE_EARLY_REFRESH_BETA` | `1.0` | XFetch early refresh; `0` turns it off |
 //! | `API_CACHE_WAIT_REPLICAS` | `all` | replicas that must acknowledge an invalidation (`WAIT`): `all` connected ones, a number N (at most the connected ones), or `0`/`off`; see [`WaitReplicas`] |
 //! | `API_CACHE_GENERATION_TTL_SECS` | `604800` (7 days) | lifetime of a generation key; see [`CacheConfig::generation_ttl`] |
+//! | `API_CACHE_LOCAL_TIER` | `off` | local tier in front of Redis: `off`, `tracking` (no round trip on a local hit, kept current by `CLIENT TRACKING` pushes; standalone only) or `validate` (each local hit checks its generations with one `MGET`); see [`LocalTier`] |
+//! | `API_CACHE_LOCAL_TIER_MAX_BYTES` | `67108864` | bound of the local tier's entries |
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -32,8 +34,10 @@ use crate::error::ConfigError;
 use crate::verify::ResourceMode;
 
 mod builder;
+mod local;
 mod redis;
 
+pub use self::local::LocalTier;
 pub use self::redis::WaitReplicas;
 pub(crate) use self::redis::{redact, RedisTarget};
 
@@ -123,6 +127,11 @@ pub struct CacheConfig {
     /// Where the draw that picks hits for verification comes from (`rand::random`).
     /// No environment variable.
     pub verify_random: RandomSource,
+    /// The local tier in front of Redis (off by default); see [`LocalTier`].
+    pub local_tier: LocalTier,
+    /// Bound of the local tier, in bytes of entries (keys, bodies, headers and a measured
+    /// per-entry overhead), like [`memory_max_bytes`](Self::memory_max_bytes).
+    pub local_tier_max_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -150,6 +159,8 @@ impl Default for CacheConfig {
             generation_ttl: Duration::from_secs(7 * 24 * 3600),
             early_refresh_random: RandomSource::default(),
             verify_random: RandomSource::default(),
+            local_tier: LocalTier::Off,
+            local_tier_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -292,6 +303,16 @@ impl CacheConfig {
             }
             config.generation_ttl = Duration::from_secs(ttl);
         }
+        if let Some(value) = get("API_CACHE_LOCAL_TIER") {
+            config.local_tier = LocalTier::parse(&value).ok_or(ConfigError::Env {
+                name: "API_CACHE_LOCAL_TIER",
+                value: value.clone(),
+                reason: "expected `off`, `tracking` or `validate`",
+            })?;
+        }
+        if let Some(n) = get("API_CACHE_LOCAL_TIER_MAX_BYTES") {
+            config.local_tier_max_bytes = parse_num("API_CACHE_LOCAL_TIER_MAX_BYTES", &n)?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -332,6 +353,9 @@ impl CacheConfig {
                 if !scheme_ok {
                     return Err(ConfigError::RedisUrl(redact(url)));
                 }
+            }
+            if self.local_tier == LocalTier::Tracking {
+                return Err(ConfigError::TrackingOnCluster);
             }
         }
         Ok(())

@@ -168,7 +168,7 @@ const OUTCOMES: [(&str, CounterOf); 4] = [
 /// The per-resource counters other than requests: (name without `_total`, help, value).
 type ResourceCounter = (&'static str, &'static str, CounterOf);
 
-const RESOURCE_COUNTERS: [ResourceCounter; 17] = [
+const RESOURCE_COUNTERS: [ResourceCounter; 18] = [
     (
         "api_cache_errors",
         "Store faults while serving a resource: timeouts, connection errors, refused writes, corrupt values.",
@@ -253,6 +253,11 @@ const RESOURCE_COUNTERS: [ResourceCounter; 17] = [
         "api_cache_misses_invalidated",
         "Misses on an entry an invalidation made stale; also counted as misses.",
         |c| c.misses_invalidated,
+    ),
+    (
+        "api_cache_local_hits",
+        "Hits served by the local tier without reading the entry from Redis; also counted as hits.",
+        |c| c.local_hits,
     ),
 ];
 
@@ -413,6 +418,31 @@ fn encode_snapshot(
             MetricType::Gauge,
         )?;
         ConstGauge::new(bytes).encode(family)?;
+    }
+
+    if let Some(tier) = &stats.local_tier {
+        let family = encoder.encode_descriptor(
+            "api_cache_local_tier_entries",
+            "Entries held by the local tier in front of Redis.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(tier.entries).encode(family)?;
+        let bytes_unit = Unit::Bytes;
+        let family = encoder.encode_descriptor(
+            "api_cache_local_tier_size",
+            "Size of the local tier's entries, as weighed for its bound.",
+            Some(&bytes_unit),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(tier.bytes).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "api_cache_local_tier_known_generations",
+            "Generations the local tier knows to be current (tracking mode): a local hit needs all of its own.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(tier.known_generations).encode(family)?;
     }
     Ok(())
 }

@@ -50,6 +50,9 @@ options:
   --allow-per-process-cache
                        run N > 1 instances on the in-memory cache anyway (each instance
                        its own cache): shows the stale reads that follow, and fails
+  --local-tier MODE    the in-process demos' local tier in front of Redis: off,
+                       tracking or validate (default: API_CACHE_LOCAL_TIER); the
+                       report then shows the split of hits between the tiers
   --redis              use REDIS_URL, or when it is unset start a private redis-server
                        (on a free port, in a temporary directory) for the run
   --redis-cluster      start a local Redis Cluster (3 masters, redis-server and
@@ -129,6 +132,18 @@ fn parse_args() -> Result<(ReportConfig, OwnRedis), String> {
                 config.instances = n;
             }
             "--allow-per-process-cache" => config.allow_per_process_cache = true,
+            "--local-tier" => {
+                config.local_tier = Some(match value("--local-tier")?.as_str() {
+                    "off" => cache_runtime::LocalTier::Off,
+                    "tracking" => cache_runtime::LocalTier::Tracking,
+                    "validate" => cache_runtime::LocalTier::Validate,
+                    other => {
+                        return Err(format!(
+                            "--local-tier {other:?}: expected off, tracking or validate"
+                        ))
+                    }
+                });
+            }
             "--redis" | "--redis-cluster" => {
                 let wanted = if arg == "--redis" {
                     OwnRedis::Standalone

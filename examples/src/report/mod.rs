@@ -31,7 +31,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cache_runtime::{Cache, CacheConfig, ResourceMode};
+use cache_runtime::{Cache, CacheConfig, LocalTier, ResourceMode};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -81,6 +81,9 @@ pub struct ReportConfig {
     /// Run several instances on per-process in-memory caches anyway, to show the
     /// violations that follow (refused otherwise).
     pub allow_per_process_cache: bool,
+    /// The local tier of the in-process demos' caches (`--local-tier`); `None`: the
+    /// environment's `API_CACHE_LOCAL_TIER`.
+    pub local_tier: Option<LocalTier>,
     /// Fault injection: freeze Redis (`CLIENT PAUSE <ms> ALL`) for this long in the
     /// middle of the cache-on run's measured window. Needs Redis (`redis_url` or
     /// `REDIS_URL`).
@@ -115,6 +118,7 @@ impl Default for ReportConfig {
             database: None,
             instances: 1,
             allow_per_process_cache: false,
+            local_tier: None,
             fault_pause_redis: None,
             shadow: false,
             incomplete_invalidation: false,
@@ -238,6 +242,9 @@ fn cache_config(config: &ReportConfig) -> Result<CacheConfig, ReportError> {
     } else if let Some(redis_url) = &config.redis_url {
         cache_config.redis_cluster_urls.clear();
         cache_config = cache_config.with_redis_url(redis_url.clone());
+    }
+    if let Some(mode) = config.local_tier {
+        cache_config.local_tier = mode;
     }
     Ok(cache_config)
 }
@@ -1005,6 +1012,38 @@ impl Report {
         )
     }
 
+    /// The cache-on run's hits by tier, when a local tier was on: `hits - local_hits`
+    /// came from Redis.
+    fn local_tier_split(&self, on: &PhaseReport) -> Option<String> {
+        let stats: Vec<&Value> = if on.instances.is_empty() {
+            vec![&on.cache_stats]
+        } else {
+            on.instances.iter().map(|i| &i.cache_stats).collect()
+        };
+        let mode = stats
+            .iter()
+            .find_map(|s| s.pointer("/local_tier/mode").and_then(Value::as_str))?
+            .to_owned();
+        let sum = |path: &str| {
+            stats
+                .iter()
+                .map(|s| s.pointer(path).and_then(Value::as_u64).unwrap_or(0))
+                .sum::<u64>()
+        };
+        let (hits, local) = (sum("/totals/hits"), sum("/totals/local_hits"));
+        let share = if hits == 0 {
+            0.0
+        } else {
+            local as f64 * 100.0 / hits as f64
+        };
+        Some(format!(
+            "Local tier ({mode}), cache-on run: {hits} hits, {local} from the local tier ({share:.1}%), {} from Redis; {} entries, {} KiB held at the end",
+            hits - local.min(hits),
+            sum("/local_tier/entries"),
+            sum("/local_tier/bytes") / 1024
+        ))
+    }
+
     /// The tables and the correctness summary, as printed.
     pub fn text(&self) -> String {
         let mut out = String::new();
@@ -1069,6 +1108,10 @@ impl Report {
                 &off.figures.all,
                 &on.figures.all,
             ));
+        }
+        if let Some(split) = self.local_tier_split(on) {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "{split}");
         }
         let _ = writeln!(out);
         let runs = if self.phases.len() > 2 {

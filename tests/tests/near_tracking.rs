@@ -1,0 +1,257 @@
+//! The local tier in `tracking` mode (issue 17): two `Cache` instances on one private
+//! redis-server. A local hit costs no round trip; an invalidation on one instance is
+//! honoured by the other's local tier once Redis's `invalidate` push arrives (measured
+//! and printed here, bounded generously), and at once on the instance that wrote; a lost
+//! tracking connection or a restarted Redis makes an instance forget every generation.
+
+use std::time::{Duration, Instant};
+
+use cache_runtime::testing::{CacheKey, CachedResponse, Lookup, Tenant};
+use cache_runtime::{Cache, LocalTier};
+use cache_tests::backends::TestBackend;
+use cache_tests::redis_server::wait_until_async;
+use cache_tests::tcp_proxy::TcpProxy;
+
+const LONG: Duration = Duration::from_secs(600);
+/// Generous: a push takes well under a millisecond on loopback, but this machine is
+/// shared with several builds.
+const PUSH_BOUND: Duration = Duration::from_secs(2);
+
+async fn tracking_cache(url: String) -> Cache {
+    let backend_config = TestBackend::redis();
+    // Only the shape of the test configuration is wanted; its own server is unused.
+    let config = backend_config
+        .config()
+        .with_redis_url(url)
+        .with_local_tier(LocalTier::Tracking, 16 * 1024 * 1024);
+    Cache::new(config).await.expect("cache")
+}
+
+fn key(cache: &Cache, tenant: &str) -> CacheKey {
+    cache
+        .key(Tenant::Scoped(tenant), "contacts")
+        .unwrap()
+        .request("GET", "/api/contacts", None)
+        .build()
+}
+
+async fn put(cache: &Cache, key: &CacheKey, body: &str) {
+    let Lookup::Miss(ticket) = cache.lookup(key).await else {
+        panic!("expected a miss")
+    };
+    assert!(cache
+        .store(ticket, CachedResponse::ok(body.to_owned()), LONG)
+        .await
+        .unwrap());
+}
+
+/// The body of a hit, `None` for a miss.
+async fn hit_body(cache: &Cache, key: &CacheKey) -> Option<String> {
+    match cache.lookup(key).await {
+        Lookup::Hit(entry) => Some(String::from_utf8_lossy(&entry.response().body).into_owned()),
+        _ => None,
+    }
+}
+
+fn local_hits(cache: &Cache) -> u64 {
+    cache.stats().totals.local_hits
+}
+
+fn known_generations(cache: &Cache) -> u64 {
+    cache
+        .stats()
+        .local_tier
+        .expect("local tier on")
+        .known_generations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_hit_costs_no_round_trip_and_an_invalidation_elsewhere_reaches_it() {
+    let backend = TestBackend::redis();
+    let server = backend.server().unwrap();
+    let a = tracking_cache(server.url()).await;
+    let b = tracking_cache(server.url()).await;
+    let k = key(&a, "org_1");
+
+    put(&a, &k, "v1").await;
+    // B reads it from Redis (generations through its tracking connection), then locally.
+    assert_eq!(hit_body(&b, &k).await.as_deref(), Some("v1"));
+    assert_eq!(local_hits(&b), 0);
+    let before = server.command_calls();
+    for _ in 0..100 {
+        assert_eq!(hit_body(&b, &k).await.as_deref(), Some("v1"));
+    }
+    assert_eq!(local_hits(&b), 100);
+    let sent = server.command_calls_since(&before);
+    assert!(sent.is_empty(), "local hits sent {sent:?}");
+
+    // A writes: B honours it once the push arrives (B's local check is polled: it
+    // costs no round trip, so the first read that is not a local hit marks the push),
+    // A at once (no push wait).
+    let known = known_generations(&b);
+    let watcher = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + PUSH_BOUND;
+            while known_generations(&b) >= known && Instant::now() < deadline {
+                tokio::task::yield_now().await;
+            }
+            Instant::now()
+        })
+    };
+    let started = Instant::now();
+    a.invalidate("org_1", &["contacts"]).await.unwrap();
+    let returned = Instant::now();
+    let forgotten = watcher.await.unwrap();
+    println!(
+        "push delay: B forgot the generation {:?} after invalidate started, {} relative to its return",
+        forgotten - started,
+        match forgotten.checked_duration_since(returned) {
+            Some(after) => format!("{after:?}"),
+            None => format!("-{:?} (before)", returned - forgotten),
+        }
+    );
+    let mut stale_reads = 0u32;
+    let mut local = local_hits(&b);
+    while hit_body(&b, &k).await.is_some() {
+        assert_eq!(local_hits(&b), local + 1, "only local hits until the push");
+        local += 1;
+        stale_reads += 1;
+        assert!(
+            returned.elapsed() < PUSH_BOUND,
+            "B never saw the invalidation"
+        );
+    }
+    println!("B served {stale_reads} stale local reads after invalidate returned");
+    assert!(forgotten - started < PUSH_BOUND);
+    assert_eq!(
+        hit_body(&a, &k).await,
+        None,
+        "read-your-writes on the writer"
+    );
+
+    // And B learns the new generations, then hits locally again.
+    put(&b, &k, "v2").await;
+    assert_eq!(hit_body(&b, &k).await.as_deref(), Some("v2"));
+    let local = local_hits(&b);
+    assert_eq!(hit_body(&b, &k).await.as_deref(), Some("v2"));
+    assert_eq!(local_hits(&b), local + 1, "served locally again");
+    // Tenants stay apart: another tenant's key is not a local hit of this one.
+    assert_eq!(hit_body(&b, &key(&b, "org_2")).await, None);
+}
+
+/// A connection that dies can have missed pushes: everything learned through it is
+/// forgotten, and an invalidation written meanwhile is honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_forgets_every_generation() {
+    let backend = TestBackend::redis();
+    let server = backend.server().unwrap();
+    let proxy = TcpProxy::start(server.port()).await;
+    let writer = tracking_cache(server.url()).await;
+    let reader = tracking_cache(proxy.url()).await;
+    let k = key(&writer, "org_1");
+    put(&writer, &k, "v1").await;
+    assert_eq!(hit_body(&reader, &k).await.as_deref(), Some("v1"));
+    assert_eq!(hit_body(&reader, &k).await.as_deref(), Some("v1"));
+    assert_eq!(local_hits(&reader), 1);
+    assert!(known_generations(&reader) > 0);
+
+    // Closes every connection through the proxy (new ones go to the same server).
+    proxy.set_upstream(server.port());
+    wait_until_async(PUSH_BOUND, "the reader forgets its generations", || {
+        known_generations(&reader) == 0
+    })
+    .await;
+    assert_eq!(
+        reader.stats().local_tier.unwrap().tracking_connected,
+        Some(false)
+    );
+    // Written while the reader had no tracking connection: no push can reach it.
+    writer_bump(server, &k);
+    let local = local_hits(&reader);
+    assert_eq!(
+        hit_body(&reader, &k).await,
+        None,
+        "the invalidation is honoured"
+    );
+    assert_eq!(local_hits(&reader), local);
+    assert_eq!(
+        reader.stats().local_tier.unwrap().tracking_connected,
+        Some(true),
+        "reconnected"
+    );
+}
+
+/// Sets a fresh token on the resource's generation key behind every instance's back.
+fn writer_bump(server: &cache_tests::RedisServer, k: &CacheKey) {
+    let contacts = k
+        .generation_keys()
+        .iter()
+        .find(|g| g.ends_with(":contacts"))
+        .expect("the resource's generation key");
+    let _: () = server.cmd(&["SET", contacts, "1.0000000000000001"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_flushes_local_generations() {
+    let mut backend = TestBackend::redis();
+    let url = backend.server().unwrap().url();
+    let cache = tracking_cache(url).await;
+    let k = key(&cache, "org_1");
+    put(&cache, &k, "v1").await;
+    // The first read learns the generations (those the miss created were pushed away).
+    assert_eq!(hit_body(&cache, &k).await.as_deref(), Some("v1"));
+    assert_eq!(hit_body(&cache, &k).await.as_deref(), Some("v1"));
+    assert!(local_hits(&cache) >= 1);
+    assert!(known_generations(&cache) > 0);
+
+    let TestBackend::Redis(server) = &mut backend else {
+        unreachable!()
+    };
+    server.restart();
+    wait_until_async(PUSH_BOUND, "the lost connection is noticed", || {
+        known_generations(&cache) == 0
+    })
+    .await;
+    // The restarted server holds nothing: the local entry must not be served.
+    let local = local_hits(&cache);
+    let mut served_locally = false;
+    let deadline = Instant::now() + PUSH_BOUND;
+    loop {
+        match cache.lookup(&k).await {
+            Lookup::Hit(_) => served_locally = true,
+            Lookup::Miss(ticket) if ticket.can_store() => break,
+            // Reconnecting: served uncached.
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "Redis never answered again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !served_locally,
+        "a local entry was served after the restart"
+    );
+    assert_eq!(local_hits(&cache), local);
+}
+
+/// `FLUSHALL` invalidates every key: Redis pushes a null `invalidate`, and the instance
+/// forgets everything (the flushed generations come back fresh, the entry is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_forgets_every_generation() {
+    let backend = TestBackend::redis();
+    let server = backend.server().unwrap();
+    let cache = tracking_cache(server.url()).await;
+    let k = key(&cache, "org_1");
+    put(&cache, &k, "v1").await;
+    assert_eq!(hit_body(&cache, &k).await.as_deref(), Some("v1"));
+    assert_eq!(hit_body(&cache, &k).await.as_deref(), Some("v1"));
+    assert!(known_generations(&cache) > 0);
+    let _: () = server.cmd(&["FLUSHALL"]);
+    wait_until_async(PUSH_BOUND, "the flush is pushed", || {
+        known_generations(&cache) == 0
+    })
+    .await;
+    let local = local_hits(&cache);
+    assert_eq!(hit_body(&cache, &k).await, None);
+    assert_eq!(local_hits(&cache), local);
+}
