@@ -3,7 +3,9 @@
 # on) on the embedded defaults (SQLite in a temporary file, in-process cache) unless REDIS_URL is
 # set. Extra arguments go to the report (see `--help`), for example
 # `bash scripts/report.sh --instances 3 --redis-cluster`: three demo instances on a local
-# Redis Cluster the report starts itself (redis-server and redis-cli, from scripts/setup.sh).
+# Redis Cluster the report starts itself (redis-server and redis-cli, from scripts/setup.sh),
+# or `bash scripts/report.sh --database 'postgres:///postgres?host=/var/run/postgresql'`:
+# the demo on PostgreSQL (a database per run, created and dropped by the report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

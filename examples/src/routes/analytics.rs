@@ -17,16 +17,16 @@
 //! one `#[cached]` runs its handler in, `Cache::current`), so a report run with the cache
 //! off computes them uncached too, and each run's invalidations reach its own parts.
 
-use crate::db::{Db, DbError, Value};
-use crate::params;
 use axum::extract::State;
 use axum::Json;
 use cache_runtime::{cached, presets};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
+use crate::db::{Db, DbError, Value};
 use crate::error::ApiError;
 use crate::extract::{civil_from_days, now, timestamp, Params};
+use crate::params;
 use crate::AppState;
 
 /// Query of the dashboard.

@@ -4,8 +4,6 @@
 //! broadcast list shows its template's name, so it is tagged `templates` too: a template
 //! rename or delete must show there.
 
-use crate::db::{DbError, Row, Sql};
-use crate::params;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -13,8 +11,10 @@ use cache_runtime::{cached, invalidates, presets};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
+use crate::db::{DbError, Row, Sql};
 use crate::error::ApiError;
 use crate::extract::{now, optional, required, timestamp, Body, PageParams, Pagination, Params};
+use crate::params;
 use crate::AppState;
 
 /// A broadcast campaign: one template sent to every contact with a tag.

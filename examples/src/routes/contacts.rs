@@ -5,8 +5,6 @@
 //! are tagged with what they read, so they need no `analytics` here: naming it would
 //! drop every part of the dashboard, the message scans among them, on each contact write.
 
-use crate::db::{DbError, Row, Sql, Value};
-use crate::params;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -14,10 +12,12 @@ use cache_runtime::{cached, invalidates, presets};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
+use crate::db::{DbError, Row, Sql, Value};
 use crate::error::ApiError;
 use crate::extract::{
     now, optional, required, timestamp, Body, Id, PageParams, Pagination, Params,
 };
+use crate::params;
 use crate::routes::Deleted;
 use crate::AppState;
 

@@ -2,8 +2,6 @@
 //! is cached only 30 seconds (the `conversations` preset). It shows each conversation's
 //! contact name, so a contact rename invalidates it too.
 
-use crate::db::{DbError, Row};
-use crate::params;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -11,8 +9,10 @@ use cache_runtime::{cached, invalidates, presets};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
+use crate::db::{DbError, Row};
 use crate::error::ApiError;
 use crate::extract::{now, optional, timestamp, Body, PageParams, Pagination, Params};
+use crate::params;
 use crate::AppState;
 
 /// A conversation with a contact.

@@ -4,16 +4,16 @@
 //! key (`vary = user`). The profile shows the organization's name, so changing the
 //! organization invalidates `organization` and `profiles`.
 
-use crate::db::{DbError, Row};
-use crate::params;
 use axum::extract::State;
 use axum::Json;
 use cache_runtime::{cached, invalidates, presets};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
+use crate::db::{DbError, Row};
 use crate::error::ApiError;
 use crate::extract::{now, optional, timestamp, Body};
+use crate::params;
 use crate::AppState;
 
 /// An organization's settings.

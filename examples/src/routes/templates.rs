@@ -4,8 +4,6 @@
 //! mutation here needs to name `campaigns` (which would drop the drip list and the
 //! dashboard's campaign counts too, neither of which reads templates).
 
-use crate::db::{DbError, Row};
-use crate::params;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -13,10 +11,12 @@ use cache_runtime::{cached, invalidates, presets};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Auth;
+use crate::db::{DbError, Row};
 use crate::error::ApiError;
 use crate::extract::{
     now, optional, required, timestamp, Body, Id, PageParams, Pagination, Params,
 };
+use crate::params;
 use crate::routes::Deleted;
 use crate::AppState;
 
