@@ -877,7 +877,11 @@ impl Report {
             ));
         }
         let _ = writeln!(out);
-        let runs = if self.phases.len() > 2 { "all runs" } else { "both runs" };
+        let runs = if self.phases.len() > 2 {
+            "all runs"
+        } else {
+            "both runs"
+        };
         let _ = writeln!(out, "Correctness ({runs})");
         let sum = |f: &dyn Fn(&PhaseReport) -> u64| self.phases.iter().map(f).sum::<u64>();
         let _ = writeln!(
