@@ -305,11 +305,10 @@ pub async fn update_contact(
 }
 
 /// `PUT /api/contacts/{id}` with the demo's deliberate bug (`--incomplete-invalidation`):
-/// the annotation forgets `conversations`, so the inbox keeps showing the old contact
-/// name. Shadow mode and sampled verification report it as mismatches on
-/// `conversations`.
-#[invalidates("contacts")]
-pub async fn update_contact_forgetting_conversations(
+/// the annotation forgets `contacts`, so the contact lists keep showing the old values.
+/// Shadow mode and sampled verification report it as mismatches on `contacts`.
+#[invalidates("conversations")]
+pub async fn update_contact_forgetting_contacts(
     State(app): State<AppState>,
     auth: Auth,
     Id(id): Id,

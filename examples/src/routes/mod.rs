@@ -55,7 +55,7 @@ fn api(state: AppState, tokens: Tokens) -> Router {
     use campaigns::{create_broadcast, create_drip, list_broadcasts, list_drips};
     use contacts::{
         create_contact, delete_contact, list_contacts, update_contact,
-        update_contact_forgetting_conversations,
+        update_contact_forgetting_contacts,
     };
     use conversations::{create_conversation, list_conversations};
     use organization::{current_organization, my_profile, update_organization};
@@ -71,7 +71,7 @@ fn api(state: AppState, tokens: Tokens) -> Router {
         .route(
             "/api/contacts/{id}",
             if state.incomplete_invalidation {
-                put(update_contact_forgetting_conversations)
+                put(update_contact_forgetting_contacts)
             } else {
                 put(update_contact)
             }
