@@ -45,7 +45,7 @@ pub use crate::seed::{token, SeedConfig, SeedSummary};
 pub struct AppState {
     /// The database (with its query counter).
     pub db: Db,
-    /// `--incomplete-invalidation`: `PUT /api/contacts/{id}` forgets to invalidate
+    /// `--incomplete-invalidation`: `POST /api/contacts` forgets to invalidate
     /// `contacts`, to show shadow mode catching a missing annotation.
     pub incomplete_invalidation: bool,
 }
@@ -61,7 +61,7 @@ pub struct DemoConfig {
     /// open it seeds it, the others use its data. `None` (the default): a temporary file
     /// of this instance alone, seeded afresh and removed at exit.
     pub database: Option<PathBuf>,
-    /// A deliberate bug for the shadow-mode demonstration: a contact update does not
+    /// A deliberate bug for the shadow-mode demonstration: a new contact does not
     /// invalidate `contacts` (the lists keep the old values). Default false.
     pub incomplete_invalidation: bool,
 }

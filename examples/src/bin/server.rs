@@ -10,7 +10,7 @@
 //! `sqlite:///path/demo.sqlite3`: a file shared with other instances, seeded by the
 //! first), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume), `RUST_LOG`
 //! (default `info`: one line per request), `DEMO_INCOMPLETE_INVALIDATION=1` (or the
-//! argument `--incomplete-invalidation`: a contact update forgets to invalidate
+//! argument `--incomplete-invalidation`: a contact creation forgets to invalidate
 //! `contacts`, a deliberate bug that shadow mode detects; see the README's rollout).
 //!
 //! Two instances on one database and one Redis, as behind a load balancer:
@@ -92,7 +92,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         || std::env::args().any(|arg| arg == "--incomplete-invalidation");
     if incomplete_invalidation {
         tracing::warn!(
-            "--incomplete-invalidation: PUT /api/contacts/{{id}} does not invalidate \
+            "--incomplete-invalidation: POST /api/contacts does not invalidate \
              `contacts` (a deliberate bug, for shadow mode to catch)"
         );
     }
