@@ -46,8 +46,8 @@ pub use crate::seed::{token, SeedConfig, SeedSummary};
 pub struct AppState {
     /// The database (with its query counter).
     pub db: Db,
-    /// `--incomplete-invalidation`: `PUT /api/contacts/{id}` forgets to invalidate
-    /// `conversations`, to show shadow mode catching a missing annotation.
+    /// `--incomplete-invalidation`: `POST /api/contacts` forgets to invalidate
+    /// `contacts`, to show shadow mode catching a missing annotation.
     pub incomplete_invalidation: bool,
 }
 
@@ -62,8 +62,8 @@ pub struct DemoConfig {
     /// open it seeds it, the others use its data. `None` (the default): a temporary
     /// SQLite file of this instance alone, seeded afresh and removed at exit.
     pub database: Option<Database>,
-    /// A deliberate bug for the shadow-mode demonstration: a contact rename does not
-    /// invalidate `conversations` (whose inbox shows contact names). Default false.
+    /// A deliberate bug for the shadow-mode demonstration: a new contact does not
+    /// invalidate `contacts` (the lists keep the old values). Default false.
     pub incomplete_invalidation: bool,
 }
 

@@ -65,7 +65,7 @@ options:
                        handlers; the cache looks up, stores and compares in the
                        background): would-be hit rate next to the real one, mismatches
   --incomplete-invalidation
-                       the demo's contact rename forgets to invalidate `conversations`
+                       the demo's contact creation forgets to invalidate `contacts`
                        (a deliberate bug): the shadow run reports it as mismatches
   --out DIR            output directory (default report-output)
   --no-output          write no files

@@ -11,8 +11,8 @@
 //! first; `postgres://user@host/db` or `postgres:///db?host=/var/run/postgresql`: a
 //! PostgreSQL database, seeded by the first instance when it has no demo tables yet), `DEMO_SEED` (default 42), `DEMO_SCALE` (default 1.0: data volume), `RUST_LOG`
 //! (default `info`: one line per request), `DEMO_INCOMPLETE_INVALIDATION=1` (or the
-//! argument `--incomplete-invalidation`: a contact rename forgets to invalidate
-//! `conversations`, a deliberate bug that shadow mode detects; see the README's rollout).
+//! argument `--incomplete-invalidation`: a contact creation forgets to invalidate
+//! `contacts`, a deliberate bug that shadow mode detects; see the README's rollout).
 //!
 //! Two instances on one database and one Redis, as behind a load balancer:
 //!
@@ -93,8 +93,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         || std::env::args().any(|arg| arg == "--incomplete-invalidation");
     if incomplete_invalidation {
         tracing::warn!(
-            "--incomplete-invalidation: PUT /api/contacts/{{id}} does not invalidate \
-             `conversations` (a deliberate bug, for shadow mode to catch)"
+            "--incomplete-invalidation: POST /api/contacts does not invalidate \
+             `contacts` (a deliberate bug, for shadow mode to catch)"
         );
     }
     let config = DemoConfig {

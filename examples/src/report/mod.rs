@@ -92,8 +92,8 @@ pub struct ReportConfig {
     /// handlers; the cache looks up, stores and compares in the background), printed as
     /// the would-be hit rate next to the real one, and the mismatches found.
     pub shadow: bool,
-    /// `--incomplete-invalidation`: the in-process demos' contact rename forgets to
-    /// invalidate `conversations` (a deliberate bug, for the shadow run to catch).
+    /// `--incomplete-invalidation`: the in-process demos' contact creation forgets to
+    /// invalidate `contacts` (a deliberate bug, for the shadow run to catch).
     pub incomplete_invalidation: bool,
     /// Where to write report.json, report.svg and report.md (None: nowhere).
     pub out_dir: Option<PathBuf>,
@@ -855,7 +855,7 @@ impl Report {
         if self.config.incomplete_invalidation {
             let _ = writeln!(
                 out,
-                "  (--incomplete-invalidation: a contact rename does not invalidate `conversations`; the mismatches above are that bug, found before any cached byte was served)"
+                "  (--incomplete-invalidation: a new contact does not invalidate `contacts`; mismatches above are that bug, found while every response was served fresh)"
             );
         }
         out

@@ -262,6 +262,27 @@ pub async fn create_contact(
     auth: Auth,
     Body(input): Body<ContactInput>,
 ) -> Result<(StatusCode, Json<Contact>), ApiError> {
+    apply_contact_create(app, auth, input).await
+}
+
+/// `POST /api/contacts` with the demo's deliberate bug (`--incomplete-invalidation`):
+/// the annotation names `conversations` instead of `contacts`, so the contact lists
+/// keep showing the list without the new contact. Shadow mode and sampled verification
+/// report it as mismatches on `contacts`.
+#[invalidates("conversations")]
+pub async fn create_contact_forgetting_contacts(
+    State(app): State<AppState>,
+    auth: Auth,
+    Body(input): Body<ContactInput>,
+) -> Result<(StatusCode, Json<Contact>), ApiError> {
+    apply_contact_create(app, auth, input).await
+}
+
+async fn apply_contact_create(
+    app: AppState,
+    auth: Auth,
+    input: ContactInput,
+) -> Result<(StatusCode, Json<Contact>), ApiError> {
     let name = required("name", input.name, 200)?;
     let phone = required("phone_number", input.phone_number, 32)?;
     check_phone(&phone)?;
@@ -300,29 +321,6 @@ pub async fn update_contact(
     auth: Auth,
     Id(id): Id,
     Body(input): Body<ContactInput>,
-) -> Result<Json<Contact>, ApiError> {
-    apply_contact_update(app, auth, id, input).await
-}
-
-/// `PUT /api/contacts/{id}` with the demo's deliberate bug (`--incomplete-invalidation`):
-/// the annotation forgets `conversations`, so the inbox keeps showing the old contact
-/// name. Shadow mode and sampled verification report it as mismatches on
-/// `conversations`.
-#[invalidates("contacts")]
-pub async fn update_contact_forgetting_conversations(
-    State(app): State<AppState>,
-    auth: Auth,
-    Id(id): Id,
-    Body(input): Body<ContactInput>,
-) -> Result<Json<Contact>, ApiError> {
-    apply_contact_update(app, auth, id, input).await
-}
-
-async fn apply_contact_update(
-    app: AppState,
-    auth: Auth,
-    id: i64,
-    input: ContactInput,
 ) -> Result<Json<Contact>, ApiError> {
     let name = optional("name", input.name, 200)?;
     let phone = optional("phone_number", input.phone_number, 32)?;

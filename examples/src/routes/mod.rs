@@ -54,8 +54,8 @@ fn api(state: AppState, tokens: Tokens) -> Router {
     use analytics::dashboard;
     use campaigns::{create_broadcast, create_drip, list_broadcasts, list_drips};
     use contacts::{
-        create_contact, delete_contact, list_contacts, update_contact,
-        update_contact_forgetting_conversations,
+        create_contact, create_contact_forgetting_contacts, delete_contact, list_contacts,
+        update_contact,
     };
     use conversations::{create_conversation, list_conversations};
     use organization::{current_organization, my_profile, update_organization};
@@ -67,15 +67,17 @@ fn api(state: AppState, tokens: Tokens) -> Router {
             "/api/templates/{id}",
             put(update_template).delete(delete_template),
         )
-        .route("/api/contacts", get(list_contacts).post(create_contact))
+        .route(
+            "/api/contacts",
+            if state.incomplete_invalidation {
+                get(list_contacts).post(create_contact_forgetting_contacts)
+            } else {
+                get(list_contacts).post(create_contact)
+            },
+        )
         .route(
             "/api/contacts/{id}",
-            if state.incomplete_invalidation {
-                put(update_contact_forgetting_conversations)
-            } else {
-                put(update_contact)
-            }
-            .delete(delete_contact),
+            put(update_contact).delete(delete_contact),
         )
         .route("/api/analytics/dashboard", get(dashboard))
         .route(
