@@ -197,7 +197,7 @@ impl Setup {
                 let keys = self.entry_keys(tenant, resource);
                 keys.len() == 1
                     && self.raw(&keys[0]).is_some_and(|v| {
-                        v.starts_with(b"AC\x01") && v.len() > 40 && Some(&v) != planted.as_ref()
+                        v.starts_with(b"AC\x02") && v.len() > 40 && Some(&v) != planted.as_ref()
                     })
             },
         );
