@@ -129,7 +129,8 @@ async fn change_contacts(
 }
 
 /// A short TTL, for measuring what bounds staleness when an invalidation is lost.
-#[cached(resource = "conversations", ttl = 8)]
+/// No grace past the TTL: the fault tests measure that the TTL alone bounds staleness.
+#[cached(resource = "conversations", ttl = 8, stale_while_revalidate = 0)]
 async fn list_conversations(
     State(db): State<Db>,
     Extension(scope): Extension<CacheScope>,

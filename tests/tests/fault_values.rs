@@ -197,7 +197,7 @@ impl Setup {
                 let keys = self.entry_keys(tenant, resource);
                 keys.len() == 1
                     && self.raw(&keys[0]).is_some_and(|v| {
-                        v.starts_with(b"AC\x01") && v.len() > 40 && Some(&v) != planted.as_ref()
+                        v.starts_with(b"AC\x02") && v.len() > 40 && Some(&v) != planted.as_ref()
                     })
             },
         );
@@ -224,7 +224,7 @@ async fn foreign_string_values_under_an_entry_key_are_misses_then_overwritten() 
     let templates = s.raw(&s.warm("org_1", "templates").await).unwrap();
     let other_tenant = s.raw(&s.warm("org_2", "contacts").await).unwrap();
     let mut other_version = ours.clone();
-    other_version[2] = 2;
+    other_version[2] = 3;
     let random: Vec<u8> = (0..200u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
