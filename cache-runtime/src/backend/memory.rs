@@ -168,7 +168,9 @@ impl GenerationTable {
     }
 }
 
-struct EntryExpiry;
+/// Each entry lives the duration stored beside it (its remaining lifetime when written),
+/// in this backend and in the local tier in front of Redis.
+pub(super) struct EntryExpiry;
 
 impl Expiry<String, (Arc<Entry>, Duration)> for EntryExpiry {
     fn expire_after_create(

@@ -7,10 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::sync::Cache as MokaCache;
-use moka::Expiry;
 
 use super::tracking::TrackingConnection;
 use crate::config::{CacheConfig, LocalTier};
@@ -45,29 +44,6 @@ impl std::fmt::Debug for NearTier {
     }
 }
 
-struct RemainingTtl;
-
-impl Expiry<String, (Arc<Entry>, Duration)> for RemainingTtl {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &(Arc<Entry>, Duration),
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &(Arc<Entry>, Duration),
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-}
-
 impl NearTier {
     /// The tier `config` asks for, or `None` when it is off. `standalone_url` is the
     /// Redis server tracking connects to (the tracking mode requires one; the
@@ -95,7 +71,7 @@ impl NearTier {
                 let weight = key.len() + value.0.response.weight() + ENTRY_OVERHEAD_BYTES;
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
-            .expire_after(RemainingTtl)
+            .expire_after(super::memory::EntryExpiry)
             .build();
         Ok(Some(NearTier {
             mode,
