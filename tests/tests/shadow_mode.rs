@@ -745,3 +745,34 @@ async fn modes_change_at_run_time() {
     );
     assert_eq!(counters(&cache, "contacts").would_be_misses, 1);
 }
+
+/// With the local tier in front of Redis, a shadow lookup that the tier answers is a
+/// would-be hit, not a served one: `local_hits` stays a share of `hits`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_lookup_answered_by_the_local_tier_is_not_a_local_hit() {
+    let backend = TestBackend::redis();
+    let cache = Cache::new(
+        backend
+            .config()
+            .with_local_tier(cache_runtime::LocalTier::Validate, 16 * 1024 * 1024)
+            .with_resource_mode("contacts", ResourceMode::Shadow),
+    )
+    .await
+    .unwrap();
+    let app = app(&cache, Db::default());
+    let org = fresh_tenant("org_local");
+    for _ in 0..5 {
+        let reply = send(&app, get_req("/contacts", Some(&org))).await;
+        assert_eq!(reply.x_cache(), "BYPASS");
+        wait_idle(&cache).await;
+    }
+    let now = wait_counters(&cache, "contacts", "would-be hits", |c| {
+        c.would_be_hits >= 4
+    })
+    .await;
+    // The case meant: the local tier holds the entry the shadow run stored or read.
+    let tier = cache.stats().local_tier.expect("local tier on");
+    assert!(tier.entries >= 1, "{tier:?}");
+    assert_eq!(now.hits, 0, "{now:?}");
+    assert_eq!(now.local_hits, 0, "{now:?}");
+}

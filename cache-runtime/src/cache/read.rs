@@ -220,13 +220,20 @@ impl Cache {
         if let Some(reason) = self.bypass_reason(key) {
             return Lookup::Bypass(reason);
         }
-        self.lookup_consulted(key, policy).await
+        self.lookup_consulted(key, policy, true).await
     }
 
     /// [`lookup_uncounted`](Self::lookup_uncounted) once the switches have been passed:
     /// the shadow run looks up a resource whose mode serves it uncached (strictly: a
-    /// would-be hit is a fresh entry, compared with the fresh response).
-    pub(super) async fn lookup_consulted(&self, key: &CacheKey, policy: Staleness) -> Lookup {
+    /// would-be hit is a fresh entry, compared with the fresh response). `serving` says
+    /// whether a hit found here is served: only then is a local-tier hit counted, since
+    /// `local_hits` is a share of `hits` (a shadow lookup's hit is a would-be hit).
+    pub(super) async fn lookup_consulted(
+        &self,
+        key: &CacheKey,
+        policy: Staleness,
+        serving: bool,
+    ) -> Lookup {
         let started = Instant::now();
         if let Some(entry) = self.local_current(key) {
             // An early refresh drawn here goes the remote way, which draws again.
@@ -234,7 +241,9 @@ impl Cache {
                 self.inner
                     .stats
                     .record_lookup_time(&key.resource, started.elapsed());
-                self.record_local_hit(&key.resource);
+                if serving {
+                    self.record_local_hit(&key.resource);
+                }
                 return Lookup::Hit(entry);
             }
         }
@@ -280,7 +289,9 @@ impl Cache {
                 }
                 Worth::Fresh => {
                     if local {
-                        self.record_local_hit(&key.resource);
+                        if serving {
+                            self.record_local_hit(&key.resource);
+                        }
                     } else {
                         self.keep_local(key, &entry);
                     }

@@ -107,7 +107,7 @@ impl Cache {
         if self.inner.pending.blocks(&key.generation_keys) {
             return None;
         }
-        let lookup = self.lookup_consulted(key, Staleness::STRICT).await;
+        let lookup = self.lookup_consulted(key, Staleness::STRICT, false).await;
         match &lookup {
             Lookup::Bypass(_) => return None,
             Lookup::Miss(ticket) if ticket.generations.is_none() => return None,
@@ -255,7 +255,7 @@ impl Cache {
 
     /// The generations of `key` now, or `None` when they cannot be read.
     async fn current_generations(&self, key: &CacheKey) -> Option<Vec<Generation>> {
-        match self.lookup_consulted(key, Staleness::STRICT).await {
+        match self.lookup_consulted(key, Staleness::STRICT, false).await {
             Lookup::Hit(entry) => Some(entry.generations.clone()),
             Lookup::Miss(ticket) => ticket.generations,
             Lookup::Bypass(_) => None,
