@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod http;
+pub mod lookups;
 pub mod postgres_server;
 pub mod redis_cluster;
 pub mod redis_server;

@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use cache_runtime::testing::{CacheKey, CachedResponse, Lookup, Tenant};
+use cache_runtime::testing::{CacheKey, Lookup, Tenant};
 use cache_runtime::{Cache, LocalTier};
 use cache_tests::backends::TestBackend;
+use cache_tests::lookups::{hit_body, store_on_miss};
 use cache_tests::redis_server::wait_until_async;
 use cache_tests::tcp_proxy::TcpProxy;
 
@@ -36,21 +37,7 @@ fn key(cache: &Cache, tenant: &str) -> CacheKey {
 }
 
 async fn put(cache: &Cache, key: &CacheKey, body: &str) {
-    let Lookup::Miss(ticket) = cache.lookup(key).await else {
-        panic!("expected a miss")
-    };
-    assert!(cache
-        .store(ticket, CachedResponse::ok(body.to_owned()), LONG)
-        .await
-        .unwrap());
-}
-
-/// The body of a hit, `None` for a miss.
-async fn hit_body(cache: &Cache, key: &CacheKey) -> Option<String> {
-    match cache.lookup(key).await {
-        Lookup::Hit(entry) => Some(String::from_utf8_lossy(&entry.response().body).into_owned()),
-        _ => None,
-    }
+    store_on_miss(cache, key, body, LONG).await;
 }
 
 fn local_hits(cache: &Cache) -> u64 {

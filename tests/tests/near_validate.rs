@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use cache_runtime::testing::{CacheKey, CachedResponse, Lookup, Tenant};
+use cache_runtime::testing::{CacheKey, Tenant};
 use cache_runtime::{Cache, ConfigError, LocalTier};
 use cache_tests::backends::TestBackend;
+use cache_tests::lookups::{hit_body, store_on_miss};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -28,20 +29,7 @@ fn key(cache: &Cache, tenant: &str) -> CacheKey {
 }
 
 async fn put(cache: &Cache, key: &CacheKey, body: &str) {
-    let Lookup::Miss(ticket) = cache.lookup(key).await else {
-        panic!("expected a miss")
-    };
-    assert!(cache
-        .store(ticket, CachedResponse::ok(body.to_owned()), LONG)
-        .await
-        .unwrap());
-}
-
-async fn hit_body(cache: &Cache, key: &CacheKey) -> Option<String> {
-    match cache.lookup(key).await {
-        Lookup::Hit(entry) => Some(String::from_utf8_lossy(&entry.response().body).into_owned()),
-        _ => None,
-    }
+    store_on_miss(cache, key, body, LONG).await;
 }
 
 async fn another_instance_invalidation_is_honoured_at_once(backend: TestBackend) {
