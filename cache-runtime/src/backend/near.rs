@@ -21,9 +21,14 @@ use crate::key::CacheKey;
 /// backend's measured figure (BENCHMARKS.md, memory), the same structure.
 const ENTRY_OVERHEAD_BYTES: usize = 770;
 
-/// Generations the view remembers at most; past it, it forgets all of them (which
-/// costs round trips, never correctness). One per tenant and resource in use.
-const MAX_KNOWN_GENERATIONS: usize = 200_000;
+/// Resident bytes a known generation costs besides its key and token: its map slot
+/// (a `String` and a `Bytes`, 56 bytes, over the map's load factor, plus a control
+/// byte) and the headers of its two heap allocations. An estimate, not a measurement.
+const GENERATION_OVERHEAD_BYTES: usize = 96;
+
+/// The share of `API_CACHE_LOCAL_TIER_MAX_BYTES` the generation view may use, as the
+/// memory backend gives its generations an eighth of its bound; entries get the rest.
+const VIEW_SHARE_DIVISOR: u64 = 8;
 
 /// The local tier of one cache handle.
 pub(crate) struct NearTier {
@@ -56,7 +61,10 @@ impl NearTier {
         if mode == LocalTier::Off {
             return Ok(None);
         }
-        let view = Arc::new(GenerationView::default());
+        let view_budget = config.local_tier_max_bytes / VIEW_SHARE_DIVISOR;
+        let view = Arc::new(GenerationView::new(
+            usize::try_from(view_budget).unwrap_or(usize::MAX),
+        ));
         let tracking = match (mode, standalone_url) {
             (LocalTier::Tracking, Some(url)) => Some(TrackingConnection::new(
                 url,
@@ -66,7 +74,7 @@ impl NearTier {
             _ => None,
         };
         let entries = MokaCache::builder()
-            .max_capacity(config.local_tier_max_bytes)
+            .max_capacity(config.local_tier_max_bytes - view_budget)
             .weigher(|key: &String, value: &(Arc<Entry>, Duration)| {
                 let weight = key.len() + value.0.response.weight() + ENTRY_OVERHEAD_BYTES;
                 u32::try_from(weight).unwrap_or(u32::MAX)
@@ -116,8 +124,9 @@ impl NearTier {
         self.entries.entry_count()
     }
 
+    /// The bytes held, as weighed for the bound: entries and known generations.
     pub(crate) fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
+        self.entries.weighted_size() + self.view.bytes() as u64
     }
 
     /// Runs moka's pending maintenance so that counts are exact (tests, stats).
@@ -132,18 +141,71 @@ impl NearTier {
 /// ([`learn`](Self::learn)): an `invalidate` push for a key that arrives between the
 /// read and the learning is never lost, at the price of now and then not learning a
 /// value that was still current.
-#[derive(Debug, Default)]
+///
+/// Its memory is bounded by a budget in bytes (keys, tokens and an overhead per
+/// generation); past it, arbitrary generations are forgotten until a quarter of the
+/// budget is free again. A generation forgotten that way is simply not known: it costs
+/// a round trip, never a stale read.
+#[derive(Debug)]
 pub(crate) struct GenerationView {
     state: RwLock<ViewState>,
+    budget: usize,
 }
 
 #[derive(Debug, Default)]
 struct ViewState {
     known: HashMap<String, Generation>,
     epoch: u64,
+    /// The weight of `known` (see [`weight`]).
+    bytes: usize,
+}
+
+/// What one known generation is counted for against the view's budget.
+fn weight(key: &str, generation: &Generation) -> usize {
+    key.len() + generation.as_bytes().len() + GENERATION_OVERHEAD_BYTES
+}
+
+impl ViewState {
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.known.remove(key) {
+            self.bytes -= weight(key, &old);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.known.clear();
+        self.bytes = 0;
+    }
+
+    /// Forgets arbitrary generations (the map's order) until `bytes` fit.
+    fn evict_to(&mut self, bytes: usize) {
+        if self.bytes <= bytes {
+            return;
+        }
+        let mut to_free = self.bytes - bytes;
+        let mut freed = 0;
+        self.known.retain(|key, generation| {
+            if to_free == 0 {
+                return true;
+            }
+            let w = weight(key, generation);
+            to_free = to_free.saturating_sub(w);
+            freed += w;
+            false
+        });
+        self.bytes -= freed;
+    }
 }
 
 impl GenerationView {
+    /// An empty view whose keys, tokens and overhead stay within `budget` bytes.
+    pub(crate) fn new(budget: usize) -> GenerationView {
+        GenerationView {
+            state: RwLock::new(ViewState::default()),
+            budget,
+        }
+    }
+
     /// Forgetting must never be lost: a poisoned lock (a panic while it was held) still
     /// holds a consistent map (every update is one insert or remove), so it is used.
     fn write(&self) -> RwLockWriteGuard<'_, ViewState> {
@@ -182,11 +244,24 @@ impl GenerationView {
         if state.epoch != epoch_before_read {
             return false;
         }
-        if state.known.len() + keys.len() > MAX_KNOWN_GENERATIONS {
-            state.known.clear();
+        let incoming: usize = keys
+            .iter()
+            .zip(read)
+            .filter_map(|(key, generation)| Some(weight(key, generation.as_ref()?)))
+            .sum();
+        if incoming > self.budget {
+            return false;
+        }
+        for key in keys {
+            state.remove(key);
+        }
+        if state.bytes + incoming > self.budget {
+            let room = (self.budget - self.budget / 4).saturating_sub(incoming);
+            state.evict_to(room);
         }
         for (key, generation) in keys.iter().zip(read) {
             if let Some(generation) = generation {
+                state.bytes += weight(key, generation);
                 state.known.insert(key.clone(), generation.clone());
             }
         }
@@ -199,7 +274,7 @@ impl GenerationView {
         state.epoch = state.epoch.wrapping_add(1);
         for key in keys {
             if let Ok(key) = std::str::from_utf8(key.as_ref()) {
-                state.known.remove(key);
+                state.remove(key);
             }
         }
     }
@@ -209,12 +284,17 @@ impl GenerationView {
     pub(crate) fn forget_all(&self) {
         let mut state = self.write();
         state.epoch = state.epoch.wrapping_add(1);
-        state.known.clear();
+        state.clear();
     }
 
     /// How many generations are known.
     pub(crate) fn len(&self) -> usize {
         self.state.read().map(|s| s.known.len()).unwrap_or(0)
+    }
+
+    /// The bytes the known generations are counted for (within the budget).
+    pub(crate) fn bytes(&self) -> usize {
+        self.state.read().map(|s| s.bytes).unwrap_or(0)
     }
 }
 
@@ -228,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_forgetting_between_read_and_learn_wins() {
-        let view = GenerationView::default();
+        let view = GenerationView::new(1 << 20);
         let (all, contacts) = (Generation::fresh(), Generation::fresh());
         let read = vec![Some(all.clone()), Some(contacts.clone())];
         let epoch = view.epoch();
@@ -250,10 +330,58 @@ mod tests {
 
     #[test]
     fn missing_generations_are_not_learned() {
-        let view = GenerationView::default();
+        let view = GenerationView::new(1 << 20);
         let all = Generation::fresh();
         assert!(view.learn(view.epoch(), &keys(), &[Some(all.clone()), None]));
         assert_eq!(view.len(), 1);
         assert!(!view.is_current(&keys(), &[all, Generation::fresh()]));
+    }
+
+    #[test]
+    fn the_view_stays_within_its_budget_and_never_trusts_what_it_evicted() {
+        let budget = 64 * 1024;
+        let view = GenerationView::new(budget);
+        let mut learned = Vec::new();
+        for tenant in 0..5_000 {
+            let keys = vec![
+                format!("p:{{t.{tenant}}}:g:*"),
+                format!("p:{{t.{tenant}}}:g:contacts"),
+            ];
+            let read = vec![Some(Generation::fresh()), Some(Generation::fresh())];
+            assert!(view.learn(view.epoch(), &keys, &read));
+            assert!(view.bytes() <= budget, "{} bytes", view.bytes());
+            let state = view.state.read().unwrap();
+            let counted: usize = state.known.iter().map(|(k, g)| weight(k, g)).sum();
+            assert_eq!(counted, state.bytes, "the count is exact");
+            drop(state);
+            learned.push((keys, read));
+        }
+        // Far more was learned than fits: most was evicted, never trusted afterwards.
+        let known = view.len();
+        assert!(known > 0 && known < 2 * 5_000 / 4, "{known} known");
+        let (mut current, mut forgotten) = (0, 0);
+        for (keys, read) in &learned {
+            let expected: Vec<Generation> = read.iter().flatten().cloned().collect();
+            let state = view.state.read().unwrap();
+            let all_known = keys.iter().all(|k| state.known.contains_key(k));
+            drop(state);
+            assert_eq!(view.is_current(keys, &expected), all_known);
+            if all_known {
+                current += 1;
+            } else {
+                forgotten += 1;
+            }
+        }
+        assert!(
+            current > 0 && forgotten > 0,
+            "{current} current, {forgotten} forgotten"
+        );
+        // Forgetting gives the bytes back.
+        view.forget_all();
+        assert_eq!((view.len(), view.bytes()), (0, 0));
+        // More than the whole budget at once is not learned.
+        let tiny = GenerationView::new(100);
+        assert!(!tiny.learn(tiny.epoch(), &keys(), &[Some(Generation::fresh()), None]));
+        assert_eq!(tiny.len(), 0);
     }
 }

@@ -24,7 +24,7 @@
 //! | `API_CACHE_WAIT_REPLICAS` | `all` | replicas that must acknowledge an invalidation (`WAIT`): `all` connected ones, a number N (at most the connected ones), or `0`/`off`; see [`WaitReplicas`] |
 //! | `API_CACHE_GENERATION_TTL_SECS` | `604800` (7 days) | lifetime of a generation key; see [`CacheConfig::generation_ttl`] |
 //! | `API_CACHE_LOCAL_TIER` | `off` | local tier in front of Redis: `off`, `tracking` (no round trip on a local hit, kept current by `CLIENT TRACKING` pushes; standalone only) or `validate` (each local hit checks its generations with one `MGET`); see [`LocalTier`] |
-//! | `API_CACHE_LOCAL_TIER_MAX_BYTES` | `67108864` | bound of the local tier's entries |
+//! | `API_CACHE_LOCAL_TIER_MAX_BYTES` | `67108864` | bound of the local tier: entries, and the generations known current (1/8) |
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -129,8 +129,10 @@ pub struct CacheConfig {
     pub verify_random: RandomSource,
     /// The local tier in front of Redis (off by default); see [`LocalTier`].
     pub local_tier: LocalTier,
-    /// Bound of the local tier, in bytes of entries (keys, bodies, headers and a measured
-    /// per-entry overhead), like [`memory_max_bytes`](Self::memory_max_bytes).
+    /// Bound of the local tier, in bytes, like [`memory_max_bytes`](Self::memory_max_bytes):
+    /// an eighth for the generations known current (`tracking` mode; their keys, tokens
+    /// and a per-generation overhead), the rest for entries (keys, bodies, headers and a
+    /// measured per-entry overhead).
     pub local_tier_max_bytes: u64,
 }
 
