@@ -242,3 +242,65 @@ async fn flushall_forgets_every_generation() {
     assert_eq!(hit_body(&cache, &k).await, None);
     assert_eq!(local_hits(&cache), local);
 }
+
+/// A server that stops answering without closing anything (SIGSTOP: no FIN, no RST, as
+/// in a silent partition) is found out by the keepalive `PING`: local hits stop at most
+/// one ping interval plus the response timeout after the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_stopped_redis_stops_local_hits_within_ping_interval_plus_timeout() {
+    const PING: Duration = Duration::from_millis(500);
+    const TIMEOUT: Duration = Duration::from_millis(100);
+    // Scheduling slack on a shared machine: well under one interval.
+    const TOLERANCE: Duration = Duration::from_millis(150);
+    let backend = TestBackend::redis();
+    let server = backend.server().unwrap();
+    let config = backend
+        .config()
+        .with_local_tier(LocalTier::Tracking, 16 * 1024 * 1024)
+        .with_local_tier_ping(PING)
+        .with_response_timeout(TIMEOUT);
+    let cache = Cache::new(config).await.expect("cache");
+    let k = key(&cache, "org_1");
+    put(&cache, &k, "v1").await;
+    // The first reads may meet a cold connection and its short timeout: read until one
+    // is served locally.
+    let deadline = Instant::now() + PUSH_BOUND;
+    while local_hits(&cache) == 0 && Instant::now() < deadline {
+        hit_body(&cache, &k).await;
+    }
+    assert!(local_hits(&cache) >= 1, "local hits before the pause");
+    // Several pings answered: the keepalive does not drop a healthy connection.
+    tokio::time::sleep(PING * 3).await;
+    assert!(known_generations(&cache) > 0);
+    assert_eq!(hit_body(&cache, &k).await.as_deref(), Some("v1"));
+
+    server.pause();
+    let paused = Instant::now();
+    let bound = PING + TIMEOUT;
+    // Polling the view costs no round trip (a lookup that is not a local hit would wait
+    // for the paused server).
+    while known_generations(&cache) > 0 && paused.elapsed() < bound + TOLERANCE * 4 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let forgotten = paused.elapsed();
+    println!(
+        "keepalive: the paused server was given up {forgotten:?} after the pause (bound {bound:?})"
+    );
+    assert_eq!(known_generations(&cache), 0, "never forgotten");
+    assert!(
+        forgotten <= bound + TOLERANCE,
+        "forgotten {forgotten:?} after the pause, bound {bound:?}"
+    );
+    assert_eq!(
+        cache.stats().local_tier.unwrap().tracking_connected,
+        Some(false)
+    );
+    let local = local_hits(&cache);
+    assert_eq!(
+        hit_body(&cache, &k).await,
+        None,
+        "no local hit after the bound"
+    );
+    assert_eq!(local_hits(&cache), local);
+    server.resume();
+}

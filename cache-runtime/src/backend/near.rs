@@ -6,14 +6,16 @@
 //! trusts a generation that a push could have invalidated unseen.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use moka::sync::Cache as MokaCache;
 
 use super::tracking::TrackingConnection;
-use crate::config::{CacheConfig, LocalTier};
+use super::RawLookup;
+use crate::config::{CacheConfig, LocalTier, RedisTarget};
 use crate::entry::{now_ms, Entry};
+use crate::error::BackendError;
 use crate::generation::Generation;
 use crate::key::CacheKey;
 
@@ -36,8 +38,50 @@ pub(crate) struct NearTier {
     entries: MokaCache<String, (Arc<Entry>, Duration)>,
     /// The generations this instance knows to be current (tracking mode).
     pub(crate) view: Arc<GenerationView>,
-    /// The connection generations are read through with tracking on (tracking mode).
-    pub(crate) tracking: Option<TrackingConnection>,
+    /// The connection(s) generations are read through with tracking on (tracking mode).
+    pub(crate) tracking: Option<Arc<Tracking>>,
+}
+
+/// Where the tracked lookups go: the one server's tracking connection.
+pub(crate) enum Tracking {
+    Standalone(TrackingConnection),
+}
+
+impl Tracking {
+    /// The lookup, its generations read tracked and learned by the view (see
+    /// `backend/tracking.rs`).
+    pub(crate) async fn lookup(&self, key: &CacheKey) -> Result<RawLookup, BackendError> {
+        match self {
+            Tracking::Standalone(connection) => connection.lookup(key).await,
+        }
+    }
+
+    /// Whether the tracking connection is up.
+    pub(crate) fn is_up(&self) -> bool {
+        match self {
+            Tracking::Standalone(connection) => connection.is_up(),
+        }
+    }
+
+    async fn keepalive(&self, timeout: Duration) {
+        match self {
+            Tracking::Standalone(connection) => connection.ping(timeout).await,
+        }
+    }
+}
+
+/// Pings the tracking connection(s) every `interval` until the tier is dropped.
+async fn keepalive(tracking: Weak<Tracking>, interval: Duration, timeout: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(tracking) = tracking.upgrade() else {
+            return;
+        };
+        tracking.keepalive(timeout).await;
+    }
 }
 
 impl std::fmt::Debug for NearTier {
@@ -50,12 +94,12 @@ impl std::fmt::Debug for NearTier {
 }
 
 impl NearTier {
-    /// The tier `config` asks for, or `None` when it is off. `standalone_url` is the
-    /// Redis server tracking connects to (the tracking mode requires one; the
-    /// configuration check refuses it with a cluster).
+    /// The tier `config` asks for, or `None` when it is off. `target` is the Redis
+    /// tracking connects to. In tracking mode, spawns the keepalive task (it ends when
+    /// the tier is dropped): the caller is inside a Tokio runtime.
     pub(crate) fn new(
         config: &CacheConfig,
-        standalone_url: Option<&str>,
+        target: RedisTarget<'_>,
     ) -> Result<Option<NearTier>, redis::RedisError> {
         let mode = config.local_tier;
         if mode == LocalTier::Off {
@@ -65,14 +109,20 @@ impl NearTier {
         let view = Arc::new(GenerationView::new(
             usize::try_from(view_budget).unwrap_or(usize::MAX),
         ));
-        let tracking = match (mode, standalone_url) {
-            (LocalTier::Tracking, Some(url)) => Some(TrackingConnection::new(
-                url,
-                config.connect_timeout,
-                view.clone(),
-            )?),
+        let tracking = match (mode, target) {
+            (LocalTier::Tracking, RedisTarget::Standalone(url)) => Some(Tracking::Standalone(
+                TrackingConnection::new(url, config.connect_timeout, view.clone())?,
+            )),
             _ => None,
-        };
+        }
+        .map(Arc::new);
+        if let Some(tracking) = &tracking {
+            tokio::spawn(keepalive(
+                Arc::downgrade(tracking),
+                config.local_tier_ping,
+                config.response_timeout,
+            ));
+        }
         let entries = MokaCache::builder()
             .max_capacity(config.local_tier_max_bytes - view_budget)
             .weigher(|key: &String, value: &(Arc<Entry>, Duration)| {

@@ -7,8 +7,11 @@
 //! and makes the [`GenerationView`] forget those keys. A lost connection (the library's
 //! `Disconnection` push, or an I/O error on a command) and every new connection make it
 //! forget everything before anything read through the new one is learned: a generation
-//! that could have missed a push is never trusted. It never reads entries for the view
-//! and never retries a command.
+//! that could have missed a push is never trusted. A `PING` every
+//! `API_CACHE_LOCAL_TIER_PING_MS` that is not answered within the response timeout counts
+//! as a lost connection too ([`TrackingConnection::ping`]): a connection that silently
+//! stopped (a partition without FIN or RST, a paused server) is not trusted for longer
+//! than that. It never reads entries for the view and never retries a command.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +26,9 @@ use super::redis::parse_lookup;
 use super::RawLookup;
 use crate::error::BackendError;
 use crate::key::CacheKey;
+
+/// The `CLIENT SETNAME` of every tracking connection.
+pub(crate) const CLIENT_NAME: &str = "api-cache-tracking";
 
 pub(crate) struct TrackingConnection {
     client: redis::Client,
@@ -90,10 +96,17 @@ impl TrackingConnection {
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         // Before the first generation read through it: a read before this is untracked.
-        redis::cmd("CLIENT")
+        // The name lets an operator (and the tests) tell it apart in `CLIENT LIST`.
+        redis::pipe()
+            .cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
             .arg("OPTIN")
+            .ignore()
+            .cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(CLIENT_NAME)
+            .ignore()
             .exec_async(&mut connection)
             .await?;
         let live = Live { connection, up };
@@ -140,6 +153,29 @@ impl TrackingConnection {
     /// Whether a connection is established and up (stats, tests).
     pub(crate) fn is_up(&self) -> bool {
         self.live().is_some()
+    }
+
+    /// Sends a `PING` on the connection, if one is up: one not answered within
+    /// `timeout` (or failing) marks it lost, which forgets every generation. Pushes
+    /// arrive in order with replies, so an answered `PING` also means that every push
+    /// Redis sent before it has been handled.
+    pub(crate) async fn ping(&self, timeout: Duration) {
+        let Some(live) = self.live() else {
+            return;
+        };
+        let ping = redis::cmd("PING");
+        let mut connection = live.connection.clone();
+        match tokio::time::timeout(timeout, ping.query_async::<Value>(&mut connection)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(target: "api_cache", error = %err, "tracking connection: PING failed; every local generation is forgotten");
+                self.lost(&live);
+            }
+            Err(_) => {
+                tracing::debug!(target: "api_cache", ?timeout, "tracking connection: PING not answered in time; every local generation is forgotten");
+                self.lost(&live);
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{memory::MemoryBackend, near::NearTier, redis::RedisBackend, Backend};
 use crate::circuit::{Circuit, Permit, ProbeGuard};
-use crate::config::{CacheConfig, LocalTier, RedisTarget};
+use crate::config::{CacheConfig, LocalTier};
 use crate::error::{BackendError, ConfigError};
 use crate::flight::Flights;
 use crate::key::{InvalidResource, KeyBuilder, Tenant};
@@ -154,11 +154,7 @@ impl Cache {
                 let backend = RedisBackend::new(target, &config).map_err(|err| {
                     ConfigError::RedisUrl(format!("{}: {err}", target.for_logs()))
                 })?;
-                let standalone = match target {
-                    RedisTarget::Standalone(url) => Some(url),
-                    RedisTarget::Cluster(_) => None,
-                };
-                let near = NearTier::new(&config, standalone).map_err(|err| {
+                let near = NearTier::new(&config, target).map_err(|err| {
                     ConfigError::RedisUrl(format!("{}: {err}", target.for_logs()))
                 })?;
                 (Backend::Redis(backend), near)

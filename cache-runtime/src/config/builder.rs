@@ -187,4 +187,18 @@ impl CacheConfig {
         self.local_tier_max_bytes = max_bytes;
         self
     }
+
+    /// Sets the interval of the `PING` on each tracking connection (`tracking` mode).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_runtime::CacheConfig;
+    ///
+    /// let config = CacheConfig::default().with_local_tier_ping(Duration::from_millis(250));
+    /// assert_eq!(config.local_tier_ping, Duration::from_millis(250));
+    /// ```
+    pub fn with_local_tier_ping(mut self, interval: Duration) -> Self {
+        self.local_tier_ping = interval;
+        self
+    }
 }

@@ -25,6 +25,7 @@
 //! | `API_CACHE_GENERATION_TTL_SECS` | `604800` (7 days) | lifetime of a generation key; see [`CacheConfig::generation_ttl`] |
 //! | `API_CACHE_LOCAL_TIER` | `off` | local tier in front of Redis: `off`, `tracking` (no round trip on a local hit, kept current by `CLIENT TRACKING` pushes; standalone only) or `validate` (each local hit checks its generations with one `MGET`); see [`LocalTier`] |
 //! | `API_CACHE_LOCAL_TIER_MAX_BYTES` | `67108864` | bound of the local tier: entries, and the generations known current (1/8) |
+//! | `API_CACHE_LOCAL_TIER_PING_MS` | `1000` | `tracking`: interval of the `PING` on each tracking connection; one not answered within `API_CACHE_TIMEOUT_MS` forgets every generation. See [`CacheConfig::local_tier_ping`] |
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -134,6 +135,11 @@ pub struct CacheConfig {
     /// and a per-generation overhead), the rest for entries (keys, bodies, headers and a
     /// measured per-entry overhead).
     pub local_tier_max_bytes: u64,
+    /// `tracking` mode: how often each tracking connection is sent a `PING`. One that is
+    /// not answered within [`response_timeout`](Self::response_timeout) counts as a lost
+    /// connection (every generation is forgotten), so that a silently partitioned or
+    /// paused Redis stops local hits at most `local_tier_ping + response_timeout` later.
+    pub local_tier_ping: Duration,
 }
 
 impl Default for CacheConfig {
@@ -163,6 +169,7 @@ impl Default for CacheConfig {
             verify_random: RandomSource::default(),
             local_tier: LocalTier::Off,
             local_tier_max_bytes: 64 * 1024 * 1024,
+            local_tier_ping: Duration::from_millis(1000),
         }
     }
 }
@@ -314,6 +321,17 @@ impl CacheConfig {
         }
         if let Some(n) = get("API_CACHE_LOCAL_TIER_MAX_BYTES") {
             config.local_tier_max_bytes = parse_num("API_CACHE_LOCAL_TIER_MAX_BYTES", &n)?;
+        }
+        if let Some(ms) = get("API_CACHE_LOCAL_TIER_PING_MS") {
+            let ms = parse_num::<u64>("API_CACHE_LOCAL_TIER_PING_MS", &ms)?;
+            if ms == 0 {
+                return Err(ConfigError::Env {
+                    name: "API_CACHE_LOCAL_TIER_PING_MS",
+                    value: ms.to_string(),
+                    reason: "expected a number of milliseconds > 0",
+                });
+            }
+            config.local_tier_ping = Duration::from_millis(ms);
         }
         config.validate()?;
         Ok(config)
