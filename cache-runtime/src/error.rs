@@ -33,10 +33,6 @@ pub enum ConfigError {
     #[error("resource {0:?} is disabled and given another mode in API_CACHE_RESOURCE_MODES")]
     ResourceMode(String),
 
-    /// `API_CACHE_LOCAL_TIER=tracking` with a Redis Cluster: tracking is per node and
-    /// is implemented for one server only; `validate` works on a cluster.
-    #[error("API_CACHE_LOCAL_TIER=tracking needs a single Redis server (REDIS_URL); use `validate` with a cluster")]
-    TrackingOnCluster,
     /// A Redis-backed cache must be created inside a Tokio runtime.
     #[error("a Redis-backed cache must be created inside a Tokio runtime")]
     NoRuntime,

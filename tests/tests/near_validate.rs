@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cache_runtime::testing::{CacheKey, Tenant};
-use cache_runtime::{Cache, ConfigError, LocalTier};
+use cache_runtime::{Cache, LocalTier};
 use cache_tests::backends::TestBackend;
 use cache_tests::lookups::{hit_body, store_on_miss};
 
@@ -111,13 +111,13 @@ fn net_output_bytes(server: &cache_tests::RedisServer) -> u64 {
 }
 
 #[test]
-fn tracking_is_refused_on_a_cluster() {
+fn both_modes_are_accepted_on_a_cluster() {
     let config = cache_runtime::CacheConfig::from_lookup(|name| match name {
         "REDIS_CLUSTER_URLS" => Some("redis://127.0.0.1:7000".into()),
         "API_CACHE_LOCAL_TIER" => Some("tracking".into()),
         _ => None,
     });
-    assert!(matches!(config, Err(ConfigError::TrackingOnCluster)));
+    assert_eq!(config.unwrap().local_tier, LocalTier::Tracking);
     let validate = cache_runtime::CacheConfig::from_lookup(|name| match name {
         "REDIS_CLUSTER_URLS" => Some("redis://127.0.0.1:7000".into()),
         "API_CACHE_LOCAL_TIER" => Some("validate".into()),

@@ -8,6 +8,7 @@ pub(crate) mod memory;
 pub(crate) mod near;
 pub(crate) mod redis;
 mod tracking;
+mod tracking_cluster;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use moka::sync::Cache as MokaCache;
 
 use super::tracking::TrackingConnection;
+use super::tracking_cluster::ClusterTracking;
 use super::RawLookup;
 use crate::config::{CacheConfig, LocalTier, RedisTarget};
 use crate::entry::{now_ms, Entry};
@@ -42,30 +43,37 @@ pub(crate) struct NearTier {
     pub(crate) tracking: Option<Arc<Tracking>>,
 }
 
-/// Where the tracked lookups go: the one server's tracking connection.
+/// Where the tracked lookups go: the one server's tracking connection, or one per
+/// master of a cluster.
+// One per cache, behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Tracking {
     Standalone(TrackingConnection),
+    Cluster(ClusterTracking),
 }
 
 impl Tracking {
     /// The lookup, its generations read tracked and learned by the view (see
-    /// `backend/tracking.rs`).
+    /// `backend/tracking.rs` and `backend/tracking_cluster.rs`).
     pub(crate) async fn lookup(&self, key: &CacheKey) -> Result<RawLookup, BackendError> {
         match self {
             Tracking::Standalone(connection) => connection.lookup(key).await,
+            Tracking::Cluster(cluster) => cluster.lookup(key).await,
         }
     }
 
-    /// Whether the tracking connection is up.
+    /// Whether the tracking connection (every one opened, on a cluster) is up.
     pub(crate) fn is_up(&self) -> bool {
         match self {
             Tracking::Standalone(connection) => connection.is_up(),
+            Tracking::Cluster(cluster) => cluster.is_up(),
         }
     }
 
     async fn keepalive(&self, timeout: Duration) {
         match self {
             Tracking::Standalone(connection) => connection.ping(timeout).await,
+            Tracking::Cluster(cluster) => cluster.keepalive(timeout).await,
         }
     }
 }
@@ -112,6 +120,9 @@ impl NearTier {
         let tracking = match (mode, target) {
             (LocalTier::Tracking, RedisTarget::Standalone(url)) => Some(Tracking::Standalone(
                 TrackingConnection::new(url, config.connect_timeout, view.clone())?,
+            )),
+            (LocalTier::Tracking, RedisTarget::Cluster(seeds)) => Some(Tracking::Cluster(
+                ClusterTracking::new(seeds, config.connect_timeout, view.clone())?,
             )),
             _ => None,
         }

@@ -12,6 +12,8 @@
 //! as a lost connection too ([`TrackingConnection::ping`]): a connection that silently
 //! stopped (a partition without FIN or RST, a paused server) is not trusted for longer
 //! than that. It never reads entries for the view and never retries a command.
+//!
+//! On a Redis Cluster, `backend/tracking_cluster.rs` keeps one of these per master.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -176,6 +178,13 @@ impl TrackingConnection {
                 self.lost(&live);
             }
         }
+    }
+
+    /// Runs `command` on the connection if one is up (the cluster tier reads the slot
+    /// map through it); `None` when none is.
+    pub(crate) async fn query_if_up(&self, command: &redis::Cmd) -> Option<Value> {
+        let live = self.live()?;
+        command.query_async(&mut live.connection.clone()).await.ok()
     }
 }
 

@@ -28,7 +28,9 @@ pub enum LocalTier {
     /// current: they are read through a RESP3 connection with `CLIENT TRACKING` on, and
     /// Redis pushes an `invalidate` when another instance changes one. Another instance
     /// may serve the old entry until that push arrives (its delivery time: well under a
-    /// millisecond on a healthy network, see BENCHMARKS.md). Standalone Redis only.
+    /// millisecond on a healthy network, see BENCHMARKS.md). A single server or a
+    /// cluster (one tracking connection per master, generations read on the master that
+    /// owns the tenant's slot).
     Tracking,
     /// Every local hit first reads the entry's generation keys from Redis (one small
     /// `MGET`, no body): the same guarantee as without the tier, with less Redis

@@ -23,7 +23,7 @@
 //! | `API_CACHE_EARLY_REFRESH_BETA` | `1.0` | XFetch early refresh; `0` turns it off |
 //! | `API_CACHE_WAIT_REPLICAS` | `all` | replicas that must acknowledge an invalidation (`WAIT`): `all` connected ones, a number N (at most the connected ones), or `0`/`off`; see [`WaitReplicas`] |
 //! | `API_CACHE_GENERATION_TTL_SECS` | `604800` (7 days) | lifetime of a generation key; see [`CacheConfig::generation_ttl`] |
-//! | `API_CACHE_LOCAL_TIER` | `off` | local tier in front of Redis: `off`, `tracking` (no round trip on a local hit, kept current by `CLIENT TRACKING` pushes; standalone only) or `validate` (each local hit checks its generations with one `MGET`); see [`LocalTier`] |
+//! | `API_CACHE_LOCAL_TIER` | `off` | local tier in front of Redis: `off`, `tracking` (no round trip on a local hit, kept current by `CLIENT TRACKING` pushes; standalone or cluster) or `validate` (each local hit checks its generations with one `MGET`); see [`LocalTier`] |
 //! | `API_CACHE_LOCAL_TIER_MAX_BYTES` | `67108864` | bound of the local tier: entries, and the generations known current (1/8) |
 //! | `API_CACHE_LOCAL_TIER_PING_MS` | `1000` | `tracking`: interval of the `PING` on each tracking connection; one not answered within `API_CACHE_TIMEOUT_MS` forgets every generation. See [`CacheConfig::local_tier_ping`] |
 
@@ -373,9 +373,6 @@ impl CacheConfig {
                 if !scheme_ok {
                     return Err(ConfigError::RedisUrl(redact(url)));
                 }
-            }
-            if self.local_tier == LocalTier::Tracking {
-                return Err(ConfigError::TrackingOnCluster);
             }
         }
         Ok(())
