@@ -449,7 +449,17 @@ async fn two_instances_with_a_validating_local_tier_never_serve_stale_or_foreign
 /// every other invariant (tenants, users, nothing invented) still holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_a_tracking_local_tier_show_their_staleness_window() {
-    let backend = TestBackend::redis();
+    tracking_staleness_window("tracking local tier", &TestBackend::redis()).await;
+}
+
+/// The same on a Redis Cluster: one tracking connection per master, the push coming
+/// from the master that owns the tenant's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_a_tracking_local_tier_on_a_cluster_show_their_staleness_window() {
+    tracking_staleness_window("tracking local tier on a cluster", &TestBackend::cluster()).await;
+}
+
+async fn tracking_staleness_window(name: &str, backend: &TestBackend) {
     let setup = Setup {
         redis: true,
         lease: None,
@@ -460,7 +470,7 @@ async fn two_instances_with_a_tracking_local_tier_show_their_staleness_window() 
     let (seeds, ops) = plan();
     let (mut reads, mut local_hits, mut stale) = (0, 0, Vec::new());
     for seed in seeds {
-        let history = run_history(&backend, setup, seed, ops).await;
+        let history = run_history(backend, setup, seed, ops).await;
         let (found, staleness) = violations_and_staleness(&history);
         let other: Vec<_> = found
             .iter()
@@ -478,7 +488,7 @@ async fn two_instances_with_a_tracking_local_tier_show_their_staleness_window() 
     }
     stale.sort();
     println!(
-        "history checker, tracking local tier: {reads} reads, {local_hits} local hits, {} stale reads; window: max {:?}, median {:?}",
+        "history checker, {name}: {reads} reads, {local_hits} local hits, {} stale reads; window: max {:?}, median {:?}",
         stale.len(),
         stale.last().copied().unwrap_or_default(),
         stale.get(stale.len() / 2).copied().unwrap_or_default(),
