@@ -81,12 +81,43 @@ impl GenerationTable {
     }
 
     fn shard(&self, key: &str) -> &RwLock<GenerationShard> {
-        // Only spreads keys over the locks: the map inside hashes with SipHash, so a
-        // crafted tenant id can at worst crowd one shard, not degrade its map.
-        let spread = key.bytes().fold(0usize, |h, b| {
-            h.wrapping_mul(31).wrapping_add(usize::from(b))
-        });
-        &self.shards[spread % GENERATION_SHARDS]
+        &self.shards[shard_index(key)]
+    }
+
+    /// Whether every one of `keys` holds, unexpired at `now`, the generation `expected`
+    /// has at the same place: the hit's check, under one shared lock when the keys share
+    /// a tenant (they share a shard), and without copying a token. Missing or expired
+    /// generations are not current (the full read creates them).
+    fn all_current(&self, keys: &[String], expected: &[Generation], now: Instant) -> bool {
+        let Some(first) = keys.first() else {
+            return expected.is_empty();
+        };
+        if keys.len() != expected.len() {
+            return false;
+        }
+        let index = shard_index(first);
+        let is_current = |shard: &GenerationShard, key: &String, token: &Generation| {
+            shard
+                .tokens
+                .get(key.as_str())
+                .is_some_and(|(current, written)| {
+                    current == token && now.saturating_duration_since(*written) < self.ttl
+                })
+        };
+        let shard = self.shards[index]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        keys.iter().zip(expected).all(|(key, token)| {
+            let other = shard_index(key);
+            if other == index {
+                is_current(&shard, key, token)
+            } else {
+                let other = self.shards[other]
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                is_current(&other, key, token)
+            }
+        })
     }
 
     /// The generation of `key` at `now`, created fresh when there is none or it expired.
@@ -168,6 +199,27 @@ impl GenerationTable {
     }
 }
 
+/// The shard of a generation key. It only spreads keys over the locks (the map inside
+/// hashes with SipHash, so a crafted tenant id can at worst crowd one shard, not degrade
+/// its map), and it spreads by the key's hash tag (`{t.<tenant>}`) when it has one, as
+/// Redis Cluster does: one tenant's generations share a shard, so that a hit checks
+/// them all under one lock.
+fn shard_index(key: &str) -> usize {
+    let bytes = key.as_bytes();
+    let tag = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let close = bytes[open..].iter().position(|&b| b == b'}')?;
+            Some(&bytes[open..open + close + 1])
+        })
+        .unwrap_or(bytes);
+    let spread = tag.iter().fold(0usize, |h, &b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    spread % GENERATION_SHARDS
+}
+
 /// Each entry lives the duration stored beside it (its remaining lifetime when written),
 /// in this backend and in the local tier in front of Redis.
 pub(super) struct EntryExpiry;
@@ -231,6 +283,17 @@ impl MemoryBackend {
             None => EntrySlot::Absent,
         };
         (generations, entry)
+    }
+
+    /// The entry of `key` when its generations are all current: a hit's read, which
+    /// copies no token and allocates nothing. `None` sends the caller to
+    /// [`read`](Self::read), which also creates missing generations. The entry's own
+    /// checks (digest, expiry) are the caller's, as after `read`.
+    pub(crate) fn current_entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let (entry, _) = self.entries.get(&key.entry_key)?;
+        self.generations
+            .all_current(&key.generation_keys, &entry.generations, Instant::now())
+            .then_some(entry)
     }
 
     pub(crate) fn store(&self, key: &CacheKey, entry: Arc<Entry>, ttl: Duration) {
