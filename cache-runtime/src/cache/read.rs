@@ -259,6 +259,24 @@ impl Cache {
                 started_ms,
             })
         };
+        if let Backend::Memory(memory) = &self.inner.backend {
+            // A hit's read, which copies and allocates nothing; anything else (no entry,
+            // a generation missing or moved on, an entry past its TTL) reads again below,
+            // creating what is missing, and is judged there.
+            let current = memory
+                .current_entry(key)
+                .filter(|entry| entry.digest == key.digest && !entry.is_expired(started_ms));
+            if let Some(entry) = current {
+                self.inner
+                    .stats
+                    .record_lookup_time(&key.resource, started.elapsed());
+                if self.refresh_early(&entry) {
+                    let generations = entry.generations.clone();
+                    return miss(Some(generations), Some(entry), None, MissCause::Expiry);
+                }
+                return Lookup::Hit(entry);
+            }
+        }
         let (generations, entry, local) = match &self.inner.backend {
             // In process there is nothing to await. The remote read is boxed so that its
             // state is not part of every caller's future, which is moved into place on
