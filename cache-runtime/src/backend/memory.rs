@@ -365,6 +365,61 @@ mod tests {
         assert_eq!(memory.read(&k).0, after);
     }
 
+    fn entry_for(key: &CacheKey, generations: Vec<Generation>) -> Arc<Entry> {
+        Arc::new(Entry {
+            digest: key.digest,
+            generations,
+            stored_at_ms: crate::entry::now_ms(),
+            ttl_ms: 60_000,
+            compute_ms: 0,
+            based_on_ms: 0,
+            response: crate::entry::CachedResponse::ok("x"),
+            hit_headers: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_current_entry_is_one_whose_generations_are_all_current() {
+        let memory = MemoryBackend::new(1024 * 1024, Duration::from_secs(600));
+        let k = key("org_1");
+        assert!(memory.current_entry(&k).is_none(), "nothing stored yet");
+        let (generations, _) = memory.read(&k);
+        memory.store(&k, entry_for(&k, generations.clone()), Duration::from_secs(60));
+        assert!(memory.current_entry(&k).is_some());
+        // Another tenant's bump changes nothing here; this resource's does.
+        memory.bump(&key("org_2").generation_keys);
+        assert!(memory.current_entry(&k).is_some());
+        memory.bump(&k.generation_keys[1..2]);
+        assert!(memory.current_entry(&k).is_none(), "served after a bump");
+        // An entry carrying fewer generations than the key reads is not current either.
+        let (now, _) = memory.read(&k);
+        memory.store(&k, entry_for(&k, now[..1].to_vec()), Duration::from_secs(60));
+        assert!(memory.current_entry(&k).is_none());
+        memory.store(&k, entry_for(&k, now.clone()), Duration::from_secs(60));
+        assert!(memory.current_entry(&k).is_some());
+        // Past the generations' lifetime (from their write) they are not current.
+        let table = &memory.generations;
+        let later = Instant::now() + table.ttl;
+        assert!(!table.all_current(&k.generation_keys, &now, later));
+        assert!(table.all_current(&k.generation_keys, &now, Instant::now()));
+    }
+
+    #[test]
+    fn a_tenants_generations_share_a_shard() {
+        let k = KeyBuilder::new("t", Tenant::Scoped("org_1"), "contacts")
+            .unwrap()
+            .tag("deals")
+            .unwrap()
+            .build();
+        let shards: Vec<usize> = k.generation_keys.iter().map(|g| shard_index(g)).collect();
+        assert_eq!(shards.len(), 3);
+        assert!(shards.iter().all(|&s| s == shards[0]), "{shards:?}");
+        let spread: std::collections::HashSet<usize> = (0..64)
+            .map(|i| shard_index(&key(&format!("org_{i}")).generation_keys[0]))
+            .collect();
+        assert!(spread.len() > GENERATION_SHARDS / 2, "{spread:?}");
+    }
+
     #[test]
     fn an_expired_generation_comes_back_fresh_and_the_entry_misses() {
         let memory = MemoryBackend::new(1024 * 1024, Duration::from_millis(50));
