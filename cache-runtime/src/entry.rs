@@ -11,10 +11,11 @@
 //! [`Corrupt`] and is treated as a miss, then overwritten. The in-memory backend keeps
 //! entries decoded. This module never performs I/O.
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::generation::Generation;
 
@@ -50,8 +51,16 @@ impl CachedResponse {
         }
     }
 
-    /// Approximate bytes this response occupies.
+    /// Approximate bytes this response occupies in process: its bytes, and the headers
+    /// a hit on it keeps once it is served from memory (`Entry::hit_headers`).
     pub fn weight(&self) -> usize {
+        self.wire_weight()
+            + HIT_HEADERS_FIXED_BYTES
+            + (self.headers.len() + HIT_HEADERS_ADDED) * HIT_HEADER_BYTES
+    }
+
+    /// Bytes of its status, headers and body as stored.
+    fn wire_weight(&self) -> usize {
         self.body.len()
             + self
                 .headers
@@ -60,6 +69,17 @@ impl CachedResponse {
                 .sum::<usize>()
     }
 }
+
+/// Headers a hit adds to the stored ones (`X-Cache`, `X-Cache-Age`, `Age`,
+/// `Cache-Control`, `Content-Length`).
+const HIT_HEADERS_ADDED: usize = 5;
+/// What [`HitHeaders`] holds besides its headers: the map and the route's
+/// `Cache-Control` it was made for.
+const HIT_HEADERS_FIXED_BYTES: usize = std::mem::size_of::<(HeaderValue, HeaderMap)>();
+/// One header in a kept map: its name and value (the bytes are shared with the stored
+/// ones or static), the map's hash, links and index slot (estimated: 40 bytes).
+const HIT_HEADER_BYTES: usize =
+    std::mem::size_of::<HeaderName>() + std::mem::size_of::<HeaderValue>() + 40;
 
 /// One cached response with what guards it.
 #[derive(Debug, Clone)]
@@ -74,6 +94,28 @@ pub struct Entry {
     /// unknown (an entry of format version 1).
     pub(crate) based_on_ms: u64,
     pub(crate) response: CachedResponse,
+    /// The headers of a hit on this entry, made at its first hit when the entry is held
+    /// in process (memory backend, local tier) and copied on every later one.
+    pub(crate) hit_headers: HitHeaders,
+}
+
+/// A hit's response headers, made once per entry: the stored ones, `Cache-Control`
+/// (the handler's, else the route's, which is kept beside them: a hit by a route with
+/// another one builds its own) and the headers every hit carries, whose per-hit values
+/// (the age) are replaced in place in each copy.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HitHeaders(OnceLock<(HeaderValue, HeaderMap)>);
+
+impl HitHeaders {
+    /// The headers made for `route_cache_control`, made by `make` at the first call.
+    pub(crate) fn get_or_make(
+        &self,
+        route_cache_control: &HeaderValue,
+        make: impl FnOnce() -> HeaderMap,
+    ) -> Option<&HeaderMap> {
+        let (made_for, headers) = self.0.get_or_init(|| (route_cache_control.clone(), make()));
+        (made_for == route_cache_control).then_some(headers)
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -121,7 +163,7 @@ impl Entry {
 
     pub(crate) fn encode(&self) -> Bytes {
         let response = &self.response;
-        let mut out = BytesMut::with_capacity(64 + response.weight());
+        let mut out = BytesMut::with_capacity(64 + response.wire_weight());
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
         out.put_slice(&self.digest);
@@ -201,6 +243,7 @@ impl Entry {
                 headers,
                 body,
             },
+            hit_headers: HitHeaders::default(),
         })
     }
 }
@@ -240,6 +283,7 @@ mod tests {
                 )],
                 body: Bytes::from_static(b"{\"a\":1}"),
             },
+            hit_headers: HitHeaders::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, OriginalUri};
@@ -320,7 +321,7 @@ where
 /// already), its headers, and the lookup's event.
 fn serve_entry(
     spec: &RouteSpec,
-    entry: &Entry,
+    entry: &Arc<Entry>,
     started: Instant,
     if_none_match: Option<&HeaderValue>,
     outcome: Outcome,

@@ -257,6 +257,7 @@ impl MemoryBackend {
                 // (the Entry and its Arc, vectors, moka's node, deques and timer,
                 // allocator overhead): measured at 774 bytes per entry
                 // (BENCHMARKS.md, memory), so the configured bound is an honest one.
+                // `weight()` counts the hit headers an entry keeps once served.
                 let weight = key.len() + value.0.response.weight() + ENTRY_OVERHEAD_BYTES;
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
@@ -384,7 +385,11 @@ mod tests {
         let k = key("org_1");
         assert!(memory.current_entry(&k).is_none(), "nothing stored yet");
         let (generations, _) = memory.read(&k);
-        memory.store(&k, entry_for(&k, generations.clone()), Duration::from_secs(60));
+        memory.store(
+            &k,
+            entry_for(&k, generations.clone()),
+            Duration::from_secs(60),
+        );
         assert!(memory.current_entry(&k).is_some());
         // Another tenant's bump changes nothing here; this resource's does.
         memory.bump(&key("org_2").generation_keys);
@@ -393,7 +398,11 @@ mod tests {
         assert!(memory.current_entry(&k).is_none(), "served after a bump");
         // An entry carrying fewer generations than the key reads is not current either.
         let (now, _) = memory.read(&k);
-        memory.store(&k, entry_for(&k, now[..1].to_vec()), Duration::from_secs(60));
+        memory.store(
+            &k,
+            entry_for(&k, now[..1].to_vec()),
+            Duration::from_secs(60),
+        );
         assert!(memory.current_entry(&k).is_none());
         memory.store(&k, entry_for(&k, now.clone()), Duration::from_secs(60));
         assert!(memory.current_entry(&k).is_some());

@@ -421,6 +421,7 @@ mod tests {
             compute_ms: 5,
             based_on_ms,
             response: CachedResponse::ok("x"),
+            hit_headers: Default::default(),
         }
     }
 
