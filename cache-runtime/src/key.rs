@@ -326,16 +326,44 @@ impl KeyBuilder {
 
     /// Adds an invalidation tag: invalidating it also drops this entry.
     pub fn tag(mut self, tag: &str) -> Result<Self, InvalidResource> {
-        validate_resource(tag)?;
-        if tag != self.resource && !self.tags.iter().any(|t| t == tag) {
-            self.tags.push(tag.to_owned());
-        }
+        self.add_tag(tag)?;
         Ok(self)
     }
 
     /// Adds the request: method (`HEAD` keys as `GET`, whose body it serves), path, and
     /// the query string, normalized by [`normalize_query`].
     pub fn request(mut self, method: &str, path: &str, query: Option<&str>) -> Self {
+        self.add_request(method, path, query);
+        self
+    }
+
+    /// Adds a named part (a user id, a header value, a function argument's encoding).
+    pub fn part(mut self, name: &str, value: &str) -> Self {
+        self.add_part(name, value.as_bytes());
+        self
+    }
+
+    /// Adds bytes as a named part.
+    pub fn part_bytes(mut self, name: &str, value: &[u8]) -> Self {
+        self.add_part(name, value);
+        self
+    }
+
+    // The builder in place: a request's key is built through these, since each step
+    // of the chained form above moves the builder (its hash state and staging buffer,
+    // a few hundred bytes) once more.
+
+    /// [`tag`](Self::tag) in place.
+    pub(crate) fn add_tag(&mut self, tag: &str) -> Result<(), InvalidResource> {
+        validate_resource(tag)?;
+        if tag != self.resource && !self.tags.iter().any(|t| t == tag) {
+            self.tags.push(tag.to_owned());
+        }
+        Ok(())
+    }
+
+    /// [`request`](Self::request) in place.
+    pub(crate) fn add_request(&mut self, method: &str, path: &str, query: Option<&str>) {
         let method = if method.eq_ignore_ascii_case("HEAD") {
             "GET"
         } else {
@@ -350,23 +378,13 @@ impl KeyBuilder {
             self.hasher.part(name.as_bytes());
             self.hasher.part(value.as_bytes());
         }
-        self
     }
 
-    /// Adds a named part (a user id, a header value, a function argument's encoding).
-    pub fn part(mut self, name: &str, value: &str) -> Self {
-        self.hasher.part(b"part");
-        self.hasher.part(name.as_bytes());
-        self.hasher.part(value.as_bytes());
-        self
-    }
-
-    /// Adds bytes as a named part.
-    pub fn part_bytes(mut self, name: &str, value: &[u8]) -> Self {
+    /// [`part`](Self::part) and [`part_bytes`](Self::part_bytes) in place.
+    pub(crate) fn add_part(&mut self, name: &str, value: &[u8]) {
         self.hasher.part(b"part");
         self.hasher.part(name.as_bytes());
         self.hasher.part(value);
-        self
     }
 
     /// Finishes the key.

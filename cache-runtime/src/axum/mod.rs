@@ -373,32 +373,32 @@ fn build_key(
         .key_builder(tenant, spec.resource)
         .map_err(|_| BypassReason::SkipCache)?;
     for tag in spec.tags {
-        builder = builder.tag(tag).map_err(|_| BypassReason::SkipCache)?;
+        builder.add_tag(tag).map_err(|_| BypassReason::SkipCache)?;
     }
-    builder = builder.request(ctx.method.as_str(), ctx.uri.path(), ctx.uri.query());
+    builder.add_request(ctx.method.as_str(), ctx.uri.path(), ctx.uri.query());
     for part in spec.vary {
         match part {
             VaryPart::User => {
                 let user = scope.user().ok_or(BypassReason::NoUser)?;
                 match &scope {
-                    RequestScope::Tenant(_) => builder = builder.part("vary:user", user),
+                    RequestScope::Tenant(_) => builder.add_part("vary:user", user.as_bytes()),
                     // Global data keyed per user: user ids are unique within a tenant,
                     // not across tenants, so the user's tenant is part of the key. The
                     // builder length-prefixes each part, so the pair is unambiguous.
                     RequestScope::Global(request) => {
                         let user_tenant = request.as_ref().map_or("", CacheScope::tenant);
-                        builder = builder
-                            .part("vary:user-tenant", user_tenant)
-                            .part("vary:user", user);
+                        builder.add_part("vary:user-tenant", user_tenant.as_bytes());
+                        builder.add_part("vary:user", user.as_bytes());
                     }
                 }
             }
             VaryPart::Header(name) => {
-                builder = builder.part_bytes(name, &header_values(headers, name));
+                builder.add_part(name, &header_values(headers, name));
             }
         }
     }
-    Ok(builder.part("fingerprint", spec.fingerprint).build())
+    builder.add_part("fingerprint", spec.fingerprint.as_bytes());
+    Ok(builder.build())
 }
 
 /// Every line of header `name`, each length-prefixed: one line `a,b` and two lines `a`
