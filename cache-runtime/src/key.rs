@@ -332,6 +332,7 @@ impl KeyBuilder {
 
     /// Adds the request: method (`HEAD` keys as `GET`, whose body it serves), path, and
     /// the query string, normalized by [`normalize_query`].
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn request(mut self, method: &str, path: &str, query: Option<&str>) -> Self {
         self.add_request(method, path, query);
         self

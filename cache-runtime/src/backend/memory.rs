@@ -290,10 +290,11 @@ impl MemoryBackend {
     /// copies no token and allocates nothing. `None` sends the caller to
     /// [`read`](Self::read), which also creates missing generations. The entry's own
     /// checks (digest, expiry) are the caller's, as after `read`.
-    pub(crate) fn current_entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    /// Generations are judged at `now` (the lookup's start).
+    pub(crate) fn current_entry(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
         let (entry, _) = self.entries.get(&key.entry_key)?;
         self.generations
-            .all_current(&key.generation_keys, &entry.generations, Instant::now())
+            .all_current(&key.generation_keys, &entry.generations, now)
             .then_some(entry)
     }
 
@@ -383,19 +384,25 @@ mod tests {
     fn a_current_entry_is_one_whose_generations_are_all_current() {
         let memory = MemoryBackend::new(1024 * 1024, Duration::from_secs(600));
         let k = key("org_1");
-        assert!(memory.current_entry(&k).is_none(), "nothing stored yet");
+        assert!(
+            memory.current_entry(&k, Instant::now()).is_none(),
+            "nothing stored yet"
+        );
         let (generations, _) = memory.read(&k);
         memory.store(
             &k,
             entry_for(&k, generations.clone()),
             Duration::from_secs(60),
         );
-        assert!(memory.current_entry(&k).is_some());
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
         // Another tenant's bump changes nothing here; this resource's does.
         memory.bump(&key("org_2").generation_keys);
-        assert!(memory.current_entry(&k).is_some());
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
         memory.bump(&k.generation_keys[1..2]);
-        assert!(memory.current_entry(&k).is_none(), "served after a bump");
+        assert!(
+            memory.current_entry(&k, Instant::now()).is_none(),
+            "served after a bump"
+        );
         // An entry carrying fewer generations than the key reads is not current either.
         let (now, _) = memory.read(&k);
         memory.store(
@@ -403,9 +410,9 @@ mod tests {
             entry_for(&k, now[..1].to_vec()),
             Duration::from_secs(60),
         );
-        assert!(memory.current_entry(&k).is_none());
+        assert!(memory.current_entry(&k, Instant::now()).is_none());
         memory.store(&k, entry_for(&k, now.clone()), Duration::from_secs(60));
-        assert!(memory.current_entry(&k).is_some());
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
         // Past the generations' lifetime (from their write) they are not current.
         let table = &memory.generations;
         let later = Instant::now() + table.ttl;

@@ -264,7 +264,7 @@ impl Cache {
             // a generation missing or moved on, an entry past its TTL) reads again below,
             // creating what is missing, and is judged there.
             let current = memory
-                .current_entry(key)
+                .current_entry(key, started)
                 .filter(|entry| entry.digest == key.digest && !entry.is_expired(started_ms));
             if let Some(entry) = current {
                 self.inner
