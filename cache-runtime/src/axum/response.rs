@@ -232,7 +232,7 @@ pub(super) async fn buffer_body(body: Body, max_bytes: usize) -> Result<Bytes, B
 /// them and set the age in place; an entry decoded for this one request builds them.
 pub(super) fn hit_response(entry: &Arc<Entry>, age: Duration, spec: &RouteSpec) -> Response {
     let stored = entry.response();
-    let age = age_value(age.as_secs());
+    let age = decimal_value(age.as_secs());
     let kept = if Arc::strong_count(entry) > 1 {
         entry
             .hit_headers
@@ -276,53 +276,55 @@ fn hit_headers(stored: &CachedResponse, spec: &RouteSpec, age: &HeaderValue) -> 
     if !handler_cache_control {
         headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+    let length = u64::try_from(stored.body.len()).unwrap_or(u64::MAX);
+    headers.insert(header::CONTENT_LENGTH, decimal_value(length));
     headers
 }
 
-/// Ages below this many seconds are made without allocating (most hits' ages: a TTL is
-/// usually minutes).
-const AGE_TABLE: usize = 3600;
-/// Width of one age in [`AGE_DIGITS`].
-const AGE_WIDTH: usize = 4;
+/// Numbers below this are made without allocating: most hits' ages in seconds (a TTL is
+/// usually minutes) and the lengths of bodies under 10 KB (the table is 40 KB).
+const SMALL_NUMBERS: usize = 10_000;
+/// Width of one number in [`SMALL_NUMBER_DIGITS`].
+const SMALL_NUMBER_WIDTH: usize = 4;
 
-/// Every age below [`AGE_TABLE`] as four decimal digits, zero-padded, one after another.
-static AGE_DIGITS: [u8; AGE_TABLE * AGE_WIDTH] = {
-    let mut digits = [b'0'; AGE_TABLE * AGE_WIDTH];
-    let mut age = 0;
-    while age < AGE_TABLE {
-        let mut rest = age;
-        let mut place = AGE_WIDTH;
+/// Every number below [`SMALL_NUMBERS`] as four decimal digits, zero-padded, one after another.
+static SMALL_NUMBER_DIGITS: [u8; SMALL_NUMBERS * SMALL_NUMBER_WIDTH] = {
+    let mut digits = [b'0'; SMALL_NUMBERS * SMALL_NUMBER_WIDTH];
+    let mut number = 0;
+    while number < SMALL_NUMBERS {
+        let mut rest = number;
+        let mut place = SMALL_NUMBER_WIDTH;
         while place > 0 {
             place -= 1;
-            digits[age * AGE_WIDTH + place] = b'0' + (rest % 10) as u8;
+            digits[number * SMALL_NUMBER_WIDTH + place] = b'0' + (rest % 10) as u8;
             rest /= 10;
         }
-        age += 1;
+        number += 1;
     }
     digits
 };
 
-/// `secs` as a header value; a static one (nothing allocated, nothing counted when it is
-/// copied) for ages below [`AGE_TABLE`].
-pub(super) fn age_value(secs: u64) -> HeaderValue {
-    if let Ok(age) = usize::try_from(secs) {
-        if age < AGE_TABLE {
-            let width = match age {
+/// `number` as a header value; a static one for numbers below [`SMALL_NUMBERS`]: nothing
+/// allocated, and nothing counted when it is copied (a shared value's copy is an atomic
+/// add on a count every worker thread writes).
+pub(super) fn decimal_value(number: u64) -> HeaderValue {
+    if let Ok(small) = usize::try_from(number) {
+        if small < SMALL_NUMBERS {
+            let width = match small {
                 0..=9 => 1,
                 10..=99 => 2,
                 100..=999 => 3,
                 _ => 4,
             };
-            let end = (age + 1) * AGE_WIDTH;
-            if let Ok(text) = std::str::from_utf8(&AGE_DIGITS[end - width..end]) {
+            let end = (small + 1) * SMALL_NUMBER_WIDTH;
+            if let Ok(text) = std::str::from_utf8(&SMALL_NUMBER_DIGITS[end - width..end]) {
                 // Decimal digits: `from_static` accepts them (it panics only on bytes
                 // not allowed in a header value).
                 return HeaderValue::from_static(text);
             }
         }
     }
-    HeaderValue::from(secs)
+    HeaderValue::from(number)
 }
 
 pub(super) fn with_outcome(mut response: Response, outcome: Outcome) -> Response {
@@ -435,22 +437,10 @@ mod tests {
     }
 
     #[test]
-    fn ages_from_the_table_read_as_formatted_ones() {
-        for secs in [
-            0,
-            1,
-            9,
-            10,
-            99,
-            100,
-            999,
-            1000,
-            3599,
-            3600,
-            86_400,
-            u64::MAX,
-        ] {
-            assert_eq!(age_value(secs), HeaderValue::from(secs), "{secs}");
+    fn numbers_from_the_table_read_as_formatted_ones() {
+        let numbers = [0, 1, 9, 10, 99, 100, 999, 1000, 2048, 9999, 10_000, 86_400];
+        for n in numbers.into_iter().chain([u64::MAX]) {
+            assert_eq!(decimal_value(n), HeaderValue::from(n), "{n}");
         }
     }
 }
