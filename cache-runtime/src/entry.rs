@@ -11,6 +11,7 @@
 //! [`Corrupt`] and is treated as a miss, then overwritten. The in-memory backend keeps
 //! entries decoded. This module never performs I/O.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -97,6 +98,47 @@ pub struct Entry {
     /// The headers of a hit on this entry, made at its first hit when the entry is held
     /// in process (memory backend, local tier) and copied on every later one.
     pub(crate) hit_headers: HitHeaders,
+    /// The memory backend's note that its generations were all current (see
+    /// [`GenerationMemo`]).
+    pub(crate) generations_checked: GenerationMemo,
+}
+
+/// A note that an entry's generations were all current at a write count of the
+/// generation table's shard, and stay unexpired until a deadline (whole seconds from
+/// the table's start, rounded down). Packed in one atomic word, so that a note is
+/// always read whole: the count in the low 40 bits, the deadline in the high 24. 0 is
+/// no note (its deadline has passed at once). A copy of an entry starts without one.
+#[derive(Debug, Default)]
+pub(crate) struct GenerationMemo(AtomicU64);
+
+const MEMO_EPOCH_BITS: u32 = 40;
+const MEMO_EPOCH_MASK: u64 = (1 << MEMO_EPOCH_BITS) - 1;
+const MEMO_MAX_DEADLINE: u64 = (1 << (64 - MEMO_EPOCH_BITS)) - 1;
+
+impl GenerationMemo {
+    /// Whether the note was taken at write count `epoch` and its deadline is after
+    /// `now_secs`. A count 2^40 writes apart would read as the same: more writes than a
+    /// shard sees in years, during one entry's life.
+    pub(crate) fn holds(&self, epoch: u64, now_secs: u64) -> bool {
+        let note = self.0.load(Ordering::Relaxed);
+        note & MEMO_EPOCH_MASK == epoch & MEMO_EPOCH_MASK && now_secs < note >> MEMO_EPOCH_BITS
+    }
+
+    /// Notes that the generations were current at write count `epoch` until
+    /// `deadline_secs` (a later deadline than the field holds is cut: earlier is safe).
+    pub(crate) fn note(&self, epoch: u64, deadline_secs: u64) {
+        let deadline = deadline_secs.min(MEMO_MAX_DEADLINE);
+        self.0.store(
+            (deadline << MEMO_EPOCH_BITS) | (epoch & MEMO_EPOCH_MASK),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl Clone for GenerationMemo {
+    fn clone(&self) -> Self {
+        GenerationMemo::default()
+    }
 }
 
 /// A hit's response headers, made once per entry: the stored ones, `Cache-Control`
@@ -244,6 +286,7 @@ impl Entry {
                 body,
             },
             hit_headers: HitHeaders::default(),
+            generations_checked: GenerationMemo::default(),
         })
     }
 }
@@ -284,6 +327,7 @@ mod tests {
                 body: Bytes::from_static(b"{\"a\":1}"),
             },
             hit_headers: HitHeaders::default(),
+            generations_checked: GenerationMemo::default(),
         }
     }
 

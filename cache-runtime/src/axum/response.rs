@@ -371,6 +371,7 @@ mod tests {
                 body: Bytes::from_static(b"{\"a\":1}"),
             },
             hit_headers: Default::default(),
+            generations_checked: Default::default(),
         })
     }
 

@@ -12,6 +12,7 @@
 //! generations, which only turns the entries they guarded into misses.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use moka::sync::Cache as MokaCache;
 use moka::Expiry;
 
 use super::EntrySlot;
-use crate::entry::Entry;
+use crate::entry::{Entry, GenerationMemo};
 use crate::generation::Generation;
 use crate::key::CacheKey;
 
@@ -51,6 +52,12 @@ const GENERATION_SHARDS: usize = 16;
 #[derive(Debug)]
 struct GenerationTable {
     shards: Box<[RwLock<GenerationShard>]>,
+    /// Each shard's write count, advanced under its write lock after every change: a
+    /// hit that finds the count its entry was last checked at skips the shard
+    /// ([`GenerationMemo`]).
+    epochs: Box<[AtomicU64]>,
+    /// The origin of the memos' deadlines.
+    born: Instant,
     /// A generation lives this long from its write (like Redis's `PX`; reads do not
     /// extend it), then comes back fresh.
     ttl: Duration,
@@ -75,6 +82,12 @@ impl GenerationTable {
             shards: (0..GENERATION_SHARDS)
                 .map(|_| RwLock::new(GenerationShard::default()))
                 .collect(),
+            // Counts start anywhere: an entry only ever lives in one table, and a note
+            // taken in another could still not match by chance.
+            epochs: (0..GENERATION_SHARDS)
+                .map(|_| AtomicU64::new(rand::random::<u64>() >> 1))
+                .collect(),
+            born: Instant::now(),
             ttl,
             shard_bytes: max_bytes / GENERATION_SHARDS as u64,
         }
@@ -85,10 +98,23 @@ impl GenerationTable {
     }
 
     /// Whether every one of `keys` holds, unexpired at `now`, the generation `expected`
-    /// has at the same place: the hit's check, under one shared lock when the keys share
-    /// a tenant (they share a shard), and without copying a token. Missing or expired
-    /// generations are not current (the full read creates them).
-    fn all_current(&self, keys: &[String], expected: &[Generation], now: Instant) -> bool {
+    /// has at the same place: the hit's check, without copying a token. Missing or
+    /// expired generations are not current (the full read creates them).
+    ///
+    /// A tenant's keys share a shard. When `memo` says they were all current at the
+    /// shard's present write count, and that none expires before `now`, nothing was
+    /// written there since and the answer is yes without the lock: the shard's lock is
+    /// a line every worker writes, its count one they only read. Otherwise they are
+    /// checked under the shared lock, and a yes is noted in `memo`. The count is read
+    /// before the check, so a write that lands during it leaves the note stale, never
+    /// wrong: a note is only used while the count has not moved.
+    fn all_current(
+        &self,
+        keys: &[String],
+        expected: &[Generation],
+        memo: &GenerationMemo,
+        now: Instant,
+    ) -> bool {
         let Some(first) = keys.first() else {
             return expected.is_empty();
         };
@@ -96,18 +122,31 @@ impl GenerationTable {
             return false;
         }
         let index = shard_index(first);
-        let is_current = |shard: &GenerationShard, key: &String, token: &Generation| {
+        let one_shard = keys[1..].iter().all(|key| shard_index(key) == index);
+        let epoch = self.epochs[index].load(Ordering::Acquire);
+        let now_secs = now.saturating_duration_since(self.born).as_secs();
+        if one_shard && memo.holds(epoch, now_secs) {
+            return true;
+        }
+        // The earliest instant one of them expires at (none: a lifetime past the
+        // clock's range).
+        let mut deadline: Option<Instant> = None;
+        let mut is_current = |shard: &GenerationShard, key: &String, token: &Generation| {
             shard
                 .tokens
                 .get(key.as_str())
                 .is_some_and(|(current, written)| {
-                    current == token && now.saturating_duration_since(*written) < self.ttl
+                    let expires = written.checked_add(self.ttl);
+                    if let Some(expires) = expires {
+                        deadline = Some(deadline.map_or(expires, |d| d.min(expires)));
+                    }
+                    current == token && expires.is_none_or(|expires| now < expires)
                 })
         };
         let shard = self.shards[index]
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        keys.iter().zip(expected).all(|(key, token)| {
+        let current = keys.iter().zip(expected).all(|(key, token)| {
             let other = shard_index(key);
             if other == index {
                 is_current(&shard, key, token)
@@ -117,7 +156,15 @@ impl GenerationTable {
                     .unwrap_or_else(PoisonError::into_inner);
                 is_current(&other, key, token)
             }
-        })
+        });
+        drop(shard);
+        if current && one_shard {
+            let deadline_secs = deadline.map_or(u64::MAX, |deadline| {
+                deadline.saturating_duration_since(self.born).as_secs()
+            });
+            memo.note(epoch, deadline_secs);
+        }
+        current
     }
 
     /// The generation of `key` at `now`, created fresh when there is none or it expired.
@@ -163,6 +210,8 @@ impl GenerationTable {
         if shard.bytes > self.shard_bytes {
             self.make_room(shard, key, now);
         }
+        // Still under the write lock: a reader that sees the new count sees the change.
+        self.epochs[shard_index(key)].fetch_add(1, Ordering::Release);
     }
 
     /// Brings `shard` back under its share: expired generations first, then any but
@@ -294,7 +343,12 @@ impl MemoryBackend {
     pub(crate) fn current_entry(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
         let (entry, _) = self.entries.get(&key.entry_key)?;
         self.generations
-            .all_current(&key.generation_keys, &entry.generations, now)
+            .all_current(
+                &key.generation_keys,
+                &entry.generations,
+                &entry.generations_checked,
+                now,
+            )
             .then_some(entry)
     }
 
@@ -377,6 +431,7 @@ mod tests {
             based_on_ms: 0,
             response: crate::entry::CachedResponse::ok("x"),
             hit_headers: Default::default(),
+            generations_checked: Default::default(),
         })
     }
 
@@ -395,8 +450,13 @@ mod tests {
             Duration::from_secs(60),
         );
         assert!(memory.current_entry(&k, Instant::now()).is_some());
-        // Another tenant's bump changes nothing here; this resource's does.
+        // Another tenant's bump changes nothing here, nor does a bump of another
+        // resource of this tenant (same shard: the entry's note goes stale and it is
+        // checked again); this resource's does, noted or not.
         memory.bump(&key("org_2").generation_keys);
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        memory.bump(&["t:{t.org_1}:g:deals".to_owned()]);
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
         assert!(memory.current_entry(&k, Instant::now()).is_some());
         memory.bump(&k.generation_keys[1..2]);
         assert!(
@@ -416,8 +476,15 @@ mod tests {
         // Past the generations' lifetime (from their write) they are not current.
         let table = &memory.generations;
         let later = Instant::now() + table.ttl;
-        assert!(!table.all_current(&k.generation_keys, &now, later));
-        assert!(table.all_current(&k.generation_keys, &now, Instant::now()));
+        let memo = GenerationMemo::default();
+        assert!(table.all_current(&k.generation_keys, &now, &memo, Instant::now()));
+        assert!(memo.holds(
+            table.epochs[shard_index(&k.generation_keys[0])].load(Ordering::Acquire),
+            0
+        ));
+        // Noted or not, past the generations' lifetime they are not current.
+        assert!(!table.all_current(&k.generation_keys, &now, &memo, later));
+        assert!(!table.all_current(&k.generation_keys, &now, &GenerationMemo::default(), later));
     }
 
     #[test]

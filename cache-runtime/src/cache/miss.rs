@@ -462,6 +462,7 @@ impl Cache {
             based_on_ms: ticket.started_ms,
             response,
             hit_headers: Default::default(),
+            generations_checked: Default::default(),
         }))
     }
 

@@ -444,6 +444,7 @@ mod tests {
             based_on_ms,
             response: CachedResponse::ok("x"),
             hit_headers: Default::default(),
+            generations_checked: Default::default(),
         }
     }
 
