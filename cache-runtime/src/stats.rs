@@ -416,7 +416,8 @@ pub(crate) enum Event {
     LocalHit,
 }
 
-/// How many [`Event`]s there are: `LocalHit` is the last.
+/// How many [`Event`]s there are: `LocalHit` is the last (`stats::tests` checks that
+/// every event has a counter).
 const EVENTS: usize = Event::LocalHit as usize + 1;
 
 impl Stats {
@@ -601,6 +602,106 @@ mod tests {
             .into_iter()
             .map(|(name, r)| (name, r.counters.hits))
             .collect()
+    }
+
+    /// Every event is counted, each under its own counter and under its own name in
+    /// the snapshot. The match is exhaustive: an event added to `Event` fails to
+    /// compile here until it is listed, and then must fit in `EVENTS`.
+    #[test]
+    fn every_event_has_a_counter_of_its_own() {
+        fn listed(event: Event) -> bool {
+            match event {
+                Event::Hit
+                | Event::Miss
+                | Event::Bypass
+                | Event::Error
+                | Event::Invalidation
+                | Event::Store
+                | Event::NotStored
+                | Event::Coalesced
+                | Event::EarlyRefresh
+                | Event::Corrupt
+                | Event::WouldBeHit
+                | Event::WouldBeMiss
+                | Event::Verification
+                | Event::Mismatch
+                | Event::Raced
+                | Event::ShadowSkipped
+                | Event::Stale
+                | Event::Revalidation
+                | Event::MissCold
+                | Event::MissExpired
+                | Event::MissInvalidated
+                | Event::LocalHit => true,
+            }
+        }
+        let all = [
+            Event::Hit,
+            Event::Miss,
+            Event::Bypass,
+            Event::Error,
+            Event::Invalidation,
+            Event::Store,
+            Event::NotStored,
+            Event::Coalesced,
+            Event::EarlyRefresh,
+            Event::Corrupt,
+            Event::WouldBeHit,
+            Event::WouldBeMiss,
+            Event::Verification,
+            Event::Mismatch,
+            Event::Raced,
+            Event::ShadowSkipped,
+            Event::Stale,
+            Event::Revalidation,
+            Event::MissCold,
+            Event::MissExpired,
+            Event::MissInvalidated,
+            Event::LocalHit,
+        ];
+        let counters = Counters::default();
+        for (i, event) in all.iter().enumerate() {
+            assert!(listed(*event));
+            assert!((*event as usize) < EVENTS, "{event:?}");
+            for _ in 0..=i {
+                counters.add(*event);
+            }
+        }
+        let sums = counters.by_event.sums();
+        for (i, event) in all.iter().enumerate() {
+            assert_eq!(sums[*event as usize], i as u64 + 1, "{event:?}");
+        }
+        // Each snapshot field reads its own event's counter (event i was counted i + 1
+        // times, in the order of the list above).
+        let snapshot = counters.snapshot();
+        let fields = [
+            snapshot.hits,
+            snapshot.misses,
+            snapshot.bypasses,
+            snapshot.errors,
+            snapshot.invalidations,
+            snapshot.stores,
+            snapshot.not_stored,
+            snapshot.coalesced,
+            snapshot.early_refreshes,
+            snapshot.corrupt,
+            snapshot.would_be_hits,
+            snapshot.would_be_misses,
+            snapshot.verifications,
+            snapshot.mismatches,
+            snapshot.raced,
+            snapshot.shadow_skipped,
+            snapshot.stale,
+            snapshot.revalidations,
+            snapshot.misses_cold,
+            snapshot.misses_expired,
+            snapshot.misses_invalidated,
+            snapshot.local_hits,
+        ];
+        let expected: Vec<u64> = (1..=all.len() as u64).collect();
+        assert_eq!(fields.to_vec(), expected);
+        let total: u64 = sums.iter().sum();
+        assert_eq!(total, (1..=all.len() as u64).sum::<u64>());
     }
 
     #[test]
