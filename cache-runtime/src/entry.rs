@@ -11,10 +11,12 @@
 //! [`Corrupt`] and is treated as a miss, then overwritten. The in-memory backend keeps
 //! entries decoded. This module never performs I/O.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::generation::Generation;
 
@@ -50,8 +52,16 @@ impl CachedResponse {
         }
     }
 
-    /// Approximate bytes this response occupies.
+    /// Approximate bytes this response occupies in process: its bytes, and the headers
+    /// a hit on it keeps once it is served from memory (`Entry::hit_headers`).
     pub fn weight(&self) -> usize {
+        self.wire_weight()
+            + HIT_HEADERS_FIXED_BYTES
+            + (self.headers.len() + HIT_HEADERS_ADDED) * HIT_HEADER_BYTES
+    }
+
+    /// Bytes of its status, headers and body as stored.
+    fn wire_weight(&self) -> usize {
         self.body.len()
             + self
                 .headers
@@ -60,6 +70,17 @@ impl CachedResponse {
                 .sum::<usize>()
     }
 }
+
+/// Headers a hit adds to the stored ones (`X-Cache`, `X-Cache-Age`, `Age`,
+/// `Cache-Control`, `Content-Length`).
+const HIT_HEADERS_ADDED: usize = 5;
+/// What [`HitHeaders`] holds besides its headers: the map and the route's
+/// `Cache-Control` it was made for.
+const HIT_HEADERS_FIXED_BYTES: usize = std::mem::size_of::<(HeaderValue, HeaderMap)>();
+/// One header in a kept map: its name and value (the bytes are shared with the stored
+/// ones or static), the map's hash, links and index slot (estimated: 40 bytes).
+const HIT_HEADER_BYTES: usize =
+    std::mem::size_of::<HeaderName>() + std::mem::size_of::<HeaderValue>() + 40;
 
 /// One cached response with what guards it.
 #[derive(Debug, Clone)]
@@ -74,6 +95,69 @@ pub struct Entry {
     /// unknown (an entry of format version 1).
     pub(crate) based_on_ms: u64,
     pub(crate) response: CachedResponse,
+    /// The headers of a hit on this entry, made at its first hit when the entry is held
+    /// in process (memory backend, local tier) and copied on every later one.
+    pub(crate) hit_headers: HitHeaders,
+    /// The memory backend's note that its generations were all current (see
+    /// [`GenerationMemo`]).
+    pub(crate) generations_checked: GenerationMemo,
+}
+
+/// A note that an entry's generations were all current at a write count of the
+/// generation table's shard, and stay unexpired until a deadline (whole seconds from
+/// the table's start, rounded down). Packed in one atomic word, so that a note is
+/// always read whole: the count in the low 40 bits, the deadline in the high 24. 0 is
+/// no note (its deadline has passed at once). A copy of an entry starts without one.
+#[derive(Debug, Default)]
+pub(crate) struct GenerationMemo(AtomicU64);
+
+const MEMO_EPOCH_BITS: u32 = 40;
+const MEMO_EPOCH_MASK: u64 = (1 << MEMO_EPOCH_BITS) - 1;
+const MEMO_MAX_DEADLINE: u64 = (1 << (64 - MEMO_EPOCH_BITS)) - 1;
+
+impl GenerationMemo {
+    /// Whether the note was taken at write count `epoch` and its deadline is after
+    /// `now_secs`. A count 2^40 writes apart would read as the same: more writes than a
+    /// shard sees in years, during one entry's life.
+    pub(crate) fn holds(&self, epoch: u64, now_secs: u64) -> bool {
+        let note = self.0.load(Ordering::Relaxed);
+        note & MEMO_EPOCH_MASK == epoch & MEMO_EPOCH_MASK && now_secs < note >> MEMO_EPOCH_BITS
+    }
+
+    /// Notes that the generations were current at write count `epoch` until
+    /// `deadline_secs` (a later deadline than the field holds is cut: earlier is safe).
+    pub(crate) fn note(&self, epoch: u64, deadline_secs: u64) {
+        let deadline = deadline_secs.min(MEMO_MAX_DEADLINE);
+        self.0.store(
+            (deadline << MEMO_EPOCH_BITS) | (epoch & MEMO_EPOCH_MASK),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl Clone for GenerationMemo {
+    fn clone(&self) -> Self {
+        GenerationMemo::default()
+    }
+}
+
+/// A hit's response headers, made once per entry: the stored ones, `Cache-Control`
+/// (the handler's, else the route's, which is kept beside them: a hit by a route with
+/// another one builds its own) and the headers every hit carries, whose per-hit values
+/// (the age) are replaced in place in each copy.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HitHeaders(OnceLock<(HeaderValue, HeaderMap)>);
+
+impl HitHeaders {
+    /// The headers made for `route_cache_control`, made by `make` at the first call.
+    pub(crate) fn get_or_make(
+        &self,
+        route_cache_control: &HeaderValue,
+        make: impl FnOnce() -> HeaderMap,
+    ) -> Option<&HeaderMap> {
+        let (made_for, headers) = self.0.get_or_init(|| (route_cache_control.clone(), make()));
+        (made_for == route_cache_control).then_some(headers)
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -121,7 +205,7 @@ impl Entry {
 
     pub(crate) fn encode(&self) -> Bytes {
         let response = &self.response;
-        let mut out = BytesMut::with_capacity(64 + response.weight());
+        let mut out = BytesMut::with_capacity(64 + response.wire_weight());
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
         out.put_slice(&self.digest);
@@ -201,6 +285,8 @@ impl Entry {
                 headers,
                 body,
             },
+            hit_headers: HitHeaders::default(),
+            generations_checked: GenerationMemo::default(),
         })
     }
 }
@@ -240,6 +326,8 @@ mod tests {
                 )],
                 body: Bytes::from_static(b"{\"a\":1}"),
             },
+            hit_headers: HitHeaders::default(),
+            generations_checked: GenerationMemo::default(),
         }
     }
 

@@ -76,10 +76,18 @@ fn push_tenant_tag(out: &mut String, tenant: Tenant<'_>) {
         Tenant::Global => return out.push_str("{global}"),
         Tenant::Scoped(id) => id,
     };
+    let readable = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-');
+    if id.len() <= MAX_READABLE && id.bytes().all(readable) {
+        // The usual tenant id, copied whole rather than byte by byte.
+        for part in ["{t.", id, "}"] {
+            out.push_str(part);
+        }
+        return;
+    }
     let start = out.len();
     out.push_str("{t.");
     for byte in id.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-') {
+        if readable(byte) {
             out.push(byte as char);
         } else {
             out.push('%');
@@ -188,10 +196,18 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 fn push_hex(out: &mut String, bytes: &[u8]) {
     // By table, not `write!`: this runs for every request's key, and the formatting
     // machinery cost more than the rest of the key's string building.
+    // Written a chunk at a time: pushed char by char, each push checked the capacity.
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    for chunk in bytes.chunks(16) {
+        let mut text = [0u8; 32];
+        for (pair, b) in text.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        // Hex digits are ASCII, so always UTF-8.
+        if let Ok(text) = std::str::from_utf8(&text[..chunk.len() * 2]) {
+            out.push_str(text);
+        }
     }
 }
 
@@ -326,16 +342,45 @@ impl KeyBuilder {
 
     /// Adds an invalidation tag: invalidating it also drops this entry.
     pub fn tag(mut self, tag: &str) -> Result<Self, InvalidResource> {
-        validate_resource(tag)?;
-        if tag != self.resource && !self.tags.iter().any(|t| t == tag) {
-            self.tags.push(tag.to_owned());
-        }
+        self.add_tag(tag)?;
         Ok(self)
     }
 
     /// Adds the request: method (`HEAD` keys as `GET`, whose body it serves), path, and
     /// the query string, normalized by [`normalize_query`].
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn request(mut self, method: &str, path: &str, query: Option<&str>) -> Self {
+        self.add_request(method, path, query);
+        self
+    }
+
+    /// Adds a named part (a user id, a header value, a function argument's encoding).
+    pub fn part(mut self, name: &str, value: &str) -> Self {
+        self.add_part(name, value.as_bytes());
+        self
+    }
+
+    /// Adds bytes as a named part.
+    pub fn part_bytes(mut self, name: &str, value: &[u8]) -> Self {
+        self.add_part(name, value);
+        self
+    }
+
+    // The builder in place: a request's key is built through these, since each step
+    // of the chained form above moves the builder (its hash state and staging buffer,
+    // a few hundred bytes) once more.
+
+    /// [`tag`](Self::tag) in place.
+    pub(crate) fn add_tag(&mut self, tag: &str) -> Result<(), InvalidResource> {
+        validate_resource(tag)?;
+        if tag != self.resource && !self.tags.iter().any(|t| t == tag) {
+            self.tags.push(tag.to_owned());
+        }
+        Ok(())
+    }
+
+    /// [`request`](Self::request) in place.
+    pub(crate) fn add_request(&mut self, method: &str, path: &str, query: Option<&str>) {
         let method = if method.eq_ignore_ascii_case("HEAD") {
             "GET"
         } else {
@@ -350,23 +395,13 @@ impl KeyBuilder {
             self.hasher.part(name.as_bytes());
             self.hasher.part(value.as_bytes());
         }
-        self
     }
 
-    /// Adds a named part (a user id, a header value, a function argument's encoding).
-    pub fn part(mut self, name: &str, value: &str) -> Self {
-        self.hasher.part(b"part");
-        self.hasher.part(name.as_bytes());
-        self.hasher.part(value.as_bytes());
-        self
-    }
-
-    /// Adds bytes as a named part.
-    pub fn part_bytes(mut self, name: &str, value: &[u8]) -> Self {
+    /// [`part`](Self::part) and [`part_bytes`](Self::part_bytes) in place.
+    pub(crate) fn add_part(&mut self, name: &str, value: &[u8]) {
         self.hasher.part(b"part");
         self.hasher.part(name.as_bytes());
         self.hasher.part(value);
-        self
     }
 
     /// Finishes the key.
@@ -460,6 +495,29 @@ mod tests {
         assert!(tag.starts_with("{h.") && tag.len() < 40, "{tag}");
         let k = key(&long, &"q=".repeat(20_000));
         assert!(k.entry_key.len() < 160);
+    }
+
+    #[test]
+    fn a_readable_tenant_stays_readable_up_to_64_characters() {
+        let at_bound = "a".repeat(64);
+        assert_eq!(
+            tenant_tag(Tenant::Scoped(&at_bound)),
+            format!("{{t.{at_bound}}}")
+        );
+        let over = "a".repeat(65);
+        let mut hasher = PartHasher::new();
+        hasher.part(over.as_bytes());
+        let hashed = format!("{{h.{}}}", hasher.finish_hex());
+        assert_eq!(tenant_tag(Tenant::Scoped(&over)), hashed);
+        // Escaped bytes count as their three characters.
+        let escaped = format!("{}%", "a".repeat(21));
+        assert_eq!(
+            tenant_tag(Tenant::Scoped(&escaped)),
+            format!("{{t.{}%25}}", "a".repeat(21))
+        );
+        let escaped_over = "%".repeat(22);
+        assert!(tenant_tag(Tenant::Scoped(&escaped_over)).starts_with("{h."));
+        assert_eq!(hex(&[0xab; 20]), "ab".repeat(20));
     }
 
     #[test]

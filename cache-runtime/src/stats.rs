@@ -1,5 +1,6 @@
 //! Counters and latency histograms, in total and per resource, like the reference's
-//! `getCacheStats()` / `getCacheHitRate()`. Recording is a few relaxed atomic adds; a
+//! `getCacheStats()` / `getCacheHitRate()`. Recording is a few relaxed atomic adds, each
+//! on the recording thread's own stripe (`stats/striped.rs`); a
 //! [`StatsSnapshot`] is a consistent-enough copy that serializes with serde. This module
 //! never blocks on I/O and never fails.
 
@@ -10,6 +11,10 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
+
+mod striped;
+
+use striped::StripedCounters;
 
 /// What a lookup ended in, as reported in `X-Cache` and counted in stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -46,11 +51,14 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// Slots of a [`Histogram`]: the buckets, then the count and the sum of nanoseconds.
+const HISTOGRAM_SLOTS: usize = LATENCY_BUCKETS.len() + 3;
+const COUNT_SLOT: usize = LATENCY_BUCKETS.len() + 1;
+const SUM_SLOT: usize = LATENCY_BUCKETS.len() + 2;
+
 #[derive(Debug, Default)]
 struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+    slots: StripedCounters<HISTOGRAM_SLOTS>,
 }
 
 impl Histogram {
@@ -60,14 +68,17 @@ impl Histogram {
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[index].fetch_add(1, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-        self.sum_nanos
-            .fetch_add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+        self.slots.add(index, 1);
+        self.slots.add(COUNT_SLOT, 1);
+        self.slots.add(
+            SUM_SLOT,
+            elapsed.as_nanos().min(u128::from(u64::MAX)) as u64,
+        );
     }
 
     fn snapshot(&self) -> LatencySnapshot {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let slots = self.slots.sums();
+        let counts: Vec<u64> = slots[..COUNT_SLOT].to_vec();
         let count = counts.iter().sum::<u64>();
         let quantile = |q: f64| -> f64 {
             if count == 0 {
@@ -88,7 +99,7 @@ impl Histogram {
         };
         LatencySnapshot {
             count,
-            sum_seconds: self.sum_nanos.load(Relaxed) as f64 / 1e9,
+            sum_seconds: slots[SUM_SLOT] as f64 / 1e9,
             p50_seconds: quantile(0.50),
             p95_seconds: quantile(0.95),
             p99_seconds: quantile(0.99),
@@ -114,30 +125,10 @@ pub struct LatencySnapshot {
     pub bucket_counts: Vec<u64>,
 }
 
+/// One counter per [`Event`], striped per thread.
 #[derive(Debug, Default)]
 struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    bypasses: AtomicU64,
-    errors: AtomicU64,
-    invalidations: AtomicU64,
-    stores: AtomicU64,
-    not_stored: AtomicU64,
-    coalesced: AtomicU64,
-    early_refreshes: AtomicU64,
-    corrupt: AtomicU64,
-    would_be_hits: AtomicU64,
-    would_be_misses: AtomicU64,
-    verifications: AtomicU64,
-    mismatches: AtomicU64,
-    raced: AtomicU64,
-    shadow_skipped: AtomicU64,
-    stale: AtomicU64,
-    revalidations: AtomicU64,
-    misses_cold: AtomicU64,
-    misses_expired: AtomicU64,
-    misses_invalidated: AtomicU64,
-    local_hits: AtomicU64,
+    by_event: StripedCounters<EVENTS>,
 }
 
 /// Counter values.
@@ -231,30 +222,36 @@ impl CounterSnapshot {
 
 impl Counters {
     fn snapshot(&self) -> CounterSnapshot {
+        let sums = self.by_event.sums();
+        let n = |event: Event| sums[event as usize];
         CounterSnapshot {
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            bypasses: self.bypasses.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-            invalidations: self.invalidations.load(Relaxed),
-            stores: self.stores.load(Relaxed),
-            not_stored: self.not_stored.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
-            early_refreshes: self.early_refreshes.load(Relaxed),
-            corrupt: self.corrupt.load(Relaxed),
-            would_be_hits: self.would_be_hits.load(Relaxed),
-            would_be_misses: self.would_be_misses.load(Relaxed),
-            verifications: self.verifications.load(Relaxed),
-            mismatches: self.mismatches.load(Relaxed),
-            raced: self.raced.load(Relaxed),
-            shadow_skipped: self.shadow_skipped.load(Relaxed),
-            stale: self.stale.load(Relaxed),
-            revalidations: self.revalidations.load(Relaxed),
-            misses_cold: self.misses_cold.load(Relaxed),
-            misses_expired: self.misses_expired.load(Relaxed),
-            misses_invalidated: self.misses_invalidated.load(Relaxed),
-            local_hits: self.local_hits.load(Relaxed),
+            hits: n(Event::Hit),
+            misses: n(Event::Miss),
+            bypasses: n(Event::Bypass),
+            errors: n(Event::Error),
+            invalidations: n(Event::Invalidation),
+            stores: n(Event::Store),
+            not_stored: n(Event::NotStored),
+            coalesced: n(Event::Coalesced),
+            early_refreshes: n(Event::EarlyRefresh),
+            corrupt: n(Event::Corrupt),
+            would_be_hits: n(Event::WouldBeHit),
+            would_be_misses: n(Event::WouldBeMiss),
+            verifications: n(Event::Verification),
+            mismatches: n(Event::Mismatch),
+            raced: n(Event::Raced),
+            shadow_skipped: n(Event::ShadowSkipped),
+            stale: n(Event::Stale),
+            revalidations: n(Event::Revalidation),
+            misses_cold: n(Event::MissCold),
+            misses_expired: n(Event::MissExpired),
+            misses_invalidated: n(Event::MissInvalidated),
+            local_hits: n(Event::LocalHit),
         }
+    }
+
+    fn add(&self, event: Event) {
+        self.by_event.add(event as usize, 1);
     }
 }
 
@@ -419,35 +416,9 @@ pub(crate) enum Event {
     LocalHit,
 }
 
-impl Counters {
-    fn add(&self, event: Event) {
-        let counter = match event {
-            Event::Hit => &self.hits,
-            Event::Miss => &self.misses,
-            Event::Bypass => &self.bypasses,
-            Event::Error => &self.errors,
-            Event::Invalidation => &self.invalidations,
-            Event::Store => &self.stores,
-            Event::NotStored => &self.not_stored,
-            Event::Coalesced => &self.coalesced,
-            Event::EarlyRefresh => &self.early_refreshes,
-            Event::Corrupt => &self.corrupt,
-            Event::WouldBeHit => &self.would_be_hits,
-            Event::WouldBeMiss => &self.would_be_misses,
-            Event::Verification => &self.verifications,
-            Event::Mismatch => &self.mismatches,
-            Event::Raced => &self.raced,
-            Event::ShadowSkipped => &self.shadow_skipped,
-            Event::Stale => &self.stale,
-            Event::Revalidation => &self.revalidations,
-            Event::MissCold => &self.misses_cold,
-            Event::MissExpired => &self.misses_expired,
-            Event::MissInvalidated => &self.misses_invalidated,
-            Event::LocalHit => &self.local_hits,
-        };
-        counter.fetch_add(1, Relaxed);
-    }
-}
+/// How many [`Event`]s there are: `LocalHit` is the last (`stats::tests` checks that
+/// every event has a counter).
+const EVENTS: usize = Event::LocalHit as usize + 1;
 
 impl Stats {
     fn with_resource(&self, resource: &str, f: impl FnOnce(&ResourceStats)) {
@@ -631,6 +602,106 @@ mod tests {
             .into_iter()
             .map(|(name, r)| (name, r.counters.hits))
             .collect()
+    }
+
+    /// Every event is counted, each under its own counter and under its own name in
+    /// the snapshot. The match is exhaustive: an event added to `Event` fails to
+    /// compile here until it is listed, and then must fit in `EVENTS`.
+    #[test]
+    fn every_event_has_a_counter_of_its_own() {
+        fn listed(event: Event) -> bool {
+            match event {
+                Event::Hit
+                | Event::Miss
+                | Event::Bypass
+                | Event::Error
+                | Event::Invalidation
+                | Event::Store
+                | Event::NotStored
+                | Event::Coalesced
+                | Event::EarlyRefresh
+                | Event::Corrupt
+                | Event::WouldBeHit
+                | Event::WouldBeMiss
+                | Event::Verification
+                | Event::Mismatch
+                | Event::Raced
+                | Event::ShadowSkipped
+                | Event::Stale
+                | Event::Revalidation
+                | Event::MissCold
+                | Event::MissExpired
+                | Event::MissInvalidated
+                | Event::LocalHit => true,
+            }
+        }
+        let all = [
+            Event::Hit,
+            Event::Miss,
+            Event::Bypass,
+            Event::Error,
+            Event::Invalidation,
+            Event::Store,
+            Event::NotStored,
+            Event::Coalesced,
+            Event::EarlyRefresh,
+            Event::Corrupt,
+            Event::WouldBeHit,
+            Event::WouldBeMiss,
+            Event::Verification,
+            Event::Mismatch,
+            Event::Raced,
+            Event::ShadowSkipped,
+            Event::Stale,
+            Event::Revalidation,
+            Event::MissCold,
+            Event::MissExpired,
+            Event::MissInvalidated,
+            Event::LocalHit,
+        ];
+        let counters = Counters::default();
+        for (i, event) in all.iter().enumerate() {
+            assert!(listed(*event));
+            assert!((*event as usize) < EVENTS, "{event:?}");
+            for _ in 0..=i {
+                counters.add(*event);
+            }
+        }
+        let sums = counters.by_event.sums();
+        for (i, event) in all.iter().enumerate() {
+            assert_eq!(sums[*event as usize], i as u64 + 1, "{event:?}");
+        }
+        // Each snapshot field reads its own event's counter (event i was counted i + 1
+        // times, in the order of the list above).
+        let snapshot = counters.snapshot();
+        let fields = [
+            snapshot.hits,
+            snapshot.misses,
+            snapshot.bypasses,
+            snapshot.errors,
+            snapshot.invalidations,
+            snapshot.stores,
+            snapshot.not_stored,
+            snapshot.coalesced,
+            snapshot.early_refreshes,
+            snapshot.corrupt,
+            snapshot.would_be_hits,
+            snapshot.would_be_misses,
+            snapshot.verifications,
+            snapshot.mismatches,
+            snapshot.raced,
+            snapshot.shadow_skipped,
+            snapshot.stale,
+            snapshot.revalidations,
+            snapshot.misses_cold,
+            snapshot.misses_expired,
+            snapshot.misses_invalidated,
+            snapshot.local_hits,
+        ];
+        let expected: Vec<u64> = (1..=all.len() as u64).collect();
+        assert_eq!(fields.to_vec(), expected);
+        let total: u64 = sums.iter().sum();
+        assert_eq!(total, (1..=all.len() as u64).sum::<u64>());
     }
 
     #[test]

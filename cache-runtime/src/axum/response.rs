@@ -4,6 +4,7 @@
 //! `304`, and the headers of a hit. Pure HTTP: no cache calls, no I/O besides reading
 //! the handler's body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -225,27 +226,105 @@ pub(super) async fn buffer_body(body: Body, max_bytes: usize) -> Result<Bytes, B
     })
 }
 
-pub(super) fn hit_response(entry: &Entry, age: Duration, spec: &RouteSpec) -> Response {
+/// A hit's response: the entry's status and body, the headers of [`hit_headers`] with
+/// this hit's age. An entry held in process (others hold it too: the memory backend, the
+/// local tier) keeps its headers for the next hits (`Entry::hit_headers`), which copy
+/// them and set the age in place; an entry decoded for this one request builds them.
+pub(super) fn hit_response(entry: &Arc<Entry>, age: Duration, spec: &RouteSpec) -> Response {
     let stored = entry.response();
-    // Sized once for the stored headers and the four a hit adds (and the
-    // `Content-Length` axum adds): grown header by header, the map reallocated twice.
+    let age = decimal_value(age.as_secs());
+    let kept = if Arc::strong_count(entry) > 1 {
+        entry
+            .hit_headers
+            // Copied once to drop the spare capacity the map was built with.
+            .get_or_make(&spec.cache_control, || {
+                hit_headers(stored, spec, &age).clone()
+            })
+    } else {
+        None
+    };
+    let headers = match kept {
+        Some(kept) => {
+            let mut headers = kept.clone();
+            // Both are in the map already: replaced in place, the map does not grow.
+            headers.insert(X_CACHE_AGE, age.clone());
+            headers.insert(header::AGE, age);
+            headers
+        }
+        None => hit_headers(stored, spec, &age),
+    };
+    let mut response = Response::new(Body::from(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// The headers of a hit on `stored` whose age is `age`: the stored ones, ours, the
+/// route's `Cache-Control` unless the handler set one, and `Content-Length` (axum would
+/// format and add it to every response otherwise).
+fn hit_headers(stored: &CachedResponse, spec: &RouteSpec, age: &HeaderValue) -> HeaderMap {
+    // Sized once: grown header by header, the map was reallocated twice.
     let mut headers = HeaderMap::with_capacity(stored.headers.len() + 5);
     let mut handler_cache_control = false;
     for (name, value) in &stored.headers {
         handler_cache_control |= name == header::CACHE_CONTROL;
         headers.append(name.clone(), value.clone());
     }
-    let age = HeaderValue::from(age.as_secs());
     headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
     headers.insert(X_CACHE_AGE, age.clone());
-    headers.insert(header::AGE, age);
+    headers.insert(header::AGE, age.clone());
     if !handler_cache_control {
         headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
     }
-    let mut response = Response::new(Body::from(stored.body.clone()));
-    *response.status_mut() = stored.status;
-    *response.headers_mut() = headers;
-    response
+    let length = u64::try_from(stored.body.len()).unwrap_or(u64::MAX);
+    headers.insert(header::CONTENT_LENGTH, decimal_value(length));
+    headers
+}
+
+/// Numbers below this are made without allocating: most hits' ages in seconds (a TTL is
+/// usually minutes) and the lengths of bodies under 10 KB (the table is 40 KB).
+const SMALL_NUMBERS: usize = 10_000;
+/// Width of one number in [`SMALL_NUMBER_DIGITS`].
+const SMALL_NUMBER_WIDTH: usize = 4;
+
+/// Every number below [`SMALL_NUMBERS`] as four decimal digits, zero-padded, one after another.
+static SMALL_NUMBER_DIGITS: [u8; SMALL_NUMBERS * SMALL_NUMBER_WIDTH] = {
+    let mut digits = [b'0'; SMALL_NUMBERS * SMALL_NUMBER_WIDTH];
+    let mut number = 0;
+    while number < SMALL_NUMBERS {
+        let mut rest = number;
+        let mut place = SMALL_NUMBER_WIDTH;
+        while place > 0 {
+            place -= 1;
+            digits[number * SMALL_NUMBER_WIDTH + place] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        number += 1;
+    }
+    digits
+};
+
+/// `number` as a header value; a static one for numbers below [`SMALL_NUMBERS`]: nothing
+/// allocated, and nothing counted when it is copied (a shared value's copy is an atomic
+/// add on a count every worker thread writes).
+pub(super) fn decimal_value(number: u64) -> HeaderValue {
+    if let Ok(small) = usize::try_from(number) {
+        if small < SMALL_NUMBERS {
+            let width = match small {
+                0..=9 => 1,
+                10..=99 => 2,
+                100..=999 => 3,
+                _ => 4,
+            };
+            let end = (small + 1) * SMALL_NUMBER_WIDTH;
+            if let Ok(text) = std::str::from_utf8(&SMALL_NUMBER_DIGITS[end - width..end]) {
+                // Decimal digits: `from_static` accepts them (it panics only on bytes
+                // not allowed in a header value).
+                return HeaderValue::from_static(text);
+            }
+        }
+    }
+    HeaderValue::from(number)
 }
 
 pub(super) fn with_outcome(mut response: Response, outcome: Outcome) -> Response {
@@ -253,4 +332,116 @@ pub(super) fn with_outcome(mut response: Response, outcome: Outcome) -> Response
         .headers_mut()
         .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::CachedResponse;
+
+    fn spec(cache_control: &'static str) -> RouteSpec {
+        RouteSpec {
+            resource: "contacts",
+            ttl_secs: 60,
+            stale_while_revalidate_secs: 0,
+            stale_after_invalidation_secs: 0,
+            cache_control: HeaderValue::from_static(cache_control),
+            tags: &[],
+            vary: &[],
+            fingerprint: "f",
+            cache_only_success: true,
+            skip_cache: false,
+            verify: false,
+            verify_ignore: &[],
+            function: "tests::contacts",
+        }
+    }
+
+    fn entry(headers: Vec<(HeaderName, HeaderValue)>) -> Arc<Entry> {
+        Arc::new(Entry {
+            digest: [0; 16],
+            generations: Vec::new(),
+            stored_at_ms: 0,
+            ttl_ms: 60_000,
+            compute_ms: 0,
+            based_on_ms: 0,
+            response: CachedResponse {
+                status: StatusCode::CREATED,
+                headers,
+                body: Bytes::from_static(b"{\"a\":1}"),
+            },
+            hit_headers: Default::default(),
+            generations_checked: Default::default(),
+        })
+    }
+
+    fn header<'a>(response: &'a Response, name: &HeaderName) -> Vec<&'a str> {
+        response
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    /// An entry held in process keeps its hit headers: every hit after the first copies
+    /// them, with its own age, and they are what a hit built from scratch carries.
+    #[test]
+    fn kept_hit_headers_carry_each_hits_age_and_read_as_built_ones() {
+        let route = spec("max-age=0, must-revalidate");
+        let stored = vec![
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, HeaderValue::from_static("\"abc\"")),
+        ];
+        let held = entry(stored.clone());
+        let holder = Arc::clone(&held);
+        let first = hit_response(&held, Duration::from_secs(3), &route);
+        assert!(held
+            .hit_headers
+            .get_or_make(&route.cache_control, HeaderMap::new)
+            .is_some());
+        for (age, text) in [(7, "7"), (4_000, "4000")] {
+            let kept = hit_response(&held, Duration::from_secs(age), &route);
+            let built = hit_response(&entry(stored.clone()), Duration::from_secs(age), &route);
+            assert_eq!(kept.status(), StatusCode::CREATED);
+            assert_eq!(kept.headers(), built.headers());
+            assert_eq!(header(&kept, &header::AGE), [text]);
+            assert_eq!(header(&kept, &X_CACHE_AGE), [text]);
+            assert_eq!(header(&kept, &X_CACHE), ["HIT"]);
+            assert_eq!(header(&kept, &header::CONTENT_LENGTH), ["7"]);
+            assert_eq!(header(&kept, &header::ETAG), ["\"abc\""]);
+            assert_eq!(
+                header(&kept, &header::CACHE_CONTROL),
+                ["max-age=0, must-revalidate"]
+            );
+            assert_eq!(kept.headers().len(), 7);
+        }
+        assert_eq!(header(&first, &header::AGE), ["3"]);
+        // A route with another Cache-Control gets its own, not the kept one.
+        let other = hit_response(&held, Duration::from_secs(1), &spec("private, max-age=5"));
+        assert_eq!(
+            header(&other, &header::CACHE_CONTROL),
+            ["private, max-age=5"]
+        );
+        // The handler's own Cache-Control wins, kept or not.
+        let own = vec![(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))];
+        let held = entry(own);
+        let _holder = Arc::clone(&held);
+        for _ in 0..2 {
+            let hit = hit_response(&held, Duration::from_secs(1), &route);
+            assert_eq!(header(&hit, &header::CACHE_CONTROL), ["no-cache"]);
+        }
+        drop(holder);
+    }
+
+    #[test]
+    fn numbers_from_the_table_read_as_formatted_ones() {
+        let numbers = [0, 1, 9, 10, 99, 100, 999, 1000, 2048, 9999, 10_000, 86_400];
+        for n in numbers.into_iter().chain([u64::MAX]) {
+            assert_eq!(decimal_value(n), HeaderValue::from(n), "{n}");
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //! generations, which only turns the entries they guarded into misses.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use moka::sync::Cache as MokaCache;
 use moka::Expiry;
 
 use super::EntrySlot;
-use crate::entry::Entry;
+use crate::entry::{Entry, GenerationMemo};
 use crate::generation::Generation;
 use crate::key::CacheKey;
 
@@ -51,6 +52,12 @@ const GENERATION_SHARDS: usize = 16;
 #[derive(Debug)]
 struct GenerationTable {
     shards: Box<[RwLock<GenerationShard>]>,
+    /// Each shard's write count, advanced under its write lock after every change: a
+    /// hit that finds the count its entry was last checked at skips the shard
+    /// ([`GenerationMemo`]).
+    epochs: Box<[AtomicU64]>,
+    /// The origin of the memos' deadlines.
+    born: Instant,
     /// A generation lives this long from its write (like Redis's `PX`; reads do not
     /// extend it), then comes back fresh.
     ttl: Duration,
@@ -75,18 +82,89 @@ impl GenerationTable {
             shards: (0..GENERATION_SHARDS)
                 .map(|_| RwLock::new(GenerationShard::default()))
                 .collect(),
+            // Counts start anywhere: an entry only ever lives in one table, and a note
+            // taken in another could still not match by chance.
+            epochs: (0..GENERATION_SHARDS)
+                .map(|_| AtomicU64::new(rand::random::<u64>() >> 1))
+                .collect(),
+            born: Instant::now(),
             ttl,
             shard_bytes: max_bytes / GENERATION_SHARDS as u64,
         }
     }
 
     fn shard(&self, key: &str) -> &RwLock<GenerationShard> {
-        // Only spreads keys over the locks: the map inside hashes with SipHash, so a
-        // crafted tenant id can at worst crowd one shard, not degrade its map.
-        let spread = key.bytes().fold(0usize, |h, b| {
-            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        &self.shards[shard_index(key)]
+    }
+
+    /// Whether every one of `keys` holds, unexpired at `now`, the generation `expected`
+    /// has at the same place: the hit's check, without copying a token. Missing or
+    /// expired generations are not current (the full read creates them).
+    ///
+    /// A tenant's keys share a shard. When `memo` says they were all current at the
+    /// shard's present write count, and that none expires before `now`, nothing was
+    /// written there since and the answer is yes without the lock: the shard's lock is
+    /// a line every worker writes, its count one they only read. Otherwise they are
+    /// checked under the shared lock, and a yes is noted in `memo`. The count is read
+    /// before the check, so a write that lands during it leaves the note stale, never
+    /// wrong: a note is only used while the count has not moved.
+    fn all_current(
+        &self,
+        keys: &[String],
+        expected: &[Generation],
+        memo: &GenerationMemo,
+        now: Instant,
+    ) -> bool {
+        let Some(first) = keys.first() else {
+            return expected.is_empty();
+        };
+        if keys.len() != expected.len() {
+            return false;
+        }
+        let index = shard_index(first);
+        let one_shard = keys[1..].iter().all(|key| shard_index(key) == index);
+        let epoch = self.epochs[index].load(Ordering::Acquire);
+        let now_secs = now.saturating_duration_since(self.born).as_secs();
+        if one_shard && memo.holds(epoch, now_secs) {
+            return true;
+        }
+        // The earliest instant one of them expires at (none: a lifetime past the
+        // clock's range).
+        let mut deadline: Option<Instant> = None;
+        let mut is_current = |shard: &GenerationShard, key: &String, token: &Generation| {
+            shard
+                .tokens
+                .get(key.as_str())
+                .is_some_and(|(current, written)| {
+                    let expires = written.checked_add(self.ttl);
+                    if let Some(expires) = expires {
+                        deadline = Some(deadline.map_or(expires, |d| d.min(expires)));
+                    }
+                    current == token && expires.is_none_or(|expires| now < expires)
+                })
+        };
+        let shard = self.shards[index]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = keys.iter().zip(expected).all(|(key, token)| {
+            let other = shard_index(key);
+            if other == index {
+                is_current(&shard, key, token)
+            } else {
+                let other = self.shards[other]
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                is_current(&other, key, token)
+            }
         });
-        &self.shards[spread % GENERATION_SHARDS]
+        drop(shard);
+        if current && one_shard {
+            let deadline_secs = deadline.map_or(u64::MAX, |deadline| {
+                deadline.saturating_duration_since(self.born).as_secs()
+            });
+            memo.note(epoch, deadline_secs);
+        }
+        current
     }
 
     /// The generation of `key` at `now`, created fresh when there is none or it expired.
@@ -132,6 +210,8 @@ impl GenerationTable {
         if shard.bytes > self.shard_bytes {
             self.make_room(shard, key, now);
         }
+        // Still under the write lock: a reader that sees the new count sees the change.
+        self.epochs[shard_index(key)].fetch_add(1, Ordering::Release);
     }
 
     /// Brings `shard` back under its share: expired generations first, then any but
@@ -166,6 +246,27 @@ impl GenerationTable {
             .map(|shard| shard.read().unwrap_or_else(PoisonError::into_inner).bytes)
             .sum()
     }
+}
+
+/// The shard of a generation key. It only spreads keys over the locks (the map inside
+/// hashes with SipHash, so a crafted tenant id can at worst crowd one shard, not degrade
+/// its map), and it spreads by the key's hash tag (`{t.<tenant>}`) when it has one, as
+/// Redis Cluster does: one tenant's generations share a shard, so that a hit checks
+/// them all under one lock.
+fn shard_index(key: &str) -> usize {
+    let bytes = key.as_bytes();
+    let tag = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let close = bytes[open..].iter().position(|&b| b == b'}')?;
+            Some(&bytes[open..open + close + 1])
+        })
+        .unwrap_or(bytes);
+    let spread = tag.iter().fold(0usize, |h, &b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    spread % GENERATION_SHARDS
 }
 
 /// Each entry lives the duration stored beside it (its remaining lifetime when written),
@@ -205,6 +306,7 @@ impl MemoryBackend {
                 // (the Entry and its Arc, vectors, moka's node, deques and timer,
                 // allocator overhead): measured at 774 bytes per entry
                 // (BENCHMARKS.md, memory), so the configured bound is an honest one.
+                // `weight()` counts the hit headers an entry keeps once served.
                 let weight = key.len() + value.0.response.weight() + ENTRY_OVERHEAD_BYTES;
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
@@ -231,6 +333,23 @@ impl MemoryBackend {
             None => EntrySlot::Absent,
         };
         (generations, entry)
+    }
+
+    /// The entry of `key` when its generations are all current: a hit's read, which
+    /// copies no token and allocates nothing. `None` sends the caller to
+    /// [`read`](Self::read), which also creates missing generations. The entry's own
+    /// checks (digest, expiry) are the caller's, as after `read`.
+    /// Generations are judged at `now` (the lookup's start).
+    pub(crate) fn current_entry(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
+        let (entry, _) = self.entries.get(&key.entry_key)?;
+        self.generations
+            .all_current(
+                &key.generation_keys,
+                &entry.generations,
+                &entry.generations_checked,
+                now,
+            )
+            .then_some(entry)
     }
 
     pub(crate) fn store(&self, key: &CacheKey, entry: Arc<Entry>, ttl: Duration) {
@@ -300,6 +419,88 @@ mod tests {
         assert_eq!(after[0], first[0], "the tenant's generation was not bumped");
         assert_ne!(after[1], first[1], "the bump was not read");
         assert_eq!(memory.read(&k).0, after);
+    }
+
+    fn entry_for(key: &CacheKey, generations: Vec<Generation>) -> Arc<Entry> {
+        Arc::new(Entry {
+            digest: key.digest,
+            generations,
+            stored_at_ms: crate::entry::now_ms(),
+            ttl_ms: 60_000,
+            compute_ms: 0,
+            based_on_ms: 0,
+            response: crate::entry::CachedResponse::ok("x"),
+            hit_headers: Default::default(),
+            generations_checked: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_current_entry_is_one_whose_generations_are_all_current() {
+        let memory = MemoryBackend::new(1024 * 1024, Duration::from_secs(600));
+        let k = key("org_1");
+        assert!(
+            memory.current_entry(&k, Instant::now()).is_none(),
+            "nothing stored yet"
+        );
+        let (generations, _) = memory.read(&k);
+        memory.store(
+            &k,
+            entry_for(&k, generations.clone()),
+            Duration::from_secs(60),
+        );
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        // Another tenant's bump changes nothing here, nor does a bump of another
+        // resource of this tenant (same shard: the entry's note goes stale and it is
+        // checked again); this resource's does, noted or not.
+        memory.bump(&key("org_2").generation_keys);
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        memory.bump(&["t:{t.org_1}:g:deals".to_owned()]);
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        memory.bump(&k.generation_keys[1..2]);
+        assert!(
+            memory.current_entry(&k, Instant::now()).is_none(),
+            "served after a bump"
+        );
+        // An entry carrying fewer generations than the key reads is not current either.
+        let (now, _) = memory.read(&k);
+        memory.store(
+            &k,
+            entry_for(&k, now[..1].to_vec()),
+            Duration::from_secs(60),
+        );
+        assert!(memory.current_entry(&k, Instant::now()).is_none());
+        memory.store(&k, entry_for(&k, now.clone()), Duration::from_secs(60));
+        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        // Past the generations' lifetime (from their write) they are not current.
+        let table = &memory.generations;
+        let later = Instant::now() + table.ttl;
+        let memo = GenerationMemo::default();
+        assert!(table.all_current(&k.generation_keys, &now, &memo, Instant::now()));
+        assert!(memo.holds(
+            table.epochs[shard_index(&k.generation_keys[0])].load(Ordering::Acquire),
+            0
+        ));
+        // Noted or not, past the generations' lifetime they are not current.
+        assert!(!table.all_current(&k.generation_keys, &now, &memo, later));
+        assert!(!table.all_current(&k.generation_keys, &now, &GenerationMemo::default(), later));
+    }
+
+    #[test]
+    fn a_tenants_generations_share_a_shard() {
+        let k = KeyBuilder::new("t", Tenant::Scoped("org_1"), "contacts")
+            .unwrap()
+            .tag("deals")
+            .unwrap()
+            .build();
+        let shards: Vec<usize> = k.generation_keys.iter().map(|g| shard_index(g)).collect();
+        assert_eq!(shards.len(), 3);
+        assert!(shards.iter().all(|&s| s == shards[0]), "{shards:?}");
+        let spread: std::collections::HashSet<usize> = (0..64)
+            .map(|i| shard_index(&key(&format!("org_{i}")).generation_keys[0]))
+            .collect();
+        assert!(spread.len() > GENERATION_SHARDS / 2, "{spread:?}");
     }
 
     #[test]

@@ -461,6 +461,8 @@ impl Cache {
             compute_ms: compute.as_millis().min(u128::from(u32::MAX)) as u32,
             based_on_ms: ticket.started_ms,
             response,
+            hit_headers: Default::default(),
+            generations_checked: Default::default(),
         }))
     }
 

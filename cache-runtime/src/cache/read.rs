@@ -220,7 +220,42 @@ impl Cache {
         if let Some(reason) = self.bypass_reason(key) {
             return Lookup::Bypass(reason);
         }
+        if let Some(hit) = self.memory_hit(key) {
+            return hit;
+        }
         self.lookup_consulted(key, policy, true).await
+    }
+
+    /// A memory hit, read without copying generations and before any of the general
+    /// lookup's state is set up: `None` when the memory backend has no current entry
+    /// for `key` (or the backend is Redis), which the general lookup then reads again,
+    /// creating what is missing, and judges (expiry, grace, staleness). A hit is an
+    /// entry of this key, within its TTL, whose generations are all current; XFetch
+    /// draws on it as on any fresh entry.
+    fn memory_hit(&self, key: &CacheKey) -> Option<Lookup> {
+        let Backend::Memory(memory) = &self.inner.backend else {
+            return None;
+        };
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let entry = memory
+            .current_entry(key, started)
+            .filter(|entry| entry.digest == key.digest && !entry.is_expired(started_ms))?;
+        self.inner
+            .stats
+            .record_lookup_time(&key.resource, started.elapsed());
+        if self.refresh_early_at(&entry, started_ms) {
+            return Some(Lookup::Miss(MissTicket {
+                key: key.clone(),
+                generations: Some(entry.generations.clone()),
+                started,
+                refreshing: Some(entry),
+                stale: None,
+                cause: MissCause::Expiry,
+                started_ms,
+            }));
+        }
+        Some(Lookup::Hit(entry))
     }
 
     /// [`lookup_uncounted`](Self::lookup_uncounted) once the switches have been passed:
@@ -376,13 +411,18 @@ impl Cache {
     /// XFetch: recompute before expiry with a probability that rises as expiry nears and
     /// with the computation's cost, so one request refreshes a popular entry early.
     fn refresh_early(&self, entry: &Entry) -> bool {
+        self.refresh_early_at(entry, now_ms())
+    }
+
+    /// [`refresh_early`](Self::refresh_early) at `now_ms` (a clock read of the lookup's).
+    fn refresh_early_at(&self, entry: &Entry, now_ms: u64) -> bool {
         let beta = self.inner.config.early_refresh_beta;
         if beta <= 0.0 || entry.compute_ms == 0 {
             return false;
         }
         let random = self.inner.config.early_refresh_random.draw();
         let head_start_ms = f64::from(entry.compute_ms) * beta * -random.ln();
-        now_ms() as f64 + head_start_ms >= entry.expires_at_ms() as f64
+        now_ms as f64 + head_start_ms >= entry.expires_at_ms() as f64
     }
 }
 
@@ -403,6 +443,8 @@ mod tests {
             compute_ms: 5,
             based_on_ms,
             response: CachedResponse::ok("x"),
+            hit_headers: Default::default(),
+            generations_checked: Default::default(),
         }
     }
 
