@@ -143,21 +143,25 @@ impl GenerationTable {
                     current == token && expires.is_none_or(|expires| now < expires)
                 })
         };
-        let shard = self.shards[index]
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let current = keys.iter().zip(expected).all(|(key, token)| {
-            let other = shard_index(key);
-            if other == index {
-                is_current(&shard, key, token)
-            } else {
-                let other = self.shards[other]
+        let current = if one_shard {
+            let shard = self.shards[index]
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            keys.iter()
+                .zip(expected)
+                .all(|(key, token)| is_current(&shard, key, token))
+        } else {
+            // Keys of several shards (not a key this crate builds: a tenant's keys share
+            // a tag) are checked one lock at a time: holding one shard's lock while
+            // waiting for another's could deadlock with a reader doing the reverse
+            // behind a queued writer.
+            keys.iter().zip(expected).all(|(key, token)| {
+                let shard = self.shards[shard_index(key)]
                     .read()
                     .unwrap_or_else(PoisonError::into_inner);
-                is_current(&other, key, token)
-            }
-        });
-        drop(shard);
+                is_current(&shard, key, token)
+            })
+        };
         if current && one_shard {
             let deadline_secs = deadline.map_or(u64::MAX, |deadline| {
                 deadline.saturating_duration_since(self.born).as_secs()
