@@ -372,9 +372,9 @@ pub(super) fn parse_lookup(key: &CacheKey, values: Vec<Value>) -> Result<RawLook
 }
 
 /// `MGET` of `keys` (then `last`), its buffers sized once: built with `redis::cmd`, the
-/// argument bytes of a lookup (three keys of about a hundred bytes) were reallocated and
-/// copied at each doubling, 1,600 instructions per hit (BENCHMARKS.md, "Redis hit,
-/// second pass").
+/// argument bytes of a lookup (three keys, over a hundred bytes in all) were reallocated
+/// and copied at each doubling, about 1,600 instructions per hit (BENCHMARKS.md, "Redis
+/// hit, second pass").
 fn mget(keys: &[String], last: Option<&str>) -> redis::Cmd {
     let bytes =
         "MGET".len() + keys.iter().map(String::len).sum::<usize>() + last.map_or(0, str::len);
