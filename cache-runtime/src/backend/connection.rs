@@ -56,6 +56,18 @@ impl ConnectionLike for Connection {
 }
 
 impl Connection {
+    /// Sends one command and returns its reply as the server gave it: a server error is
+    /// a [`Value::ServerError`] in it, not an `Err` (the caller extracts it), which
+    /// spares `Cmd::query_async`'s walk of the reply and its conversion. On the
+    /// standalone connection it also calls the manager directly rather than through
+    /// `ConnectionLike`'s boxed future.
+    pub(super) async fn send_command(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Connection::Standalone(c) => c.send_packed_command(cmd).await,
+            Connection::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+
     /// `WAIT wanted timeout` on the server that took the writes to `key`. Sent alone,
     /// the cluster client would fan `WAIT` out to every master and return the smallest
     /// count; it is routed to the master of `key`'s slot instead, which is the node

@@ -104,13 +104,13 @@ impl RedisBackend {
     }
 
     pub(crate) async fn lookup(&self, key: &CacheKey) -> Result<RawLookup, BackendError> {
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(&key.generation_keys).arg(&key.entry_key);
-        let cmd = &cmd;
-        let values: Vec<Value> = self
-            .send(|mut connection| async move { cmd.query_async(&mut connection).await })
+        let cmd = &mget(&key.generation_keys, Some(&key.entry_key));
+        // The reply as it came (`query_async` would walk it for errors and convert it
+        // into a second vector): `parse_lookup_reply` takes the values out of it.
+        let reply = self
+            .send(|mut connection| async move { connection.send_command(cmd).await })
             .await?;
-        parse_lookup(key, values)
+        parse_lookup_reply(key, reply)
     }
 
     /// The current generations of `key`, without its entry: the local tier's check
@@ -119,9 +119,7 @@ impl RedisBackend {
         &self,
         key: &CacheKey,
     ) -> Result<Vec<Option<Generation>>, BackendError> {
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(&key.generation_keys);
-        let cmd = &cmd;
+        let cmd = &mget(&key.generation_keys, None);
         let values: Vec<Value> = self
             .send(|mut connection| async move { cmd.query_async(&mut connection).await })
             .await?;
@@ -325,6 +323,27 @@ impl RedisBackend {
     }
 }
 
+/// The lookup's `MGET` reply as the connection returned it, server errors not yet
+/// extracted: an error (the whole reply, or one of its values) fails the lookup as
+/// `query_async` would have; an array goes to [`parse_lookup`].
+fn parse_lookup_reply(key: &CacheKey, reply: Value) -> Result<RawLookup, BackendError> {
+    match reply {
+        Value::Array(values) => {
+            if let Some(Value::ServerError(err)) =
+                values.iter().find(|v| matches!(v, Value::ServerError(_)))
+            {
+                return Err(redis::RedisError::from(err.clone()).into());
+            }
+            parse_lookup(key, values)
+        }
+        Value::ServerError(err) => Err(redis::RedisError::from(err).into()),
+        other => Err(BackendError::Refused(format!(
+            "MGET answered {other:?} instead of {} values",
+            key.generation_keys.len() + 1
+        ))),
+    }
+}
+
 /// The lookup's replies, generations then entry, in the order of the key's generation
 /// keys: shared by the lookup and the local tier's tracked lookup.
 pub(super) fn parse_lookup(key: &CacheKey, values: Vec<Value>) -> Result<RawLookup, BackendError> {
@@ -350,6 +369,21 @@ pub(super) fn parse_lookup(key: &CacheKey, values: Vec<Value>) -> Result<RawLook
         Some(Err(())) => EntrySlot::Corrupt,
     };
     Ok(RawLookup { generations, entry })
+}
+
+/// `MGET` of `keys` (then `last`), its buffers sized once: built with `redis::cmd`, the
+/// argument bytes of a lookup (three keys, over a hundred bytes in all) were reallocated
+/// and copied at each doubling, about 1,600 instructions per hit (BENCHMARKS.md, "Redis
+/// hit, second pass").
+fn mget(keys: &[String], last: Option<&str>) -> redis::Cmd {
+    let bytes =
+        "MGET".len() + keys.iter().map(String::len).sum::<usize>() + last.map_or(0, str::len);
+    let mut cmd = redis::Cmd::with_capacity(keys.len() + 2, bytes);
+    cmd.arg("MGET").arg(keys);
+    if let Some(last) = last {
+        cmd.arg(last);
+    }
+    cmd
 }
 
 /// A duration in whole milliseconds for `PX` and `WAIT`: at least 1 (0 is an error for
@@ -400,6 +434,71 @@ mod tests {
 
     fn bulk_str(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn key() -> CacheKey {
+        crate::key::KeyBuilder::new("t", crate::key::Tenant::Scoped("org_1"), "contacts")
+            .unwrap()
+            .request("GET", "/contacts", None)
+            .build()
+    }
+
+    /// A reply as the server would send it, parsed by redis-rs (server errors included).
+    fn reply(resp: &str) -> Value {
+        redis::parse_redis_value(resp.as_bytes()).unwrap()
+    }
+
+    /// The lookup reads the raw reply (not through `query_async`, which extracts server
+    /// errors): an error, whole or inside the array, still fails the lookup with the
+    /// error `query_async` would have returned, classified the same way.
+    #[test]
+    fn a_lookup_reply_holding_a_server_error_fails_as_query_async_would() {
+        let key = key();
+        assert_eq!(key.generation_keys.len(), 2);
+        let whole = parse_lookup_reply(&key, reply("-LOADING Redis is loading\r\n"));
+        assert!(
+            matches!(
+                &whole,
+                Err(BackendError::Connection(_)) | Err(BackendError::Refused(_))
+            ),
+            "{whole:?}"
+        );
+        let expected: Result<Vec<Value>, BackendError> = reply("-LOADING Redis is loading\r\n")
+            .extract_error()
+            .map_err(BackendError::from)
+            .map(|_| Vec::new());
+        assert_eq!(
+            format!("{:?}", whole.as_ref().err()),
+            format!("{:?}", expected.err())
+        );
+        let inside = parse_lookup_reply(&key, reply("*3\r\n$3\r\nabc\r\n-ERR boom\r\n$-1\r\n"));
+        assert!(
+            matches!(&inside, Err(BackendError::Refused(m)) if m.contains("boom")),
+            "{inside:?}"
+        );
+        let not_an_array = parse_lookup_reply(&key, reply("$3\r\nabc\r\n"));
+        assert!(
+            matches!(&not_an_array, Err(BackendError::Refused(_))),
+            "{not_an_array:?}"
+        );
+    }
+
+    #[test]
+    fn a_lookup_reply_gives_the_generations_and_the_entry_slot() {
+        let key = key();
+        let raw = parse_lookup_reply(&key, reply("*3\r\n$3\r\nabc\r\n$-1\r\n$-1\r\n")).unwrap();
+        assert_eq!(raw.generations.len(), 2);
+        assert_eq!(
+            raw.generations[0].as_ref().map(Generation::as_str),
+            Some("abc")
+        );
+        assert!(raw.generations[1].is_none());
+        assert!(matches!(raw.entry, EntrySlot::Absent));
+        let corrupt =
+            parse_lookup_reply(&key, reply("*3\r\n$3\r\nabc\r\n$1\r\nx\r\n$1\r\nz\r\n")).unwrap();
+        assert!(matches!(corrupt.entry, EntrySlot::Corrupt));
+        let short = parse_lookup_reply(&key, reply("*2\r\n$3\r\nabc\r\n$-1\r\n"));
+        assert!(matches!(short, Err(BackendError::Refused(_))));
     }
 
     #[test]

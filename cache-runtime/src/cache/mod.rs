@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+use futures_util::FutureExt as _;
+
 use crate::backend::{memory::MemoryBackend, near::NearTier, redis::RedisBackend, Backend};
 use crate::circuit::{Circuit, Permit, ProbeGuard};
 use crate::config::{CacheConfig, LocalTier};
@@ -457,33 +460,43 @@ impl Cache {
     }
 
     /// Runs one backend operation under the circuit breaker and the response timeout.
-    async fn call<T>(
-        &self,
-        op: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, BackendError> {
+    ///
+    /// Not an `async fn`: the permit is taken when the call is made (every caller awaits
+    /// it at once), and the future returned holds `op` once, inside the timeout, with
+    /// the outcome's bookkeeping as a closure after it. An `async fn` kept `op` twice
+    /// (its argument, then the timeout holding it) and moved both along with every
+    /// future that awaits a call: the lookup's call was 5,000 bytes, more than three
+    /// times `op` (BENCHMARKS.md, "Redis hit, second pass"). Dropped before it is
+    /// done, it hands back a half-open probe it held (the closure owns the guard).
+    fn call<'a, T, F>(&'a self, op: F) -> impl Future<Output = Result<T, BackendError>> + 'a
+    where
+        T: 'a,
+        F: Future<Output = Result<T, BackendError>> + 'a,
+    {
         if !self.inner.backend.is_remote() {
-            return op.await;
+            return Either::Left(Either::Left(op));
         }
         let permit = self.inner.circuit.permit();
         if permit == Permit::Denied {
-            return Err(BackendError::CircuitOpen);
+            return Either::Left(Either::Right(std::future::ready(Err(
+                BackendError::CircuitOpen,
+            ))));
         }
         let probe = ProbeGuard::new(&self.inner.circuit, permit);
         let timeout = self.inner.config.response_timeout;
-        let result = match tokio::time::timeout(timeout, op).await {
-            Ok(result) => result,
-            Err(_) => Err(BackendError::Timeout(timeout)),
-        };
-        match &result {
-            Err(err) if err.is_unavailability() => {
-                if self.inner.circuit.on_failure(permit == Permit::Probe) {
-                    self.inner.stats.record_circuit_opened();
+        Either::Right(tokio::time::timeout(timeout, op).map(move |outcome| {
+            let result = outcome.unwrap_or_else(|_| Err(BackendError::Timeout(timeout)));
+            match &result {
+                Err(err) if err.is_unavailability() => {
+                    if self.inner.circuit.on_failure(permit == Permit::Probe) {
+                        self.inner.stats.record_circuit_opened();
+                    }
                 }
+                _ => self.inner.circuit.on_success(),
             }
-            _ => self.inner.circuit.on_success(),
-        }
-        probe.settled();
-        result
+            probe.settled();
+            result
+        }))
     }
 
     fn fault(&self, resource: &str, operation: &'static str, err: &BackendError) {

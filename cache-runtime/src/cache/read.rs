@@ -389,7 +389,12 @@ impl Cache {
         read: Vec<Option<Generation>>,
     ) -> Result<Vec<Generation>, BackendError> {
         if read.iter().all(Option::is_some) {
-            return Ok(read.into_iter().flatten().collect());
+            // Collected in place (an `Option<Generation>` is a `Generation`'s size), where
+            // `flatten` allocated a second vector on every Redis hit.
+            return read
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| BackendError::Refused("a generation vanished".into()));
         }
         let missing: Vec<&str> = key
             .generation_keys
