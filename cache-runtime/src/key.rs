@@ -28,6 +28,11 @@ use sha2::{Digest, Sha256};
 
 use crate::scope::CacheScope;
 
+mod generation_keys;
+
+pub(crate) use generation_keys::KeyList;
+pub use generation_keys::{GenerationKeyIter, GenerationKeys};
+
 /// Whose data an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tenant<'a> {
@@ -218,29 +223,23 @@ fn push_hex_upper(out: &mut String, byte: u8) {
     out.push(DIGITS[usize::from(byte & 0x0f)] as char);
 }
 
-/// Joins `parts` into one string allocated once (`format!` grows its buffer as it goes).
-fn concat(parts: &[&str]) -> String {
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        out.push_str(part);
-    }
-    out
-}
-
 /// Where one cached response lives, and the generations that guard it.
 ///
-/// Built by a [`KeyBuilder`].
+/// Built by a [`KeyBuilder`]. Two allocations: the entry key and the generation keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
     /// `entry_key[..scope_len]` is `<prefix>:<tenant tag>`, the start of every key of
     /// this tenant (generations, lease).
     pub(crate) scope_len: usize,
-    pub(crate) resource: String,
+    /// `<scope>:e:<resource>:<digest>`.
     pub(crate) entry_key: String,
     /// `[all, resource, tags...]`, in that order.
-    pub(crate) generation_keys: Vec<String>,
+    pub(crate) generation_keys: GenerationKeys,
     pub(crate) digest: [u8; 16],
 }
+
+/// The digest's length in the entry key, in hex.
+const DIGEST_HEX: usize = 32;
 
 impl CacheKey {
     #[cfg(feature = "testing")]
@@ -251,14 +250,15 @@ impl CacheKey {
 
     #[cfg(feature = "testing")]
     /// The generation keys a lookup reads: the tenant's "all", the resource's, each tag's.
-    pub fn generation_keys(&self) -> &[String] {
+    pub fn generation_keys(&self) -> &GenerationKeys {
         &self.generation_keys
     }
 
-    #[cfg(feature = "testing")]
-    /// The resource this entry belongs to.
+    /// The resource this entry belongs to (read from the entry key, between `:e:` and
+    /// the digest).
     pub fn resource(&self) -> &str {
-        &self.resource
+        let end = self.entry_key.len().saturating_sub(DIGEST_HEX + 1);
+        self.entry_key.get(self.scope_len + 3..end).unwrap_or("")
     }
 
     /// The hash-tagged tenant segment as stored in the key, e.g. `{t.org_1}` (what an
@@ -284,8 +284,9 @@ impl CacheKey {
         debug_assert!(self.entry_key.starts_with(prefix));
         let digest = hasher.finish();
         let scope = &self.entry_key[..self.scope_len];
-        let mut key = String::with_capacity(scope.len() + 4 + self.resource.len() + 32);
-        for part in [scope, ":l:", &self.resource, ":"] {
+        let resource = self.resource();
+        let mut key = String::with_capacity(scope.len() + 4 + resource.len() + 32);
+        for part in [scope, ":l:", resource, ":"] {
             key.push_str(part);
         }
         push_hex(&mut key, &digest);
@@ -297,12 +298,12 @@ impl CacheKey {
 #[derive(Debug)]
 pub struct KeyBuilder {
     /// `<prefix>:<tenant tag>:e:<resource>:` so far: [`build`](Self::build) appends the
-    /// digest in place, and the generation keys are cut from its start.
+    /// digest in place.
     entry_key: String,
     /// `entry_key[..scope_len]` is `<prefix>:<tenant tag>`.
     scope_len: usize,
-    resource: String,
-    tags: Vec<String>,
+    /// The "all" and resource generation keys from the start, each tag's as it is added.
+    generation_keys: GenerationKeys,
     hasher: PartHasher,
 }
 
@@ -328,14 +329,19 @@ impl KeyBuilder {
         entry_key.push(':');
         push_tenant_tag(&mut entry_key, tenant);
         let scope_len = entry_key.len();
+        // The two keys every entry has and room for a tag or two: one allocation.
+        let mut generation_keys =
+            GenerationKeys::with_capacity(2 * scope_len + resource.len() + 64);
+        let scope = entry_key.as_str();
+        generation_keys.push_parts(&[scope, ":g:*"]);
+        generation_keys.push_parts(&[scope, ":g:", resource]);
         for part in [":e:", resource, ":"] {
             entry_key.push_str(part);
         }
         Ok(KeyBuilder {
             entry_key,
             scope_len,
-            resource: resource.to_owned(),
-            tags: Vec::new(),
+            generation_keys,
             hasher,
         })
     }
@@ -373,12 +379,19 @@ impl KeyBuilder {
     /// [`tag`](Self::tag) in place.
     pub(crate) fn add_tag(&mut self, tag: &str) -> Result<(), InvalidResource> {
         validate_resource(tag)?;
-        if tag != self.resource && !self.tags.iter().any(|t| t == tag) {
-            self.tags.push(tag.to_owned());
+        // Every generation key's name follows `<scope>:g:`; the resource's is the second.
+        let name_at = self.scope_len + 3;
+        let known = self
+            .generation_keys
+            .iter()
+            .skip(1)
+            .any(|key| key.get(name_at..) == Some(tag));
+        if !known {
+            let scope = &self.entry_key[..self.scope_len];
+            self.generation_keys.push_parts(&[scope, ":g:", tag]);
         }
         Ok(())
     }
-
     /// [`request`](Self::request) in place.
     pub(crate) fn add_request(&mut self, method: &str, path: &str, query: Option<&str>) {
         let method = if method.eq_ignore_ascii_case("HEAD") {
@@ -410,34 +423,17 @@ impl KeyBuilder {
         let KeyBuilder {
             mut entry_key,
             scope_len,
-            resource,
-            tags,
+            generation_keys,
             ..
         } = self;
         push_hex(&mut entry_key, &digest);
-        let scope = &entry_key[..scope_len];
-        let mut generation_keys = Vec::with_capacity(2 + tags.len());
-        generation_keys.push(concat(&[scope, ":g:*"]));
-        generation_keys.push(concat(&[scope, ":g:", &resource]));
-        for tag in &tags {
-            generation_keys.push(concat(&[scope, ":g:", tag]));
-        }
         CacheKey {
             scope_len,
-            resource,
             entry_key,
             generation_keys,
             digest,
         }
     }
-}
-
-pub(crate) fn generation_key(prefix: &str, tenant_tag: &str, resource: &str) -> String {
-    concat(&[prefix, ":", tenant_tag, ":g:", resource])
-}
-
-pub(crate) fn all_generation_key(prefix: &str, tenant_tag: &str) -> String {
-    concat(&[prefix, ":", tenant_tag, ":g:*"])
 }
 
 #[cfg(test)]
@@ -591,6 +587,36 @@ mod tests {
         // A key of the first release, pinned: the format is stable across releases.
         let k = key("org_1", "page=2&limit=50");
         assert_eq!(hex(&k.digest), PINNED_DIGEST);
+    }
+
+    #[test]
+    fn generation_keys_past_the_inline_ends_and_repeated_tags() {
+        let mut builder = KeyBuilder::new("p", Tenant::Scoped("o"), "contacts").unwrap();
+        for tag in ["a", "contacts", "bb", "a", "ccc", "dddd"] {
+            builder.add_tag(tag).unwrap();
+        }
+        let k = builder.build();
+        let expected = [
+            "p:{t.o}:g:*",
+            "p:{t.o}:g:contacts",
+            "p:{t.o}:g:a",
+            "p:{t.o}:g:bb",
+            "p:{t.o}:g:ccc",
+            "p:{t.o}:g:dddd",
+        ];
+        assert_eq!(k.generation_keys, expected);
+        assert_eq!(k.generation_keys.len(), 6);
+        assert_eq!(k.generation_keys.iter().len(), 6);
+        for (index, key) in expected.iter().enumerate() {
+            assert_eq!(k.generation_keys.get(index), Some(*key));
+        }
+        assert_eq!(k.generation_keys.get(6), None);
+        assert_eq!(k.generation_keys.first(), Some("p:{t.o}:g:*"));
+        assert_eq!(k.resource(), "contacts");
+        let rebuilt: GenerationKeys = expected.iter().copied().collect();
+        assert_eq!(rebuilt, k.generation_keys);
+        assert_eq!(format!("{rebuilt:?}"), format!("{expected:?}"));
+        assert!(GenerationKeys::default().first().is_none());
     }
 
     #[test]

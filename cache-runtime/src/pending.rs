@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::key::KeyList;
+
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     count: AtomicUsize,
@@ -25,12 +27,12 @@ impl Pending {
     }
 
     /// True when any of these generation keys has an undelivered invalidation.
-    pub(crate) fn blocks(&self, generation_keys: &[String]) -> bool {
+    pub(crate) fn blocks(&self, generation_keys: &(impl KeyList + ?Sized)) -> bool {
         if self.len() == 0 {
             return false;
         }
         match self.keys.lock() {
-            Ok(keys) => generation_keys.iter().any(|k| keys.contains_key(k)),
+            Ok(keys) => generation_keys.key_iter().any(|k| keys.contains_key(k)),
             // A poisoned lock: be safe, serve uncached.
             Err(_) => true,
         }
@@ -43,11 +45,11 @@ impl Pending {
         self.next_version.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn add(&self, tenant_tag: &str, generation_keys: &[String]) {
+    pub(crate) fn add(&self, tenant_tag: &str, generation_keys: &(impl KeyList + ?Sized)) {
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut keys) = self.keys.lock() {
-            for key in generation_keys {
-                keys.insert(key.clone(), (tenant_tag.to_owned(), version));
+            for key in generation_keys.key_iter() {
+                keys.insert(key.to_owned(), (tenant_tag.to_owned(), version));
             }
             self.count.store(keys.len(), Ordering::Release);
         }
@@ -57,12 +59,12 @@ impl Pending {
     /// ([`mark`](Self::mark)), was delivered. A deferral made while that invalidation was
     /// in flight (version `mark` or later) stays: its own write may have been lost, and
     /// nothing says ours reached Redis after it.
-    pub(crate) fn delivered(&self, generation_keys: &[String], mark: u64) {
+    pub(crate) fn delivered(&self, generation_keys: &(impl KeyList + ?Sized), mark: u64) {
         if self.len() == 0 {
             return;
         }
         if let Ok(mut keys) = self.keys.lock() {
-            for key in generation_keys {
+            for key in generation_keys.key_iter() {
                 if keys.get(key).is_some_and(|(_, version)| *version < mark) {
                     keys.remove(key);
                 }

@@ -13,7 +13,9 @@ use crate::Cache;
 
 pub use crate::cache::{BypassReason, Lookup, MissTicket};
 pub use crate::entry::{CachedResponse, Entry};
-pub use crate::key::{normalize_query, CacheKey, KeyBuilder, Tenant};
+pub use crate::key::{
+    normalize_query, CacheKey, GenerationKeyIter, GenerationKeys, KeyBuilder, Tenant,
+};
 
 impl Cache {
     /// Starts a key for `resource` of `tenant`.
@@ -69,13 +71,13 @@ impl Cache {
             Lookup::Hit(_) => crate::stats::Event::Hit,
             Lookup::Miss(ticket) => {
                 if ticket.is_early_refresh() {
-                    self.record(Some(&key.resource), crate::stats::Event::EarlyRefresh);
+                    self.record(Some(key.resource()), crate::stats::Event::EarlyRefresh);
                 }
                 crate::stats::Event::Miss
             }
             Lookup::Bypass(_) => crate::stats::Event::Bypass,
         };
-        self.record(Some(&key.resource), event);
+        self.record(Some(key.resource()), event);
         lookup
     }
 

@@ -263,7 +263,7 @@ async fn a_hit_is_one_command_and_one_slot() {
     let slots: std::collections::HashSet<String> = k
         .generation_keys()
         .iter()
-        .map(|n| hash_tag(n))
+        .map(&hash_tag)
         .chain([hash_tag(k.entry_key())])
         .collect();
     assert_eq!(slots.len(), 1, "keys of one lookup span several slots");

@@ -22,7 +22,7 @@ use moka::Expiry;
 use super::EntrySlot;
 use crate::entry::{Entry, GenerationMemo};
 use crate::generation::Generation;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, GenerationKeys, KeyList};
 
 /// Resident bytes an entry costs besides its key, body and headers (measured).
 const ENTRY_OVERHEAD_BYTES: usize = 770;
@@ -110,7 +110,7 @@ impl GenerationTable {
     /// wrong: a note is only used while the count has not moved.
     fn all_current(
         &self,
-        keys: &[String],
+        keys: &GenerationKeys,
         expected: &[Generation],
         memo: &GenerationMemo,
         now: Instant,
@@ -122,7 +122,7 @@ impl GenerationTable {
             return false;
         }
         let index = shard_index(first);
-        let one_shard = keys[1..].iter().all(|key| shard_index(key) == index);
+        let one_shard = keys.iter().skip(1).all(|key| shard_index(key) == index);
         let epoch = self.epochs[index].load(Ordering::Acquire);
         let now_secs = now.saturating_duration_since(self.born).as_secs();
         if one_shard && memo.holds(epoch, now_secs) {
@@ -131,17 +131,14 @@ impl GenerationTable {
         // The earliest instant one of them expires at (none: a lifetime past the
         // clock's range).
         let mut deadline: Option<Instant> = None;
-        let mut is_current = |shard: &GenerationShard, key: &String, token: &Generation| {
-            shard
-                .tokens
-                .get(key.as_str())
-                .is_some_and(|(current, written)| {
-                    let expires = written.checked_add(self.ttl);
-                    if let Some(expires) = expires {
-                        deadline = Some(deadline.map_or(expires, |d| d.min(expires)));
-                    }
-                    current == token && expires.is_none_or(|expires| now < expires)
-                })
+        let mut is_current = |shard: &GenerationShard, key: &str, token: &Generation| {
+            shard.tokens.get(key).is_some_and(|(current, written)| {
+                let expires = written.checked_add(self.ttl);
+                if let Some(expires) = expires {
+                    deadline = Some(deadline.map_or(expires, |d| d.min(expires)));
+                }
+                current == token && expires.is_none_or(|expires| now < expires)
+            })
         };
         let current = if one_shard {
             let shard = self.shards[index]
@@ -360,9 +357,9 @@ impl MemoryBackend {
         self.entries.insert(key.entry_key.clone(), (entry, ttl));
     }
 
-    pub(crate) fn bump(&self, generation_keys: &[String]) {
+    pub(crate) fn bump(&self, generation_keys: &(impl KeyList + ?Sized)) {
         let now = Instant::now();
-        for key in generation_keys {
+        for key in generation_keys.key_iter() {
             self.generations.bump(key, now);
         }
     }
@@ -418,7 +415,7 @@ mod tests {
         let k = key("org_1");
         let (first, _) = memory.read(&k);
         assert_eq!(memory.read(&k).0, first);
-        memory.bump(&k.generation_keys[1..2]);
+        memory.bump(&[&k.generation_keys[1]]);
         let (after, _) = memory.read(&k);
         assert_eq!(after[0], first[0], "the tenant's generation was not bumped");
         assert_ne!(after[1], first[1], "the bump was not read");
@@ -462,7 +459,7 @@ mod tests {
         memory.bump(&["t:{t.org_1}:g:deals".to_owned()]);
         assert!(memory.current_entry(&k, Instant::now()).is_some());
         assert!(memory.current_entry(&k, Instant::now()).is_some());
-        memory.bump(&k.generation_keys[1..2]);
+        memory.bump(&[&k.generation_keys[1]]);
         assert!(
             memory.current_entry(&k, Instant::now()).is_none(),
             "served after a bump"
@@ -498,7 +495,7 @@ mod tests {
             .tag("deals")
             .unwrap()
             .build();
-        let shards: Vec<usize> = k.generation_keys.iter().map(|g| shard_index(g)).collect();
+        let shards: Vec<usize> = k.generation_keys.iter().map(shard_index).collect();
         assert_eq!(shards.len(), 3);
         assert!(shards.iter().all(|&s| s == shards[0]), "{shards:?}");
         let spread: std::collections::HashSet<usize> = (0..64)

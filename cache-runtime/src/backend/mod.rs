@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::entry::Entry;
 use crate::error::BackendError;
 use crate::generation::Generation;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, KeyList};
 
 /// What one lookup round trip returned.
 #[derive(Debug)]
@@ -70,7 +70,10 @@ impl Backend {
 
     /// Sets a fresh generation on every key, in one round trip. The keys must share one
     /// tenant (one hash slot).
-    pub(crate) async fn bump(&self, generation_keys: &[String]) -> Result<(), BackendError> {
+    pub(crate) async fn bump(
+        &self,
+        generation_keys: &(impl KeyList + ?Sized),
+    ) -> Result<(), BackendError> {
         match self {
             Backend::Memory(m) => {
                 m.bump(generation_keys);

@@ -18,7 +18,7 @@ use crate::config::{CacheConfig, LocalTier, RedisTarget};
 use crate::entry::{now_ms, Entry};
 use crate::error::BackendError;
 use crate::generation::Generation;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, KeyList};
 
 /// Resident bytes an entry costs besides its key, body and headers: the memory
 /// backend's measured figure (BENCHMARKS.md, memory), the same structure.
@@ -282,13 +282,17 @@ impl GenerationView {
     }
 
     /// Whether every key is known and holds the expected generation.
-    pub(crate) fn is_current(&self, keys: &[String], expected: &[Generation]) -> bool {
+    pub(crate) fn is_current(
+        &self,
+        keys: &(impl KeyList + ?Sized),
+        expected: &[Generation],
+    ) -> bool {
         let Ok(state) = self.state.read() else {
             return false;
         };
-        keys.len() == expected.len()
+        keys.key_iter().count() == expected.len()
             && keys
-                .iter()
+                .key_iter()
                 .zip(expected)
                 .all(|(key, generation)| state.known.get(key) == Some(generation))
     }
@@ -298,7 +302,7 @@ impl GenerationView {
     pub(crate) fn learn(
         &self,
         epoch_before_read: u64,
-        keys: &[String],
+        keys: &(impl KeyList + ?Sized),
         read: &[Option<Generation>],
     ) -> bool {
         let mut state = self.write();
@@ -306,24 +310,24 @@ impl GenerationView {
             return false;
         }
         let incoming: usize = keys
-            .iter()
+            .key_iter()
             .zip(read)
             .filter_map(|(key, generation)| Some(weight(key, generation.as_ref()?)))
             .sum();
         if incoming > self.budget {
             return false;
         }
-        for key in keys {
+        for key in keys.key_iter() {
             state.remove(key);
         }
         if state.bytes + incoming > self.budget {
             let room = (self.budget - self.budget / 4).saturating_sub(incoming);
             state.evict_to(room);
         }
-        for (key, generation) in keys.iter().zip(read) {
+        for (key, generation) in keys.key_iter().zip(read) {
             if let Some(generation) = generation {
                 state.bytes += weight(key, generation);
-                state.known.insert(key.clone(), generation.clone());
+                state.known.insert(key.to_owned(), generation.clone());
             }
         }
         true

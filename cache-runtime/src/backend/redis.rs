@@ -23,7 +23,7 @@ use crate::config::{CacheConfig, RedisTarget, WaitReplicas};
 use crate::entry::Entry;
 use crate::error::BackendError;
 use crate::generation::Generation;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, GenerationKeys, KeyList};
 
 pub(crate) struct RedisBackend {
     /// Shared by every command. A `WAIT` holds it on the server until the replicas
@@ -234,16 +234,19 @@ impl RedisBackend {
     /// when the server is a primary with connected replicas and waiting is on, waits for
     /// their acknowledgement (a second round trip, bounded by `wait_budget`). Fewer
     /// acknowledgements than wanted is [`BackendError::NotReplicated`].
-    pub(crate) async fn bump(&self, generation_keys: &[String]) -> Result<(), BackendError> {
-        if generation_keys.is_empty() {
+    pub(crate) async fn bump(
+        &self,
+        generation_keys: &(impl KeyList + ?Sized),
+    ) -> Result<(), BackendError> {
+        let Some(first) = generation_keys.key_iter().next() else {
             return Ok(());
-        }
+        };
         let started = Instant::now();
         let mut connection = self.connection.clone();
         // SET PX per key rather than one MSET, which cannot set a TTL; pipelined, it is
         // still one round trip, and a refused SET (OOM, READONLY) fails the call.
         let mut pipe = redis::pipe();
-        for key in generation_keys {
+        for key in generation_keys.key_iter() {
             pipe.cmd("SET")
                 .arg(key)
                 .arg(Generation::fresh().as_str())
@@ -284,9 +287,7 @@ impl RedisBackend {
             .wait_budget
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        let acknowledged = connection
-            .wait(&generation_keys[0], wanted, timeout)
-            .await?;
+        let acknowledged = connection.wait(first, wanted, timeout).await?;
         let wanted = wanted as u64;
         if acknowledged < wanted {
             return Err(BackendError::NotReplicated {
@@ -371,13 +372,28 @@ pub(super) fn parse_lookup(key: &CacheKey, values: Vec<Value>) -> Result<RawLook
     Ok(RawLookup { generations, entry })
 }
 
+/// Each generation key as one argument (`MGET`, tracked lookups, the benches' raw reads).
+impl redis::ToRedisArgs for &GenerationKeys {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        for key in self.iter() {
+            out.write_arg(key.as_bytes());
+        }
+    }
+
+    fn num_of_args(&self) -> usize {
+        self.len()
+    }
+}
+
 /// `MGET` of `keys` (then `last`), its buffers sized once: built with `redis::cmd`, the
 /// argument bytes of a lookup (three keys, over a hundred bytes in all) were reallocated
 /// and copied at each doubling, about 1,600 instructions per hit (BENCHMARKS.md, "Redis
 /// hit, second pass").
-fn mget(keys: &[String], last: Option<&str>) -> redis::Cmd {
-    let bytes =
-        "MGET".len() + keys.iter().map(String::len).sum::<usize>() + last.map_or(0, str::len);
+fn mget(keys: &GenerationKeys, last: Option<&str>) -> redis::Cmd {
+    let bytes = "MGET".len() + keys.bytes() + last.map_or(0, str::len);
     let mut cmd = redis::Cmd::with_capacity(keys.len() + 2, bytes);
     cmd.arg("MGET").arg(keys);
     if let Some(last) = last {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::Cache;
 use crate::error::InvalidationError;
-use crate::key::{self, Tenant};
+use crate::key::{self, GenerationKeys, Tenant};
 use crate::stats::Event;
 
 /// The least time one redelivery attempt gets, whatever the response timeout: it is off
@@ -38,7 +38,8 @@ impl Cache {
     /// Drops everything cached for `tenant`, in one round trip.
     pub async fn invalidate_all(&self, tenant: &str) -> Result<(), InvalidationError> {
         let tag = key::tenant_tag(Tenant::Scoped(tenant));
-        let keys = vec![key::all_generation_key(&self.inner.config.prefix, &tag)];
+        let mut keys = GenerationKeys::default();
+        keys.push_parts(&[&self.inner.config.prefix, ":", &tag, ":g:*"]);
         self.deliver(tag, keys, &["*"]).await
     }
 
@@ -51,10 +52,10 @@ impl Cache {
             key::validate_resource(resource)?;
         }
         let tag = key::tenant_tag(tenant);
-        let keys: Vec<String> = resources
-            .iter()
-            .map(|r| key::generation_key(&self.inner.config.prefix, &tag, r))
-            .collect();
+        let mut keys = GenerationKeys::default();
+        for resource in resources {
+            keys.push_parts(&[&self.inner.config.prefix, ":", &tag, ":g:", resource]);
+        }
         self.deliver(tag, keys, resources).await
     }
 
@@ -68,11 +69,13 @@ impl Cache {
         resources: &'static [&'static str],
     ) {
         let tag = key::tenant_tag(tenant);
-        let keys: Vec<String> = resources
+        let mut keys = GenerationKeys::default();
+        for resource in resources
             .iter()
             .filter(|r| key::validate_resource(r).is_ok())
-            .map(|r| key::generation_key(&self.inner.config.prefix, &tag, r))
-            .collect();
+        {
+            keys.push_parts(&[&self.inner.config.prefix, ":", &tag, ":g:", resource]);
+        }
         if keys.is_empty() {
             return;
         }
@@ -92,7 +95,7 @@ impl Cache {
     async fn deliver(
         &self,
         tenant_tag: String,
-        keys: Vec<String>,
+        keys: GenerationKeys,
         resources: &[&str],
     ) -> Result<(), InvalidationError> {
         if keys.is_empty() {
@@ -180,7 +183,7 @@ impl Cache {
     /// `timeout`. True when nothing is pending after it.
     async fn redeliver_pending(&self, timeout: Duration) -> bool {
         for (tenant, keys) in self.inner.pending.snapshot() {
-            let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+            let names: GenerationKeys = keys.iter().map(|(k, _)| k.as_str()).collect();
             self.forget_local_generations(&names);
             match tokio::time::timeout(timeout, self.inner.backend.bump(&names)).await {
                 Ok(Ok(())) => {

@@ -177,7 +177,7 @@ impl Cache {
     where
         Fut: Future<Output = (T, Option<CachedResponse>)>,
     {
-        let resource = key.resource.as_str();
+        let resource = key.resource();
         let keep = policy.keep_for(ttl);
         let decision = match looked_up {
             Lookup::Hit(entry) => Decision::Hit(entry),
@@ -290,7 +290,7 @@ impl Cache {
         Fut: Future<Output = (T, Option<CachedResponse>)> + Send + 'static,
         T: Send + 'static,
     {
-        let resource = ticket.key.resource.clone();
+        let resource = ticket.key.resource().to_owned();
         self.record(Some(&resource), Event::Stale);
         if !policy.recompute_now(stale, ticket.cause, now_ms()) {
             return;
@@ -353,7 +353,7 @@ impl Cache {
     where
         Fut: Future<Output = (T, Option<CachedResponse>)>,
     {
-        let resource = ticket.key.resource.as_str();
+        let resource = ticket.key.resource();
         let ((value, cacheable), compute_time) = self.run_handler(resource, compute).await;
         let entry = match cacheable {
             Some(response) => self.make_entry(&ticket, response, ttl, compute_time),
@@ -372,7 +372,7 @@ impl Cache {
                 let key = ticket.key;
                 // Its own root span, linked to the request's: a child would hold the
                 // request's span open until the store lands.
-                let store_span = tracing::debug_span!(target: "api_cache", parent: None, "api_cache_store", resource = %key.resource);
+                let store_span = tracing::debug_span!(target: "api_cache", parent: None, "api_cache_store", resource = %key.resource());
                 store_span.follows_from(tracing::Span::current());
                 tokio::spawn(async move {
                     let keep_flight_until_stored = flight;
@@ -450,7 +450,7 @@ impl Cache {
     ) -> Option<Arc<Entry>> {
         let generations = ticket.generations.clone()?;
         if response.body.len() > self.inner.config.max_entry_bytes || ttl.is_zero() {
-            self.record(Some(&ticket.key.resource), Event::NotStored);
+            self.record(Some(ticket.key.resource()), Event::NotStored);
             return None;
         }
         Some(Arc::new(Entry {
@@ -479,12 +479,12 @@ impl Cache {
         self.keep_local(key, &entry);
         match self.call(self.inner.backend.store(key, entry, ttl)).await {
             Ok(()) => {
-                self.record(Some(&key.resource), Event::Store);
+                self.record(Some(key.resource()), Event::Store);
                 Ok(())
             }
             Err(err) => {
                 if !matches!(err, BackendError::CircuitOpen) {
-                    self.fault(&key.resource, "store", &err);
+                    self.fault(key.resource(), "store", &err);
                 }
                 Err(err)
             }

@@ -13,7 +13,7 @@ use crate::config::LocalTier;
 use crate::entry::Entry;
 use crate::error::BackendError;
 use crate::generation::Generation;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, GenerationKeys};
 
 /// What the local tier's check found (`validate` mode).
 pub(super) enum Validated {
@@ -94,7 +94,7 @@ impl Cache {
     /// Forgets the local view of generations this instance is invalidating: called
     /// before the write and again after it succeeded, so that no read overlapping the
     /// write can leave the old token known here once it returns.
-    pub(super) fn forget_local_generations(&self, keys: &[String]) {
+    pub(super) fn forget_local_generations(&self, keys: &GenerationKeys) {
         if let Some(near) = self.near() {
             near.view.forget(keys);
         }

@@ -198,7 +198,7 @@ impl Cache {
         if !self.is_enabled() {
             return Some(BypassReason::Disabled);
         }
-        if !self.is_resource_enabled(&key.resource) {
+        if !self.is_resource_enabled(key.resource()) {
             return Some(BypassReason::ResourceDisabled);
         }
         if self.inner.pending.blocks(&key.generation_keys) {
@@ -243,7 +243,7 @@ impl Cache {
             .filter(|entry| entry.digest == key.digest && !entry.is_expired(started_ms))?;
         self.inner
             .stats
-            .record_lookup_time(&key.resource, started.elapsed());
+            .record_lookup_time(key.resource(), started.elapsed());
         if self.refresh_early_at(&entry, started_ms) {
             return Some(Lookup::Miss(MissTicket {
                 key: key.clone(),
@@ -275,9 +275,9 @@ impl Cache {
             if !self.refresh_early(&entry) {
                 self.inner
                     .stats
-                    .record_lookup_time(&key.resource, started.elapsed());
+                    .record_lookup_time(key.resource(), started.elapsed());
                 if serving {
-                    self.record_local_hit(&key.resource);
+                    self.record_local_hit(key.resource());
                 }
                 return Lookup::Hit(entry);
             }
@@ -310,10 +310,10 @@ impl Cache {
         };
         self.inner
             .stats
-            .record_lookup_time(&key.resource, started.elapsed());
+            .record_lookup_time(key.resource(), started.elapsed());
         match entry {
             EntrySlot::Present(entry) if entry.digest != key.digest => {
-                self.corrupt(&key.resource, "value stored under another key");
+                self.corrupt(key.resource(), "value stored under another key");
                 miss(Some(generations), None, None, MissCause::Cold)
             }
             EntrySlot::Present(entry) => match worth(&entry, &generations, now_ms(), policy) {
@@ -325,7 +325,7 @@ impl Cache {
                 Worth::Fresh => {
                     if local {
                         if serving {
-                            self.record_local_hit(&key.resource);
+                            self.record_local_hit(key.resource());
                         }
                     } else {
                         self.keep_local(key, &entry);
@@ -336,7 +336,7 @@ impl Cache {
                 Worth::Miss(cause) => miss(Some(generations), None, None, cause),
             },
             EntrySlot::Corrupt => {
-                self.corrupt(&key.resource, "value does not decode");
+                self.corrupt(key.resource(), "value does not decode");
                 miss(Some(generations), None, None, MissCause::Cold)
             }
             EntrySlot::Absent => miss(Some(generations), None, None, MissCause::Cold),
@@ -359,7 +359,7 @@ impl Cache {
             Ok(Validated::NotLocal) => {}
             Err(BackendError::CircuitOpen) => return Err(Some(BypassReason::CircuitOpen)),
             Err(err) => {
-                self.fault(&key.resource, "lookup", &err);
+                self.fault(key.resource(), "lookup", &err);
                 return Err(None);
             }
         }
@@ -367,7 +367,7 @@ impl Cache {
             Ok(raw) => raw,
             Err(BackendError::CircuitOpen) => return Err(Some(BypassReason::CircuitOpen)),
             Err(err) => {
-                self.fault(&key.resource, "lookup", &err);
+                self.fault(key.resource(), "lookup", &err);
                 return Err(None);
             }
         };
@@ -375,7 +375,7 @@ impl Cache {
             .complete_generations(redis, key, raw.generations)
             .await
             .map_err(|err| {
-                self.fault(&key.resource, "generation init", &err);
+                self.fault(key.resource(), "generation init", &err);
                 None
             })?;
         Ok((generations, raw.entry, false))
@@ -401,7 +401,7 @@ impl Cache {
             .iter()
             .zip(&read)
             .filter(|(_, g)| g.is_none())
-            .map(|(k, _)| k.as_str())
+            .map(|(k, _)| k)
             .collect();
         let mut created = self
             .call(redis.init_generations(&missing))

@@ -103,7 +103,7 @@ impl Cache {
         key: &CacheKey,
         route: ShadowRoute,
     ) -> Option<ShadowRun> {
-        let permit = self.shadow_permit(&key.resource)?;
+        let permit = self.shadow_permit(key.resource())?;
         if self.inner.pending.blocks(&key.generation_keys) {
             return None;
         }
@@ -131,7 +131,7 @@ impl Cache {
         compute: Duration,
     ) {
         let cache = self.clone();
-        let span = tracing::debug_span!(target: "api_cache", parent: None, "api_cache_shadow", resource = %run.key.resource);
+        let span = tracing::debug_span!(target: "api_cache", parent: None, "api_cache_shadow", resource = %run.key.resource());
         span.follows_from(tracing::Span::current());
         tokio::spawn(
             async move {
@@ -159,7 +159,7 @@ impl Cache {
         ttl: Duration,
         compute: Duration,
     ) {
-        let resource = Some(key.resource.as_str());
+        let resource = Some(key.resource());
         match lookup {
             Lookup::Hit(entry) => {
                 self.record(resource, Event::WouldBeHit);
@@ -227,7 +227,7 @@ impl Cache {
             // Same status, not storable (oversized, Set-Cookie, no-store): not comparable.
             None => return,
         };
-        let resource = Some(key.resource.as_str());
+        let resource = Some(key.resource());
         self.record(resource, Event::Verification);
         let Some(difference) = difference else {
             return;
@@ -239,7 +239,7 @@ impl Cache {
             Some(current) if current == entry.generations => {
                 self.record(resource, Event::Mismatch);
                 self.inner.reports.report(Mismatch {
-                    resource: key.resource.clone(),
+                    resource: key.resource().to_owned(),
                     function: route.function.to_owned(),
                     path: route.path.clone(),
                     tenant: key.tenant_tag().to_owned(),

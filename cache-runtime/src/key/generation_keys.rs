@@ -1,0 +1,224 @@
+//! A key's generation keys in one buffer, and the lists of keys the backends take.
+
+#[cfg(doc)]
+use super::CacheKey;
+
+/// The generation keys that guard an entry, `[all, resource, tags...]`, held in one
+/// buffer (one allocation for all of them, none more for up to four keys).
+///
+/// ```
+/// use cache_runtime::testing::Tenant;
+/// use cache_runtime::{Cache, CacheConfig};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let cache = Cache::new(CacheConfig::default()).await.unwrap();
+/// let key = cache
+///     .key(Tenant::Scoped("org_1"), "templates")
+///     .unwrap()
+///     .tag("sales")
+///     .unwrap()
+///     .build();
+/// let keys: Vec<&str> = key.generation_keys().iter().collect();
+/// assert_eq!(
+///     keys,
+///     [
+///         "api-cache:{t.org_1}:g:*",
+///         "api-cache:{t.org_1}:g:templates",
+///         "api-cache:{t.org_1}:g:sales",
+///     ]
+/// );
+/// # });
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct GenerationKeys {
+    /// The keys, one after the other.
+    text: String,
+    /// Where each of the first [`INLINE_KEYS`] keys ends in `text`.
+    ends: [u32; INLINE_KEYS],
+    /// Where each further key ends (a route with more than two tags).
+    more_ends: Vec<u32>,
+    count: usize,
+}
+
+/// The keys whose ends are kept inline: "all", the resource and two tags.
+const INLINE_KEYS: usize = 4;
+
+impl GenerationKeys {
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        GenerationKeys {
+            text: String::with_capacity(bytes),
+            ..GenerationKeys::default()
+        }
+    }
+
+    /// Appends the key made of `parts`, joined.
+    pub(crate) fn push_parts(&mut self, parts: &[&str]) {
+        for part in parts {
+            self.text.push_str(part);
+        }
+        // Keys are short (a prefix of at most 64 bytes, a tag of at most 70, a name of
+        // at most 64): `u32` overflows only past millions of them.
+        let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        match self.ends.get_mut(self.count) {
+            Some(slot) => *slot = end,
+            None => self.more_ends.push(end),
+        }
+        self.count += 1;
+    }
+
+    /// Appends one key.
+    pub(crate) fn push(&mut self, key: &str) {
+        self.push_parts(&[key]);
+    }
+
+    /// The keys, in order.
+    pub fn iter(&self) -> GenerationKeyIter<'_> {
+        GenerationKeyIter {
+            keys: self,
+            next: 0,
+            start: 0,
+        }
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The first key (the tenant's "all" generation, in a [`CacheKey`]).
+    pub fn first(&self) -> Option<&str> {
+        self.get(0)
+    }
+
+    /// The key at `index`.
+    pub fn get(&self, index: usize) -> Option<&str> {
+        let start = match index.checked_sub(1) {
+            None => 0,
+            Some(before) => self.end(before)?,
+        };
+        self.text.get(start..self.end(index)?)
+    }
+
+    /// Where key `index` ends in `text`.
+    fn end(&self, index: usize) -> Option<usize> {
+        if index >= self.count {
+            return None;
+        }
+        let end = match self.ends.get(index) {
+            Some(end) => *end,
+            None => *self.more_ends.get(index - INLINE_KEYS)?,
+        };
+        Some(end as usize)
+    }
+
+    /// The keys' bytes in all (what a command carries).
+    pub(crate) fn bytes(&self) -> usize {
+        self.text.len()
+    }
+}
+
+impl std::fmt::Debug for GenerationKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Panics when `index` is out of range, as a slice's index does.
+impl std::ops::Index<usize> for GenerationKeys {
+    type Output = str;
+
+    fn index(&self, index: usize) -> &str {
+        match self.get(index) {
+            Some(key) => key,
+            None => panic!("generation key {index} of {}", self.count),
+        }
+    }
+}
+
+impl<const N: usize> PartialEq<[&str; N]> for GenerationKeys {
+    fn eq(&self, other: &[&str; N]) -> bool {
+        self.count == N && self.iter().eq(other.iter().copied())
+    }
+}
+
+impl<'a> IntoIterator for &'a GenerationKeys {
+    type Item = &'a str;
+    type IntoIter = GenerationKeyIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a> FromIterator<&'a str> for GenerationKeys {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(keys: I) -> Self {
+        let mut out = GenerationKeys::default();
+        for key in keys {
+            out.push(key);
+        }
+        out
+    }
+}
+
+/// The keys of a [`GenerationKeys`], in order.
+#[derive(Debug, Clone)]
+pub struct GenerationKeyIter<'a> {
+    keys: &'a GenerationKeys,
+    next: usize,
+    start: usize,
+}
+
+impl<'a> Iterator for GenerationKeyIter<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let end = self.keys.end(self.next)?;
+        let key = self.keys.text.get(self.start..end)?;
+        self.next += 1;
+        self.start = end;
+        Some(key)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.keys.count.saturating_sub(self.next);
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for GenerationKeyIter<'_> {}
+
+/// Generation keys as the backends and the pending set take them: a key's own
+/// [`GenerationKeys`], or strings (an invalidation's, a redelivery's, the unit tests').
+pub(crate) trait KeyList {
+    /// The keys, in order.
+    fn key_iter(&self) -> impl Iterator<Item = &str>;
+}
+
+impl KeyList for GenerationKeys {
+    fn key_iter(&self) -> impl Iterator<Item = &str> {
+        self.iter()
+    }
+}
+
+impl<S: AsRef<str>> KeyList for [S] {
+    fn key_iter(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(AsRef::as_ref)
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> KeyList for [S; N] {
+    fn key_iter(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(AsRef::as_ref)
+    }
+}
+
+impl<S: AsRef<str>> KeyList for Vec<S> {
+    fn key_iter(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(AsRef::as_ref)
+    }
+}
