@@ -31,7 +31,9 @@ use crate::scope::CacheScope;
 mod generation_keys;
 
 pub(crate) use generation_keys::KeyList;
-pub use generation_keys::{GenerationKeyIter, GenerationKeys};
+#[cfg(feature = "testing")]
+pub use generation_keys::GenerationKeyIter;
+pub use generation_keys::GenerationKeys;
 
 /// Whose data an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
