@@ -40,7 +40,7 @@ const GENERATION_SHARE: u64 = 8;
 
 #[derive(Debug)]
 pub(crate) struct MemoryBackend {
-    entries: MokaCache<String, (Arc<Entry>, Duration), EntryHasher>,
+    entries: MokaCache<String, (Arc<Entry>, Duration)>,
     generations: GenerationTable,
 }
 
@@ -295,13 +295,6 @@ impl Expiry<String, (Arc<Entry>, Duration)> for EntryExpiry {
     }
 }
 
-/// The entry map's hasher. moka's default, SipHash-1-3, cost a hit about 430
-/// instructions on a key of some sixty bytes; foldhash, seeded per process, hashes it in
-/// a fraction of that (BENCHMARKS.md, "Third pass"). A key ends in the SHA-256 digest
-/// of the request, which anyone can compute: the per-process seed is what keeps crafted
-/// keys from piling into one bucket.
-type EntryHasher = foldhash::fast::RandomState;
-
 impl MemoryBackend {
     /// A store of at most `max_bytes` (entries and generations together), whose
     /// generations live `generation_ttl` at most.
@@ -319,7 +312,7 @@ impl MemoryBackend {
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry)
-            .build_with_hasher(EntryHasher::default());
+            .build();
         let generations = GenerationTable::new(generation_bytes, generation_ttl);
         MemoryBackend {
             entries,
