@@ -30,10 +30,10 @@ use crate::scope::CacheScope;
 
 mod generation_keys;
 
-pub(crate) use generation_keys::KeyList;
 #[cfg(feature = "testing")]
 pub use generation_keys::GenerationKeyIter;
 pub use generation_keys::GenerationKeys;
+pub(crate) use generation_keys::KeyList;
 
 /// Whose data an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
