@@ -352,16 +352,33 @@ fn main() {
             "{path}: a response was not the expected hit"
         );
     }
-    let floor = mean(&results[0].rps);
-    let memory = mean(&results[2].rps) / floor;
-    let redis_vs_static = mean(&results[3].rps) / floor;
+    // Each route's result by its path, never by position: a position read the wrong route
+    // once (the local hit's ratio was the peer's).
+    let by_path = |path: &str| -> &RouteResult {
+        let index = ROUTES
+            .iter()
+            .position(|route| *route == path)
+            .unwrap_or_else(|| panic!("{path} is not one of ROUTES"));
+        &results[index]
+    };
+    let static_route = by_path("/static");
+    let static_headers = by_path("/static-hit-headers");
+    let memory_hit = by_path("/cached-memory");
+    let redis_hit_route = by_path("/cached-redis");
+    let raw_get = by_path("/redis-get");
+    let uncached = by_path("/uncached");
+    let peer = by_path("/peer");
+    let local_hit = by_path("/cached-local");
+    let floor = mean(&static_route.rps);
+    let memory = mean(&memory_hit.rps) / floor;
+    let redis_vs_static = mean(&redis_hit_route.rps) / floor;
     verdict(
         "memory hit throughput / static route",
         memory,
         ">= 0.90",
         memory >= 0.90,
     );
-    let memory_vs_peer = mean(&results[2].rps) / mean(&results[6].rps);
+    let memory_vs_peer = mean(&memory_hit.rps) / mean(&peer.rps);
     verdict(
         "memory hit throughput / axum-response-cache hit",
         memory_vs_peer,
@@ -370,10 +387,10 @@ fn main() {
     );
     println!(
         "     (memory hit / static route with the hit's headers = {:.3}; Redis hit / static route = {redis_vs_static:.3}; uncached / static route = {:.3})",
-        mean(&results[2].rps) / mean(&results[1].rps),
-        mean(&results[5].rps) / floor
+        mean(&memory_hit.rps) / mean(&static_headers.rps),
+        mean(&uncached.rps) / floor
     );
-    let local = mean(&results[6].rps) / floor;
+    let local = mean(&local_hit.rps) / floor;
     verdict(
         "local hit (tracking) throughput / static route",
         local,
@@ -382,13 +399,14 @@ fn main() {
     );
     let cpu = |r: &RouteResult| r.server_ticks as f64 / r.requests as f64;
     println!(
-        "     (server CPU per request, static / memory hit = {:.3}, static with the hit's headers / memory hit = {:.3}, peer hit / memory hit = {:.3}:\n      the throughput ratios of a server with cores of its own, whatever else ran on this machine)",
-        cpu(&results[0]) / cpu(&results[2]),
-        cpu(&results[1]) / cpu(&results[2]),
-        cpu(&results[6]) / cpu(&results[2])
+        "     (server CPU per request, static / memory hit = {:.3}, static with the hit's headers / memory hit = {:.3}, peer hit / memory hit = {:.3}, static / local hit = {:.3}:\n      the throughput ratios of a server with cores of its own, whatever else ran on this machine)",
+        cpu(static_route) / cpu(memory_hit),
+        cpu(static_headers) / cpu(memory_hit),
+        cpu(peer) / cpu(memory_hit),
+        cpu(static_route) / cpu(local_hit)
     );
     let measured_us = rounds as f64 * duration.as_secs_f64() * 1e6;
-    let redis_hit = mean(&results[3].rps) / mean(&results[4].rps);
+    let redis_hit = mean(&redis_hit_route.rps) / mean(&raw_get.rps);
     verdict(
         "Redis hit throughput / one raw GET per request",
         redis_hit,
@@ -397,9 +415,9 @@ fn main() {
     );
     println!(
         "     (during the Redis-hit windows redis-server used {:.0}% of one CPU: {:.1} us per request, against our server's {:.1} us)",
-        results[3].redis_ticks as f64 * TICK_US / measured_us * 100.0,
-        results[3].redis_ticks as f64 * TICK_US / results[3].requests as f64,
-        cpu(&results[3]) * TICK_US
+        redis_hit_route.redis_ticks as f64 * TICK_US / measured_us * 100.0,
+        redis_hit_route.redis_ticks as f64 * TICK_US / redis_hit_route.requests as f64,
+        cpu(redis_hit_route) * TICK_US
     );
     println!("  load average at the end: {}", support::load_average());
     drop(client_rt);
