@@ -6,6 +6,7 @@
 //! trusts a generation that a push could have invalidated unseen.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use super::tracking::TrackingConnection;
 use super::tracking_cluster::ClusterTracking;
 use super::RawLookup;
 use crate::config::{CacheConfig, LocalTier, RedisTarget};
-use crate::entry::{now_ms, Entry};
+use crate::entry::{now_ms, Entry, GenerationMemo};
 use crate::error::BackendError;
 use crate::generation::Generation;
 use crate::key::{CacheKey, KeyList};
@@ -162,7 +163,11 @@ impl NearTier {
     pub(crate) fn current_entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let entry = self.entry(key)?;
         self.view
-            .is_current(&key.generation_keys, &entry.generations)
+            .is_current_noted(
+                &key.generation_keys,
+                &entry.generations,
+                &entry.generations_checked,
+            )
             .then_some(entry)
     }
 
@@ -207,10 +212,18 @@ impl NearTier {
 /// generation); past it, arbitrary generations are forgotten until a quarter of the
 /// budget is free again. A generation forgotten that way is simply not known: it costs
 /// a round trip, never a stale read.
+///
+/// A local hit reads it without its lock while nothing changed (see
+/// [`is_current_noted`](Self::is_current_noted)): the lock is a cache line every
+/// server thread would write on every hit, the change count one they only read.
 #[derive(Debug)]
 pub(crate) struct GenerationView {
     state: RwLock<ViewState>,
     budget: usize,
+    /// Advanced, under the write lock, by every change that can turn a current answer
+    /// into a stale one: a generation forgotten, evicted, or learned with another value.
+    /// Learning a generation not known before changes no answer from yes to no.
+    changes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -264,6 +277,9 @@ impl GenerationView {
         GenerationView {
             state: RwLock::new(ViewState::default()),
             budget,
+            // Counts start anywhere, as the memory backend's do: a note taken elsewhere
+            // on the same entry could still not match by chance.
+            changes: AtomicU64::new(rand::random::<u64>() >> 1),
         }
     }
 
@@ -279,6 +295,34 @@ impl GenerationView {
     /// keep.
     pub(crate) fn epoch(&self) -> u64 {
         self.state.read().map(|s| s.epoch).unwrap_or(u64::MAX)
+    }
+
+    /// Advances the change count: under the write lock, whose holder changes the map.
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// [`is_current`](Self::is_current), without the lock when `memo` says the entry's
+    /// generations were current at the present change count (nothing that could make
+    /// them stale happened since). The count is read before the check, so a change
+    /// that lands during it leaves the note stale, never wrong.
+    pub(crate) fn is_current_noted(
+        &self,
+        keys: &(impl KeyList + ?Sized),
+        expected: &[Generation],
+        memo: &GenerationMemo,
+    ) -> bool {
+        let changes = self.changes.load(Ordering::Acquire);
+        // The view has no deadline of its own: a generation key that expires in Redis
+        // is pushed as an invalidation like a write.
+        if memo.holds(changes, 0) {
+            return true;
+        }
+        let current = self.is_current(keys, expected);
+        if current {
+            memo.note(changes, u64::MAX);
+        }
+        current
     }
 
     /// Whether every key is known and holds the expected generation.
@@ -317,12 +361,23 @@ impl GenerationView {
         if incoming > self.budget {
             return false;
         }
-        for key in keys.key_iter() {
+        // A known generation replaced by another value, or by none, is a change.
+        let mut changed = false;
+        for (index, key) in keys.key_iter().enumerate() {
+            let incoming = read.get(index).and_then(Option::as_ref);
+            if let Some(old) = state.known.get(key) {
+                changed |= incoming != Some(old);
+            }
             state.remove(key);
         }
         if state.bytes + incoming > self.budget {
             let room = (self.budget - self.budget / 4).saturating_sub(incoming);
+            let before = state.known.len();
             state.evict_to(room);
+            changed |= state.known.len() != before;
+        }
+        if changed {
+            self.changed();
         }
         for (key, generation) in keys.key_iter().zip(read) {
             if let Some(generation) = generation {
@@ -337,6 +392,7 @@ impl GenerationView {
     pub(crate) fn forget<K: AsRef<[u8]>>(&self, keys: impl IntoIterator<Item = K>) {
         let mut state = self.write();
         state.epoch = state.epoch.wrapping_add(1);
+        self.changed();
         for key in keys {
             if let Ok(key) = std::str::from_utf8(key.as_ref()) {
                 state.remove(key);
@@ -349,6 +405,7 @@ impl GenerationView {
     pub(crate) fn forget_all(&self) {
         let mut state = self.write();
         state.epoch = state.epoch.wrapping_add(1);
+        self.changed();
         state.clear();
     }
 
@@ -391,6 +448,79 @@ mod tests {
         assert_eq!(view.len(), 1);
         view.forget_all();
         assert_eq!(view.len(), 0);
+    }
+
+    #[test]
+    fn a_noted_answer_holds_only_until_something_could_have_made_it_stale() {
+        let view = GenerationView::new(1 << 20);
+        let (all, contacts) = (Generation::fresh(), Generation::fresh());
+        let expected = [all.clone(), contacts.clone()];
+        let read = vec![Some(all.clone()), Some(contacts.clone())];
+        let memo = GenerationMemo::default();
+        assert!(
+            !view.is_current_noted(&keys(), &expected, &memo),
+            "nothing known yet"
+        );
+        assert!(view.learn(view.epoch(), &keys(), &read));
+        assert!(view.is_current_noted(&keys(), &expected, &memo));
+        let noted = view.changes.load(Ordering::Relaxed);
+        assert!(memo.holds(noted, 0), "a yes is noted");
+
+        // Learning what is already known, or another tenant's keys, changes no answer.
+        assert!(view.learn(view.epoch(), &keys(), &read));
+        let other = vec!["p:{t.b}:g:*".to_owned()];
+        assert!(view.learn(view.epoch(), &other, &[Some(Generation::fresh())]));
+        assert_eq!(view.changes.load(Ordering::Relaxed), noted);
+        assert!(view.is_current_noted(&keys(), &expected, &memo));
+
+        // Each change that can turn the answer to no moves the count past the note.
+        view.forget(["p:{t.a}:g:contacts"]);
+        assert!(!memo.holds(view.changes.load(Ordering::Relaxed), 0));
+        assert!(!view.is_current_noted(&keys(), &expected, &memo));
+        assert!(view.learn(view.epoch(), &keys(), &read));
+        assert!(view.is_current_noted(&keys(), &expected, &memo));
+        let replaced = vec![Some(all.clone()), Some(Generation::fresh())];
+        assert!(view.learn(view.epoch(), &keys(), &replaced));
+        assert!(
+            !view.is_current_noted(&keys(), &expected, &memo),
+            "learned another value"
+        );
+        assert!(view.learn(view.epoch(), &keys(), &read));
+        assert!(view.is_current_noted(&keys(), &expected, &memo));
+        assert!(view.learn(view.epoch(), &keys(), &[Some(all.clone()), None]));
+        assert!(
+            !view.is_current_noted(&keys(), &expected, &memo),
+            "gone from Redis"
+        );
+        assert!(view.learn(view.epoch(), &keys(), &read));
+        assert!(view.is_current_noted(&keys(), &expected, &memo));
+        view.forget_all();
+        assert!(!view.is_current_noted(&keys(), &expected, &memo));
+    }
+
+    #[test]
+    fn an_eviction_moves_the_count_past_every_note() {
+        // Room for about two tenants' keys: the third evicts.
+        let one = weight("p:{t.0}:g:*", &Generation::fresh());
+        let view = GenerationView::new(5 * one);
+        let tenant = |n: u32| vec![format!("p:{{t.{n}}}:g:*"), format!("p:{{t.{n}}}:g:x")];
+        let read = vec![Some(Generation::fresh()), Some(Generation::fresh())];
+        let expected: Vec<Generation> = read.iter().flatten().cloned().collect();
+        let memo = GenerationMemo::default();
+        assert!(view.learn(view.epoch(), &tenant(0), &read));
+        assert!(view.is_current_noted(&tenant(0), &expected, &memo));
+        let before = view.changes.load(Ordering::Relaxed);
+        assert!(view.learn(view.epoch(), &tenant(1), &read));
+        assert!(view.learn(view.epoch(), &tenant(2), &read));
+        assert!(view.len() < 6, "the budget evicted: {} known", view.len());
+        assert_ne!(view.changes.load(Ordering::Relaxed), before);
+        let state = view.state.read().unwrap();
+        let all_known = tenant(0).iter().all(|k| state.known.contains_key(k));
+        drop(state);
+        assert_eq!(
+            view.is_current_noted(&tenant(0), &expected, &memo),
+            all_known
+        );
     }
 
     #[test]
