@@ -151,17 +151,17 @@ impl NearTier {
         }))
     }
 
-    /// The local entry for `key` when it is this key's (digest) and not expired; its
-    /// generations are not checked here.
-    pub(crate) fn entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    /// The local entry for `key` when it is this key's (digest) and not expired at
+    /// `now_ms`; its generations are not checked here.
+    pub(crate) fn entry(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
         let (entry, _) = self.entries.get(&key.entry_key)?;
-        (entry.digest == key.digest && !entry.is_expired(now_ms())).then_some(entry)
+        (entry.digest == key.digest && !entry.is_expired(now_ms)).then_some(entry)
     }
 
     /// The local entry for `key` when, besides, every one of its generations is known
     /// to be current (tracking mode): served without a round trip.
-    pub(crate) fn current_entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        let entry = self.entry(key)?;
+    pub(crate) fn current_entry(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
+        let entry = self.entry(key, now_ms)?;
         self.view
             .is_current_noted(
                 &key.generation_keys,

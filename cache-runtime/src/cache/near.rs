@@ -10,7 +10,7 @@ use super::Cache;
 use crate::backend::near::NearTier;
 use crate::backend::redis::RedisBackend;
 use crate::config::LocalTier;
-use crate::entry::Entry;
+use crate::entry::{now_ms, Entry};
 use crate::error::BackendError;
 use crate::generation::Generation;
 use crate::key::{CacheKey, GenerationKeys};
@@ -29,13 +29,13 @@ impl Cache {
     }
 
     /// Tracking mode: the local entry whose generations this instance knows to be
-    /// current, served without a round trip.
-    pub(super) fn local_current(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    /// current, served without a round trip; `now_ms` is the lookup's clock read.
+    pub(super) fn local_current(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
         let near = self.near()?;
         if near.mode != LocalTier::Tracking {
             return None;
         }
-        near.current_entry(key)
+        near.current_entry(key, now_ms)
     }
 
     /// Validate mode: reads the generations of `key` alone and compares them with the
@@ -48,7 +48,7 @@ impl Cache {
         let Some(near) = self.near().filter(|n| n.mode == LocalTier::Validate) else {
             return Ok(Validated::NotLocal);
         };
-        let Some(local) = near.entry(key) else {
+        let Some(local) = near.entry(key, now_ms()) else {
             return Ok(Validated::NotLocal);
         };
         let read = self.call(redis.read_generations(key)).await?;

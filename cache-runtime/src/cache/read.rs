@@ -270,9 +270,10 @@ impl Cache {
         serving: bool,
     ) -> Lookup {
         let started = Instant::now();
-        if let Some(entry) = self.local_current(key) {
+        let started_ms = now_ms();
+        if let Some(entry) = self.local_current(key, started_ms) {
             // An early refresh drawn here goes the remote way, which draws again.
-            if !self.refresh_early(&entry) {
+            if !self.refresh_early_at(&entry, started_ms) {
                 self.inner
                     .stats
                     .record_lookup_time(key.resource(), started.elapsed());
@@ -282,7 +283,6 @@ impl Cache {
                 return Lookup::Hit(entry);
             }
         }
-        let started_ms = now_ms();
         let miss = |generations, refreshing, stale, cause| {
             Lookup::Miss(MissTicket {
                 key: key.clone(),
