@@ -223,7 +223,14 @@ impl Cache {
         if let Some(hit) = self.memory_hit(key) {
             return hit;
         }
-        self.lookup_consulted(key, policy, true).await
+        // The local tier's hit is answered here, before the rest of the lookup's future
+        // is made and moved into place: a hit in process pays for no Redis read's state.
+        let (started, started_ms) = (Instant::now(), now_ms());
+        if let Some(hit) = self.local_hit(key, started, started_ms, true) {
+            return hit;
+        }
+        self.lookup_past_local(key, policy, started, started_ms, true)
+            .await
     }
 
     /// A memory hit, read without copying generations and before any of the general
@@ -269,20 +276,47 @@ impl Cache {
         policy: Staleness,
         serving: bool,
     ) -> Lookup {
-        let started = Instant::now();
-        let started_ms = now_ms();
-        if let Some(entry) = self.local_current(key, started_ms) {
-            // An early refresh drawn here goes the remote way, which draws again.
-            if !self.refresh_early_at(&entry, started_ms) {
-                self.inner
-                    .stats
-                    .record_lookup_time(key.resource(), started.elapsed());
-                if serving {
-                    self.record_local_hit(key.resource());
-                }
-                return Lookup::Hit(entry);
-            }
+        let (started, started_ms) = (Instant::now(), now_ms());
+        if let Some(hit) = self.local_hit(key, started, started_ms, serving) {
+            return hit;
         }
+        self.lookup_past_local(key, policy, started, started_ms, serving)
+            .await
+    }
+
+    /// Tracking mode's hit: the local entry whose generations this instance knows to be
+    /// current, unless an early refresh is drawn on it (that goes the remote way, which
+    /// draws again). `started` and `started_ms` are the lookup's clock reads.
+    fn local_hit(
+        &self,
+        key: &CacheKey,
+        started: Instant,
+        started_ms: u64,
+        serving: bool,
+    ) -> Option<Lookup> {
+        let entry = self.local_current(key, started_ms)?;
+        if self.refresh_early_at(&entry, started_ms) {
+            return None;
+        }
+        self.inner
+            .stats
+            .record_lookup_time(key.resource(), started.elapsed());
+        if serving {
+            self.record_local_hit(key.resource());
+        }
+        Some(Lookup::Hit(entry))
+    }
+
+    /// [`lookup_consulted`](Self::lookup_consulted) past the local tier's hit: the
+    /// backend's read and its verdict.
+    async fn lookup_past_local(
+        &self,
+        key: &CacheKey,
+        policy: Staleness,
+        started: Instant,
+        started_ms: u64,
+        serving: bool,
+    ) -> Lookup {
         let miss = |generations, refreshing, stale, cause| {
             Lookup::Miss(MissTicket {
                 key: key.clone(),
