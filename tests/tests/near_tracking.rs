@@ -314,3 +314,50 @@ async fn a_silently_stopped_redis_stops_local_hits_within_ping_interval_plus_tim
     assert_eq!(local_hits(&cache), local);
     server.resume();
 }
+
+/// A tracked lookup that times out is not sent again on the shared connection: behind a
+/// frozen server a read in tracking mode waits one timeout, as without the tier (README,
+/// Failure modes: a read costs at most two operations, here one, since the key's
+/// generations exist), not one per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_lookup_that_times_out_is_not_sent_again_on_the_shared_connection() {
+    const TIMEOUT: Duration = Duration::from_millis(250);
+    let backend = TestBackend::redis();
+    let server = backend.server().unwrap();
+    let config = backend
+        .config()
+        .with_local_tier(LocalTier::Tracking, 16 * 1024 * 1024)
+        .with_local_tier_ping(LONG)
+        .with_response_timeout(TIMEOUT);
+    let cache = Cache::new(config).await.expect("cache");
+    let stored = key(&cache, "org_1");
+    put(&cache, &stored, "v1").await;
+    // Another request of the same tenant and resource: its generations exist (one
+    // operation), it has no entry (no local hit), so its lookup is one tracked read.
+    let other = cache
+        .key(Tenant::Scoped("org_1"), "contacts")
+        .unwrap()
+        .request("GET", "/api/contacts", Some("page=2"))
+        .build();
+    assert!(matches!(cache.lookup(&other).await, Lookup::Miss(_)));
+    assert_eq!(
+        cache.stats().local_tier.unwrap().tracking_connected,
+        Some(true),
+        "the lookups went through the tracking connection"
+    );
+
+    server.pause();
+    let started = Instant::now();
+    let looked_up = cache.lookup(&other).await;
+    let took = started.elapsed();
+    server.resume();
+    println!("a tracked lookup behind a frozen server took {took:?} (timeout {TIMEOUT:?})");
+    assert!(!matches!(looked_up, Lookup::Hit(_)), "nothing to hit");
+    assert!(took >= TIMEOUT, "{took:?}: answered before the timeout");
+    // Twice the timeout is what a retry on the shared connection costs; half a timeout
+    // of slack for a loaded machine.
+    assert!(
+        took < TIMEOUT * 3 / 2,
+        "{took:?}: more than one timeout ({TIMEOUT:?}) behind a frozen server"
+    );
+}

@@ -67,7 +67,10 @@ impl Cache {
     /// The lookup round trip: through the tracking connection in tracking mode (so that
     /// the generations read are tracked and learned), else the shared one. A tracking
     /// connection that fails (a server without RESP3 or tracking, a lost connection) does
-    /// not turn the request away: the shared connection is tried.
+    /// not turn the request away: the shared connection is tried. One that times out
+    /// does not send the read again: the request has waited its timeout already, and
+    /// behind a slow or frozen server the shared connection would wait another (a read
+    /// costs at most two operations, README "Failure modes").
     pub(super) async fn lookup_round_trip(
         &self,
         redis: &RedisBackend,
@@ -75,7 +78,9 @@ impl Cache {
     ) -> Result<crate::backend::RawLookup, BackendError> {
         if let Some(tracking) = self.near().and_then(|n| n.tracking.as_ref()) {
             match self.call(tracking.lookup(key)).await {
-                Err(err) if !matches!(err, BackendError::CircuitOpen) => {
+                Err(err)
+                    if !matches!(err, BackendError::CircuitOpen | BackendError::Timeout(_)) =>
+                {
                     tracing::debug!(target: "api_cache", error = %err, "tracked lookup failed: looking up on the shared connection");
                 }
                 result => return result,
