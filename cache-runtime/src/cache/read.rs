@@ -220,12 +220,13 @@ impl Cache {
         if let Some(reason) = self.bypass_reason(key) {
             return Lookup::Bypass(reason);
         }
-        if let Some(hit) = self.memory_hit(key) {
+        // Hits in process (the memory backend's, the local tier's) are answered here,
+        // before the rest of the lookup's future is made and moved into place: they pay
+        // for no Redis read's state. One pair of clock reads serves the whole lookup.
+        let (started, started_ms) = (Instant::now(), now_ms());
+        if let Some(hit) = self.memory_hit(key, started, started_ms) {
             return hit;
         }
-        // The local tier's hit is answered here, before the rest of the lookup's future
-        // is made and moved into place: a hit in process pays for no Redis read's state.
-        let (started, started_ms) = (Instant::now(), now_ms());
         if let Some(hit) = self.local_hit(key, started, started_ms, true) {
             return hit;
         }
@@ -238,13 +239,12 @@ impl Cache {
     /// for `key` (or the backend is Redis), which the general lookup then reads again,
     /// creating what is missing, and judges (expiry, grace, staleness). A hit is an
     /// entry of this key, within its TTL, whose generations are all current; XFetch
-    /// draws on it as on any fresh entry.
-    fn memory_hit(&self, key: &CacheKey) -> Option<Lookup> {
+    /// draws on it as on any fresh entry. `started` and `started_ms` are the lookup's
+    /// clock reads.
+    fn memory_hit(&self, key: &CacheKey, started: Instant, started_ms: u64) -> Option<Lookup> {
         let Backend::Memory(memory) = &self.inner.backend else {
             return None;
         };
-        let started = Instant::now();
-        let started_ms = now_ms();
         let entry = memory
             .current_entry(key, started)
             .filter(|entry| entry.digest == key.digest && !entry.is_expired(started_ms))?;
