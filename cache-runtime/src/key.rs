@@ -33,7 +33,7 @@ mod generation_keys;
 #[cfg(feature = "testing")]
 pub use generation_keys::GenerationKeyIter;
 pub use generation_keys::GenerationKeys;
-pub(crate) use generation_keys::KeyList;
+pub(crate) use generation_keys::{KeyList, ALL};
 
 /// Whose data an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,20 @@ pub(crate) fn tenant_tag(tenant: Tenant<'_>) -> String {
     let mut tag = String::new();
     push_tenant_tag(&mut tag, tenant);
     tag
+}
+
+/// The part of `key` Redis Cluster hashes to place it: its hash tag (between the first
+/// `{` and the next `}`, when not empty), else the whole key. A tenant's keys share the
+/// tag [`tenant_tag`] writes, so they share a slot on a cluster and a shard in process.
+pub(crate) fn hash_tag(key: &[u8]) -> &[u8] {
+    key.iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|b| *b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key)
 }
 
 /// Appends [`tenant_tag`] to `out`, escaping in place: a key is built in one buffer.
@@ -335,8 +349,8 @@ impl KeyBuilder {
         let mut generation_keys =
             GenerationKeys::with_capacity(2 * scope_len + resource.len() + 64);
         let scope = entry_key.as_str();
-        generation_keys.push_parts(&[scope, ":g:*"]);
-        generation_keys.push_parts(&[scope, ":g:", resource]);
+        generation_keys.push_generation(&[scope], generation_keys::ALL);
+        generation_keys.push_generation(&[scope], resource);
         for part in [":e:", resource, ":"] {
             entry_key.push_str(part);
         }
@@ -382,7 +396,7 @@ impl KeyBuilder {
     pub(crate) fn add_tag(&mut self, tag: &str) -> Result<(), InvalidResource> {
         validate_resource(tag)?;
         // Every generation key's name follows `<scope>:g:`; the resource's is the second.
-        let name_at = self.scope_len + 3;
+        let name_at = self.scope_len + generation_keys::GENERATION_INFIX.len();
         let known = self
             .generation_keys
             .iter()
@@ -390,7 +404,7 @@ impl KeyBuilder {
             .any(|key| key.get(name_at..) == Some(tag));
         if !known {
             let scope = &self.entry_key[..self.scope_len];
-            self.generation_keys.push_parts(&[scope, ":g:", tag]);
+            self.generation_keys.push_generation(&[scope], tag);
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use moka::Expiry;
 use super::EntrySlot;
 use crate::entry::{Entry, GenerationMemo};
 use crate::generation::Generation;
-use crate::key::{CacheKey, GenerationKeys, KeyList};
+use crate::key::{hash_tag, CacheKey, GenerationKeys, KeyList};
 
 /// Resident bytes an entry costs besides its key, body and headers (measured).
 const ENTRY_OVERHEAD_BYTES: usize = 770;
@@ -251,20 +251,11 @@ impl GenerationTable {
 
 /// The shard of a generation key. It only spreads keys over the locks (the map inside
 /// hashes with SipHash, so a crafted tenant id can at worst crowd one shard, not degrade
-/// its map), and it spreads by the key's hash tag (`{t.<tenant>}`) when it has one, as
-/// Redis Cluster does: one tenant's generations share a shard, so that a hit checks
-/// them all under one lock.
+/// its map), and it spreads by the key's [`hash_tag`] (`t.<tenant>`), as Redis Cluster
+/// does: one tenant's generations share a shard, so that a hit checks them all under
+/// one lock.
 fn shard_index(key: &str) -> usize {
-    let bytes = key.as_bytes();
-    let tag = bytes
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let close = bytes[open..].iter().position(|&b| b == b'}')?;
-            Some(&bytes[open..open + close + 1])
-        })
-        .unwrap_or(bytes);
-    let spread = tag.iter().fold(0usize, |h, &b| {
+    let spread = hash_tag(key.as_bytes()).iter().fold(0usize, |h, &b| {
         h.wrapping_mul(31).wrapping_add(usize::from(b))
     });
     spread % GENERATION_SHARDS

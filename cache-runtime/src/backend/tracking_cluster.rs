@@ -26,7 +26,7 @@ use super::near::GenerationView;
 use super::tracking::TrackingConnection;
 use super::RawLookup;
 use crate::error::BackendError;
-use crate::key::CacheKey;
+use crate::key::{hash_tag, CacheKey};
 
 /// Slots in a Redis Cluster.
 const SLOTS: u16 = 16384;
@@ -114,21 +114,11 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part between
-/// the first `{` and the next `}`, when not empty) or of the whole key, modulo 16384.
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its [`hash_tag`], modulo 16384.
 /// redis-rs computes the same (`cluster_routing::Slot::for_key`) but does not expose the
 /// number, which the slot map needs.
 pub(crate) fn slot_of(key: &[u8]) -> u16 {
-    let hashed = key
-        .iter()
-        .position(|b| *b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|b| *b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    crc16_xmodem(hashed) % SLOTS
+    crc16_xmodem(hash_tag(key)) % SLOTS
 }
 
 fn crc16_xmodem(bytes: &[u8]) -> u16 {

@@ -39,7 +39,7 @@ impl Cache {
     pub async fn invalidate_all(&self, tenant: &str) -> Result<(), InvalidationError> {
         let tag = key::tenant_tag(Tenant::Scoped(tenant));
         let mut keys = GenerationKeys::default();
-        keys.push_parts(&[&self.inner.config.prefix, ":", &tag, ":g:*"]);
+        keys.push_generation(&[&self.inner.config.prefix, ":", &tag], key::ALL);
         self.deliver(tag, keys, &["*"]).await
     }
 
@@ -54,7 +54,7 @@ impl Cache {
         let tag = key::tenant_tag(tenant);
         let mut keys = GenerationKeys::default();
         for resource in resources {
-            keys.push_parts(&[&self.inner.config.prefix, ":", &tag, ":g:", resource]);
+            keys.push_generation(&[&self.inner.config.prefix, ":", &tag], resource);
         }
         self.deliver(tag, keys, resources).await
     }
@@ -74,7 +74,7 @@ impl Cache {
             .iter()
             .filter(|r| key::validate_resource(r).is_ok())
         {
-            keys.push_parts(&[&self.inner.config.prefix, ":", &tag, ":g:", resource]);
+            keys.push_generation(&[&self.inner.config.prefix, ":", &tag], resource);
         }
         if keys.is_empty() {
             return;

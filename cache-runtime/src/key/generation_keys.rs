@@ -40,6 +40,13 @@ pub struct GenerationKeys {
     count: usize,
 }
 
+/// What separates a generation key's scope from its name.
+pub(crate) const GENERATION_INFIX: &str = ":g:";
+
+/// The name of a scope's own generation key, which every entry of the scope carries
+/// (`invalidate_all` bumps it).
+pub(crate) const ALL: &str = "*";
+
 /// The keys whose ends are kept inline: "all", the resource and two tags.
 const INLINE_KEYS: usize = 4;
 
@@ -51,8 +58,20 @@ impl GenerationKeys {
         }
     }
 
+    /// Appends the generation key of `name` (a resource, a tag, or [`ALL`]) in the
+    /// scope `<prefix>:<tenant tag>`, given in pieces so that no scope string is built:
+    /// `<scope>:g:<name>`.
+    pub(crate) fn push_generation(&mut self, scope: &[&str], name: &str) {
+        self.push_joined(scope.iter().copied().chain([GENERATION_INFIX, name]));
+    }
+
+    /// Appends one key.
+    pub(crate) fn push(&mut self, key: &str) {
+        self.push_joined([key]);
+    }
+
     /// Appends the key made of `parts`, joined.
-    pub(crate) fn push_parts(&mut self, parts: &[&str]) {
+    fn push_joined<'a>(&mut self, parts: impl IntoIterator<Item = &'a str>) {
         for part in parts {
             self.text.push_str(part);
         }
@@ -64,11 +83,6 @@ impl GenerationKeys {
             None => self.more_ends.push(end),
         }
         self.count += 1;
-    }
-
-    /// Appends one key.
-    pub(crate) fn push(&mut self, key: &str) {
-        self.push_parts(&[key]);
     }
 
     /// The keys, in order.
