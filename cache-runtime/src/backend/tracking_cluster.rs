@@ -9,11 +9,12 @@
 //! Anything that could break that forgets every generation before it matters: a lookup
 //! that fails on a node (`MOVED`, `ASK`, `TRYAGAIN`, a lost connection: the slot map is
 //! dropped and fetched again on the next lookup, and the request falls back to the shared
-//! cluster connection), any tracking connection lost or replaced, and a slot map that
-//! changed or that two masters disagree on (checked on every keepalive tick, so a
-//! failover or a migration that no lookup ran into is noticed within one interval). A read is learned only under the same epoch
-//! rule as on one server, so a forgetting between a read and its learning wins. It never
-//! follows a redirection itself and never retries a command.
+//! cluster connection unless the lookup timed out), any tracking connection lost or
+//! replaced, and a slot map that changed or that two masters disagree on (checked on
+//! every keepalive tick, so a failover or a migration that no lookup ran into is noticed
+//! within one interval). A read is learned only under the same epoch rule as on one
+//! server, so a forgetting between a read and its learning wins. It never follows a
+//! redirection itself and never retries a command.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
