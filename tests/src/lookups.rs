@@ -24,3 +24,17 @@ pub async fn hit_body(cache: &Cache, key: &CacheKey) -> Option<String> {
         _ => None,
     }
 }
+
+/// Hits `cache` served from its local tier so far.
+pub fn local_hits(cache: &Cache) -> u64 {
+    cache.stats().totals.local_hits
+}
+
+/// Generations `cache`'s local tier knows to be current (`tracking` mode).
+pub fn known_generations(cache: &Cache) -> u64 {
+    cache
+        .stats()
+        .local_tier
+        .expect("local tier on")
+        .known_generations
+}

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::redis_server::wait_until;
+use crate::redis_server::{command_calls_in, wait_until};
 
 /// How to build a cluster.
 #[derive(Debug, Clone, Copy)]
@@ -314,6 +314,29 @@ impl RedisCluster {
         cmd(port, args)
     }
 
+    /// Commands the node at `port` has been sent, by name (see
+    /// [`RedisServer::command_calls`](crate::RedisServer::command_calls)).
+    pub fn command_calls(&self, port: u16) -> std::collections::HashMap<String, u64> {
+        command_calls_in(&self.cmd::<String>(port, &["INFO", "commandstats"]))
+    }
+
+    /// A move of `slot` from its master to another one, not started yet.
+    pub fn slot_migration(&self, slot: u16) -> SlotMigration {
+        let source = self.master_of_slot(slot);
+        let target = *self
+            .masters()
+            .iter()
+            .find(|&&port| port != source)
+            .expect("another master");
+        SlotMigration {
+            slot: slot.to_string(),
+            source,
+            target,
+            source_id: self.node_id(source),
+            target_id: self.node_id(target),
+        }
+    }
+
     fn cmd_any<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         for port in self.live_ports() {
             if let Some(reply) = try_cmd(port, args) {
@@ -467,6 +490,87 @@ fn cmd<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> T {
                 std::thread::sleep(Duration::from_millis(20))
             }
             Err(err) => panic!("{args:?} on cluster node {port}: {err}"),
+        }
+    }
+}
+
+/// A slot moved from one master to another as `redis-cli --cluster reshard` does it, in
+/// its three steps so that a test can look in between: [`mark`](Self::mark) both
+/// sides, [`move_keys`](Self::move_keys) (the source answers `ASK` from then on),
+/// [`assign`](Self::assign) the slot to the target (the source answers `MOVED`).
+#[derive(Debug)]
+pub struct SlotMigration {
+    slot: String,
+    pub source: u16,
+    pub target: u16,
+    source_id: String,
+    target_id: String,
+}
+
+impl SlotMigration {
+    /// The target importing the slot, the source migrating it.
+    pub fn mark(&self, cluster: &RedisCluster) {
+        let _: () = cluster.cmd(
+            self.target,
+            &[
+                "CLUSTER",
+                "SETSLOT",
+                &self.slot,
+                "IMPORTING",
+                &self.source_id,
+            ],
+        );
+        let _: () = cluster.cmd(
+            self.source,
+            &[
+                "CLUSTER",
+                "SETSLOT",
+                &self.slot,
+                "MIGRATING",
+                &self.target_id,
+            ],
+        );
+    }
+
+    /// Moves every key of the slot to the target, a hundred at a time, until none is
+    /// left on the source (writes may still land there meanwhile: they are moved too,
+    /// for up to 20 s).
+    pub fn move_keys(&self, cluster: &RedisCluster) {
+        let started = Instant::now();
+        let target_port = self.target.to_string();
+        loop {
+            let keys: Vec<String> = cluster.cmd(
+                self.source,
+                &["CLUSTER", "GETKEYSINSLOT", &self.slot, "100"],
+            );
+            if keys.is_empty() {
+                return;
+            }
+            let mut args = vec![
+                "MIGRATE",
+                "127.0.0.1",
+                &target_port,
+                "",
+                "0",
+                "5000",
+                "KEYS",
+            ];
+            args.extend(keys.iter().map(String::as_str));
+            let _: redis::Value = cluster.cmd(self.source, &args);
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "keys keep coming back"
+            );
+        }
+    }
+
+    /// The slot is the target's, on every master.
+    pub fn assign(&self, cluster: &RedisCluster) {
+        for port in cluster.masters() {
+            let _: () = cluster.cmd(
+                port,
+                &["CLUSTER", "SETSLOT", &self.slot, "NODE", &self.target_id],
+            );
         }
     }
 }

@@ -261,20 +261,7 @@ impl RedisServer {
     /// than reset with `CONFIG RESETSTAT`: with a reset in between, a full Redis 7.0 was
     /// seen to accept the next write.
     pub fn command_calls(&self) -> std::collections::HashMap<String, u64> {
-        let info: String = self.cmd(&["INFO", "commandstats"]);
-        info.lines()
-            .filter_map(|line| {
-                let rest = line.strip_prefix("cmdstat_")?;
-                let (name, fields) = rest.split_once(':')?;
-                let total = fields
-                    .split(',')
-                    .filter_map(|f| f.split_once('='))
-                    .filter(|(k, _)| matches!(*k, "calls" | "rejected_calls" | "failed_calls"))
-                    .filter_map(|(_, v)| v.parse::<u64>().ok())
-                    .sum();
-                Some((name.to_owned(), total))
-            })
-            .collect()
+        command_calls_in(&self.cmd::<String>(&["INFO", "commandstats"]))
     }
 
     /// The commands sent since `before` (a [`command_calls`](Self::command_calls)
@@ -404,4 +391,22 @@ pub async fn wait_until_async(timeout: Duration, what: &str, mut condition: impl
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Commands by name (`mget`, `set`, ...) in an `INFO commandstats` reply: calls, plus
+/// those refused (`-OOM`, `-READONLY`) or failed (see [`RedisServer::command_calls`]).
+pub fn command_calls_in(info: &str) -> std::collections::HashMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("cmdstat_")?;
+            let (name, fields) = rest.split_once(':')?;
+            let total = fields
+                .split(',')
+                .filter_map(|f| f.split_once('='))
+                .filter(|(k, _)| matches!(*k, "calls" | "rejected_calls" | "failed_calls"))
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum();
+            Some((name.to_owned(), total))
+        })
+        .collect()
 }

@@ -189,18 +189,6 @@ async fn two_instances(cluster: &RedisCluster) -> (Cache, Api, Cache, Api) {
     (cache_a, api_a, cache_b, api_b)
 }
 
-/// Calls per command on the node at `port` since it started.
-fn command_calls(cluster: &RedisCluster, port: u16) -> HashMap<String, u64> {
-    let info: String = cluster.cmd(port, &["INFO", "commandstats"]);
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .collect()
-}
-
 /// Error replies per kind (`MOVED`, `ASK`, ...) the node at `port` sent since it started.
 fn error_replies(cluster: &RedisCluster, port: u16) -> HashMap<String, u64> {
     let info: String = cluster.cmd(port, &["INFO", "errorstats"]);
@@ -246,7 +234,8 @@ async fn an_invalidation_waits_for_the_replica_of_the_tenants_own_master() {
         );
     }
     let waits = |port| {
-        command_calls(&cluster, port)
+        cluster
+            .command_calls(port)
             .get("wait")
             .copied()
             .unwrap_or(0)
@@ -378,14 +367,8 @@ async fn a_busy_tenants_slot_migrated_while_requests_flow() {
     let cluster = RedisCluster::start();
     let (cache_a, api_a, _cache_b, api_b) = two_instances(&cluster).await;
     let slot = cluster.slot_of(&tenant_tag());
-    let source = cluster.master_of_slot(slot);
-    let target = *cluster
-        .masters()
-        .iter()
-        .find(|&&port| port != source)
-        .expect("another master");
-    let (source_id, target_id) = (cluster.node_id(source), cluster.node_id(target));
-    let slot_arg = slot.to_string();
+    let migration = cluster.slot_migration(slot);
+    let (source, target) = (migration.source, migration.target);
 
     let flow = Flow::start(&cache_a, &api_a, &api_b);
     let log = flow.log.clone();
@@ -395,38 +378,9 @@ async fn a_busy_tenants_slot_migrated_while_requests_flow() {
     .await;
 
     // Migration, as redis-cli --cluster reshard does it: mark both sides, move the keys.
-    let _: () = cluster.cmd(
-        target,
-        &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &source_id],
-    );
-    let _: () = cluster.cmd(
-        source,
-        &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &target_id],
-    );
+    migration.mark(&cluster);
     let migrating = Instant::now();
-    let target_port = target.to_string();
-    loop {
-        let keys: Vec<String> =
-            cluster.cmd(source, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
-        if keys.is_empty() {
-            break;
-        }
-        let mut args = vec![
-            "MIGRATE",
-            "127.0.0.1",
-            &target_port,
-            "",
-            "0",
-            "5000",
-            "KEYS",
-        ];
-        args.extend(keys.iter().map(String::as_str));
-        let _: redis::Value = cluster.cmd(source, &args);
-        assert!(
-            migrating.elapsed() < Duration::from_secs(20),
-            "keys keep coming back"
-        );
-    }
+    migration.move_keys(&cluster);
     // Every key is on the target now and the slot is still the source's: each command
     // is answered with ASK. Requests go on until both instances hit through it and a
     // mutation was delivered through it.
@@ -445,9 +399,7 @@ async fn a_busy_tenants_slot_migrated_while_requests_flow() {
     )
     .await;
     let asked = Instant::now();
-    for port in cluster.masters() {
-        let _: () = cluster.cmd(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
-    }
+    migration.assign(&cluster);
     let moved = Instant::now();
     assert_eq!(cluster.master_of_slot(slot), target);
     // The instances still route the slot to the source, which now answers MOVED.
@@ -474,7 +426,8 @@ async fn a_busy_tenants_slot_migrated_while_requests_flow() {
         source_errors.get("MOVED").is_some_and(|&n| n >= 1),
         "{source_errors:?}"
     );
-    let asking = command_calls(&cluster, target)
+    let asking = cluster
+        .command_calls(target)
         .get("asking")
         .copied()
         .unwrap_or(0);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cache_runtime::testing::{CacheKey, Lookup, Tenant};
 use cache_runtime::{Cache, LocalTier};
 use cache_tests::backends::TestBackend;
-use cache_tests::lookups::{hit_body, store_on_miss};
+use cache_tests::lookups::{hit_body, known_generations, local_hits, store_on_miss};
 use cache_tests::redis_server::wait_until_async;
 use cache_tests::tcp_proxy::TcpProxy;
 
@@ -47,18 +47,6 @@ fn key(cache: &Cache, tenant: &str) -> CacheKey {
 
 async fn put(cache: &Cache, key: &CacheKey, body: &str) {
     store_on_miss(cache, key, body, LONG).await;
-}
-
-fn local_hits(cache: &Cache) -> u64 {
-    cache.stats().totals.local_hits
-}
-
-fn known_generations(cache: &Cache) -> u64 {
-    cache
-        .stats()
-        .local_tier
-        .expect("local tier on")
-        .known_generations
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cache_runtime::testing::{CacheKey, CachedResponse, Lookup, Tenant};
 use cache_runtime::{Cache, CacheConfig, LocalTier};
-use cache_tests::lookups::{hit_body, store_on_miss};
+use cache_tests::lookups::{hit_body, known_generations, local_hits, store_on_miss};
 use cache_tests::redis_cluster::RedisCluster;
 use cache_tests::redis_server::wait_until_async;
 
@@ -46,18 +46,6 @@ fn key(cache: &Cache) -> CacheKey {
         .build()
 }
 
-fn local_hits(cache: &Cache) -> u64 {
-    cache.stats().totals.local_hits
-}
-
-fn known_generations(cache: &Cache) -> u64 {
-    cache
-        .stats()
-        .local_tier
-        .expect("local tier on")
-        .known_generations
-}
-
 /// Reads `key` until a read is served by the local tier (the first reads learn the
 /// generations through the owning master's tracking connection); returns the body.
 async fn read_until_local(cache: &Cache, key: &CacheKey) -> String {
@@ -73,26 +61,40 @@ async fn read_until_local(cache: &Cache, key: &CacheKey) -> String {
     }
 }
 
-/// Calls per command on the node at `port` since it started (`INFO` left out: the
-/// count itself sends it).
-fn command_calls(cluster: &RedisCluster, port: u16) -> HashMap<String, u64> {
-    let info: String = cluster.cmd(port, &["INFO", "commandstats"]);
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .filter(|(name, _)| name != "info")
-        .collect()
-}
-
+/// Calls per command on every live node since it started (`INFO` left out: the count
+/// itself sends it).
 fn all_command_calls(cluster: &RedisCluster) -> Vec<HashMap<String, u64>> {
     cluster
         .live_ports()
         .into_iter()
-        .map(|port| command_calls(cluster, port))
+        .map(|port| {
+            let mut calls = cluster.command_calls(port);
+            calls.remove("info");
+            calls
+        })
         .collect()
+}
+
+/// After a change of B's tracked node: A invalidates, B never serves v1 again, stores v2
+/// and serves it locally, learned on the node at `port` (`after`: what happened).
+async fn invalidation_honoured_and_tracked_on(
+    a: &Cache,
+    b: &Cache,
+    k: &CacheKey,
+    cluster: &RedisCluster,
+    port: u16,
+    after: &str,
+) {
+    a.invalidate(TENANT, &["contacts"]).await.unwrap();
+    let local = local_hits(b);
+    assert_eq!(hit_body(b, k).await, None, "stale after the {after}");
+    assert_eq!(local_hits(b), local);
+    store_on_miss(b, k, "v2", LONG).await;
+    assert_eq!(read_until_local(b, k).await, "v2");
+    assert!(
+        !tracking_clients(cluster, port).is_empty(),
+        "B tracks on the node that owns the slot after the {after}"
+    );
 }
 
 /// The ids of the tracking connections (`CLIENT SETNAME api-cache-tracking`, tracking
@@ -317,50 +319,16 @@ async fn a_migrated_slot_forgets_everything_and_nothing_stale_is_served() {
     let k = key(&a);
     let tag = &k.generation_keys()[0];
     let slot = cluster.slot_of(tag);
-    let source = cluster.master_of_slot(slot);
-    let target = *cluster
-        .masters()
-        .iter()
-        .find(|&&port| port != source)
-        .expect("another master");
-    let (source_id, target_id) = (cluster.node_id(source), cluster.node_id(target));
-    let slot_arg = slot.to_string();
+    let migration = cluster.slot_migration(slot);
     store_on_miss(&a, &k, "v1", LONG).await;
     assert_eq!(read_until_local(&b, &k).await, "v1");
     assert!(known_generations(&b) > 0);
 
     // Migration, as redis-cli --cluster reshard does it.
-    let _: () = cluster.cmd(
-        target,
-        &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &source_id],
-    );
-    let _: () = cluster.cmd(
-        source,
-        &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &target_id],
-    );
-    let target_port = target.to_string();
-    loop {
-        let keys: Vec<String> =
-            cluster.cmd(source, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
-        if keys.is_empty() {
-            break;
-        }
-        let mut args = vec![
-            "MIGRATE",
-            "127.0.0.1",
-            &target_port,
-            "",
-            "0",
-            "5000",
-            "KEYS",
-        ];
-        args.extend(keys.iter().map(String::as_str));
-        let _: redis::Value = cluster.cmd(source, &args);
-    }
-    for port in cluster.masters() {
-        let _: () = cluster.cmd(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
-    }
-    assert_eq!(cluster.master_of_slot(slot), target);
+    migration.mark(&cluster);
+    migration.move_keys(&cluster);
+    migration.assign(&cluster);
+    assert_eq!(cluster.master_of_slot(slot), migration.target);
     // The keys left the node B tracked them on: B forgot (the source's pushes, or the
     // changed slot map at the next keepalive tick).
     wait_until_async(BOUND, "B forgets after the migration", || {
@@ -369,16 +337,7 @@ async fn a_migrated_slot_forgets_everything_and_nothing_stale_is_served() {
     .await;
 
     // A invalidates on the new owner; B never serves v1 again.
-    a.invalidate(TENANT, &["contacts"]).await.unwrap();
-    let local = local_hits(&b);
-    assert_eq!(hit_body(&b, &k).await, None, "stale after the migration");
-    assert_eq!(local_hits(&b), local);
-    store_on_miss(&b, &k, "v2", LONG).await;
-    assert_eq!(read_until_local(&b, &k).await, "v2");
-    assert!(
-        !tracking_clients(&cluster, target).is_empty(),
-        "B tracks on the new owner"
-    );
+    invalidation_honoured_and_tracked_on(&a, &b, &k, &cluster, migration.target, "migration").await;
 }
 
 /// A manual failover leaves every connection up and writes nothing (so no push): only
@@ -407,14 +366,5 @@ async fn a_manual_failover_forgets_everything_within_a_keepalive_tick() {
     })
     .await;
 
-    a.invalidate(TENANT, &["contacts"]).await.unwrap();
-    let local = local_hits(&b);
-    assert_eq!(hit_body(&b, &k).await, None, "stale after the failover");
-    assert_eq!(local_hits(&b), local);
-    store_on_miss(&b, &k, "v2", LONG).await;
-    assert_eq!(read_until_local(&b, &k).await, "v2");
-    assert!(
-        !tracking_clients(&cluster, replica).is_empty(),
-        "B tracks on the new master"
-    );
+    invalidation_honoured_and_tracked_on(&a, &b, &k, &cluster, replica, "failover").await;
 }

@@ -342,13 +342,9 @@ async fn on_a_cluster_each_operation_is_one_command_on_the_tenants_master() {
     .unwrap();
     assert_eq!(cache.backend_name(), "redis-cluster");
     let calls = |port: u16| -> HashMap<String, u64> {
-        let info: String = cluster.cmd(port, &["INFO", "commandstats"]);
-        info.lines()
-            .filter_map(|line| {
-                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
-                Some((name.to_owned(), calls.parse().ok()?))
-            })
+        cluster
+            .command_calls(port)
+            .into_iter()
             // The test's own inspection, and the nodes' and client's topology queries.
             .filter(|(name, _)| {
                 !(name.starts_with("config")
