@@ -37,6 +37,21 @@ async fn tracking_cache_pinging(url: String, ping: Option<Duration>) -> Cache {
     Cache::new(config).await.expect("cache")
 }
 
+/// A tracking cache on `backend`'s own server, whose faults the test injects, with a
+/// keepalive every `ping` and Redis calls bounded by `timeout`.
+async fn tracking_cache_timing_out(
+    backend: &TestBackend,
+    ping: Duration,
+    timeout: Duration,
+) -> Cache {
+    let config = backend
+        .config()
+        .with_local_tier(LocalTier::Tracking, 16 * 1024 * 1024)
+        .with_local_tier_ping(ping)
+        .with_response_timeout(timeout);
+    Cache::new(config).await.expect("cache")
+}
+
 fn key(cache: &Cache, tenant: &str) -> CacheKey {
     cache
         .key(Tenant::Scoped(tenant), "contacts")
@@ -252,12 +267,7 @@ async fn a_silently_stopped_redis_stops_local_hits_within_ping_interval_plus_tim
     const TOLERANCE: Duration = Duration::from_millis(150);
     let backend = TestBackend::redis();
     let server = backend.server().unwrap();
-    let config = backend
-        .config()
-        .with_local_tier(LocalTier::Tracking, 16 * 1024 * 1024)
-        .with_local_tier_ping(PING)
-        .with_response_timeout(TIMEOUT);
-    let cache = Cache::new(config).await.expect("cache");
+    let cache = tracking_cache_timing_out(&backend, PING, TIMEOUT).await;
     let k = key(&cache, "org_1");
     put(&cache, &k, "v1").await;
     // The first reads may meet a cold connection and its short timeout: read until one
@@ -312,12 +322,7 @@ async fn a_tracked_lookup_that_times_out_is_not_sent_again_on_the_shared_connect
     const TIMEOUT: Duration = Duration::from_millis(250);
     let backend = TestBackend::redis();
     let server = backend.server().unwrap();
-    let config = backend
-        .config()
-        .with_local_tier(LocalTier::Tracking, 16 * 1024 * 1024)
-        .with_local_tier_ping(LONG)
-        .with_response_timeout(TIMEOUT);
-    let cache = Cache::new(config).await.expect("cache");
+    let cache = tracking_cache_timing_out(&backend, LONG, TIMEOUT).await;
     let stored = key(&cache, "org_1");
     put(&cache, &stored, "v1").await;
     // Another request of the same tenant and resource: its generations exist (one

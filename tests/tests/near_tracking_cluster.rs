@@ -240,16 +240,23 @@ async fn a_killed_tracking_connection_forgets_every_generation() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_master_forgets_everything_and_its_promoted_replica_takes_over() {
-    let mut cluster = RedisCluster::start_with_replicas();
-    let a = tracking_cache(&cluster, Duration::from_millis(200)).await;
-    let b = tracking_cache(&cluster, Duration::from_millis(200)).await;
+/// Instances A and B on `cluster` (a keepalive tick every 200 ms), the key whose `v1` A
+/// stored and B serves locally, the master that owns it and that master's replica.
+async fn v1_served_locally_by_b(cluster: &RedisCluster) -> (Cache, Cache, CacheKey, u16, u16) {
+    let a = tracking_cache(cluster, Duration::from_millis(200)).await;
+    let b = tracking_cache(cluster, Duration::from_millis(200)).await;
     let k = key(&a);
     let master = cluster.master_of_key(&k.generation_keys()[0]);
     let replica = cluster.replica_of(master).expect("a replica");
     store_on_miss(&a, &k, "v1", LONG).await;
     assert_eq!(read_until_local(&b, &k).await, "v1");
+    (a, b, k, master, replica)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_forgets_everything_and_its_promoted_replica_takes_over() {
+    let mut cluster = RedisCluster::start_with_replicas();
+    let (a, b, k, master, replica) = v1_served_locally_by_b(&cluster).await;
     let local_before = local_hits(&b);
 
     cluster.kill(master);
@@ -346,13 +353,7 @@ async fn a_migrated_slot_forgets_everything_and_nothing_stale_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_forgets_everything_within_a_keepalive_tick() {
     let cluster = RedisCluster::start_with_replicas();
-    let a = tracking_cache(&cluster, Duration::from_millis(200)).await;
-    let b = tracking_cache(&cluster, Duration::from_millis(200)).await;
-    let k = key(&a);
-    let master = cluster.master_of_key(&k.generation_keys()[0]);
-    let replica = cluster.replica_of(master).expect("a replica");
-    store_on_miss(&a, &k, "v1", LONG).await;
-    assert_eq!(read_until_local(&b, &k).await, "v1");
+    let (a, b, k, _, replica) = v1_served_locally_by_b(&cluster).await;
     assert!(known_generations(&b) > 0);
 
     let _: () = cluster.cmd(replica, &["CLUSTER", "FAILOVER"]);
