@@ -302,15 +302,11 @@ impl CacheConfig {
             };
         }
         if let Some(secs) = get("API_CACHE_GENERATION_TTL_SECS") {
-            let ttl = parse_num::<u64>("API_CACHE_GENERATION_TTL_SECS", &secs)?;
-            if ttl == 0 {
-                return Err(ConfigError::Env {
-                    name: "API_CACHE_GENERATION_TTL_SECS",
-                    value: secs.clone(),
-                    reason: "expected a number of seconds > 0",
-                });
-            }
-            config.generation_ttl = Duration::from_secs(ttl);
+            config.generation_ttl = Duration::from_secs(parse_positive(
+                "API_CACHE_GENERATION_TTL_SECS",
+                &secs,
+                "expected a number of seconds > 0",
+            )?);
         }
         if let Some(value) = get("API_CACHE_LOCAL_TIER") {
             config.local_tier = LocalTier::parse(&value).ok_or(ConfigError::Env {
@@ -323,15 +319,11 @@ impl CacheConfig {
             config.local_tier_max_bytes = parse_num("API_CACHE_LOCAL_TIER_MAX_BYTES", &n)?;
         }
         if let Some(ms) = get("API_CACHE_LOCAL_TIER_PING_MS") {
-            let ms = parse_num::<u64>("API_CACHE_LOCAL_TIER_PING_MS", &ms)?;
-            if ms == 0 {
-                return Err(ConfigError::Env {
-                    name: "API_CACHE_LOCAL_TIER_PING_MS",
-                    value: ms.to_string(),
-                    reason: "expected a number of milliseconds > 0",
-                });
-            }
-            config.local_tier_ping = Duration::from_millis(ms);
+            config.local_tier_ping = Duration::from_millis(parse_positive(
+                "API_CACHE_LOCAL_TIER_PING_MS",
+                &ms,
+                "expected a number of milliseconds > 0",
+            )?);
         }
         config.validate()?;
         Ok(config)
@@ -405,6 +397,22 @@ fn parse_num<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T,
         value: value.to_owned(),
         reason: "expected a non-negative integer",
     })
+}
+
+/// [`parse_num`] for a number that must not be 0; `reason` says so in its unit.
+fn parse_positive(
+    name: &'static str,
+    value: &str,
+    reason: &'static str,
+) -> Result<u64, ConfigError> {
+    match parse_num::<u64>(name, value)? {
+        0 => Err(ConfigError::Env {
+            name,
+            value: value.to_owned(),
+            reason,
+        }),
+        n => Ok(n),
+    }
 }
 
 fn parse_ms(name: &'static str, value: &str) -> Result<Duration, ConfigError> {
