@@ -62,19 +62,22 @@ impl GenerationKeys {
     /// scope `<prefix>:<tenant tag>`, given in pieces so that no scope string is built:
     /// `<scope>:g:<name>`.
     pub(crate) fn push_generation(&mut self, scope: &[&str], name: &str) {
-        self.push_joined(scope.iter().copied().chain([GENERATION_INFIX, name]));
+        for part in scope {
+            self.text.push_str(part);
+        }
+        self.text.push_str(GENERATION_INFIX);
+        self.text.push_str(name);
+        self.end_key();
     }
 
     /// Appends one key.
     pub(crate) fn push(&mut self, key: &str) {
-        self.push_joined([key]);
+        self.text.push_str(key);
+        self.end_key();
     }
 
-    /// Appends the key made of `parts`, joined.
-    fn push_joined<'a>(&mut self, parts: impl IntoIterator<Item = &'a str>) {
-        for part in parts {
-            self.text.push_str(part);
-        }
+    /// Ends the key written last at the end of `text`.
+    fn end_key(&mut self) {
         // Keys are short (a prefix of at most 64 bytes, a tag of at most 70, a name of
         // at most 64): `u32` overflows only past millions of them.
         let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
