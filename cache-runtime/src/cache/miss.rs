@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::read::{BypassReason, Lookup, MissCause, MissTicket, Staleness};
 use super::Cache;
+use crate::backend::Backend;
 use crate::entry::{now_ms, CachedResponse, Entry};
 use crate::error::BackendError;
 use crate::flight::{FlightGuard, FlightState, Join};
@@ -221,6 +222,13 @@ impl Cache {
             return Decision::LookupFailed;
         };
         let flight = match self.inner.flights.join(flight_key(key, generations)) {
+            Join::Leader(flight) if ticket.refreshing.is_none() => {
+                if let Some(entry) = self.stored_since_lookup(key) {
+                    flight.publish(Some(entry.clone()));
+                    return Decision::Coalesced(entry);
+                }
+                flight
+            }
             Join::Leader(flight) => flight,
             Join::Follower(receiver) => {
                 if let Some(valid) = &ticket.refreshing {
@@ -249,6 +257,21 @@ impl Cache {
             }
         }
         Decision::Lead { ticket, flight }
+    }
+
+    /// The memory backend's entry for `key` stored by a leader that finished between this
+    /// request's lookup and its joining the flight. In process the lookup and the join
+    /// follow without an await, but the thread can still be preempted between them; the
+    /// leader stores before its flight ends, so a second look (no round trip) finds what
+    /// the late joiner would otherwise compute again. With Redis the finished flight
+    /// stays visible for [`FLIGHT_GRACE`] instead, which costs no second round trip.
+    fn stored_since_lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let Backend::Memory(memory) = &self.inner.backend else {
+            return None;
+        };
+        memory
+            .current_entry(key, Instant::now())
+            .filter(|entry| entry.digest == key.digest && !entry.is_expired(now_ms()))
     }
 
     /// The one place a request's outcome is counted.
@@ -489,5 +512,94 @@ impl Cache {
                 Err(err)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CacheConfig;
+    use crate::key::Tenant;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn answer(body: &'static str) -> impl Future<Output = (&'static str, Option<CachedResponse>)> {
+        async move { (body, Some(CachedResponse::ok(body))) }
+    }
+
+    fn served_body<T, Fut>(resolved: &Resolved<T, Fut>) -> Option<&[u8]> {
+        match resolved {
+            Resolved::Served { entry, .. } => Some(&entry.response.body[..]),
+            Resolved::Computed { .. } => None,
+        }
+    }
+
+    /// A request whose lookup missed before another request's computation was stored,
+    /// and that joins the flight only after it ended (its thread preempted in between),
+    /// is answered with the stored entry, not by running its handler again; after an
+    /// invalidation the same late request computes.
+    #[tokio::test]
+    async fn a_memory_miss_that_joins_after_the_flight_ended_is_answered_from_the_store() {
+        let cache = Cache::new(CacheConfig::default()).await.unwrap();
+        let key = cache
+            .key_builder(Tenant::Scoped("org_1"), "contacts")
+            .unwrap()
+            .request("GET", "/contacts", None)
+            .build();
+        let Lookup::Miss(late) = cache.lookup_uncounted(&key).await else {
+            panic!("a cold key misses");
+        };
+        let Lookup::Miss(leader) = cache.lookup_uncounted(&key).await else {
+            panic!("a cold key misses");
+        };
+        let led = cache
+            .resolve_lookup(&key, TTL, Lookup::Miss(leader), answer("first"))
+            .await;
+        assert!(matches!(
+            led,
+            Resolved::Computed {
+                how: Computed::Miss { stored: true },
+                ..
+            }
+        ));
+        assert_eq!(
+            cache.inner.flights.len(),
+            0,
+            "the leader's flight has ended"
+        );
+
+        let resolved = cache
+            .resolve_lookup(&key, TTL, Lookup::Miss(late), answer("second"))
+            .await;
+        assert_eq!(served_body(&resolved), Some(&b"first"[..]));
+        let totals = cache.stats().totals;
+        assert_eq!((totals.misses, totals.hits, totals.coalesced), (1, 1, 1));
+
+        // The control: the entry stored meanwhile was invalidated before the late
+        // request joined, so it is not current and the late request computes.
+        cache.invalidate("org_1", &["contacts"]).await.unwrap();
+        let Lookup::Miss(late) = cache.lookup_uncounted(&key).await else {
+            panic!("an invalidated key misses");
+        };
+        let Lookup::Miss(leader) = cache.lookup_uncounted(&key).await else {
+            panic!("an invalidated key misses");
+        };
+        let _ = cache
+            .resolve_lookup(&key, TTL, Lookup::Miss(leader), answer("third"))
+            .await;
+        cache.invalidate("org_1", &["contacts"]).await.unwrap();
+        let resolved = cache
+            .resolve_lookup(&key, TTL, Lookup::Miss(late), answer("fourth"))
+            .await;
+        assert!(
+            matches!(
+                resolved,
+                Resolved::Computed {
+                    value: "fourth",
+                    ..
+                }
+            ),
+            "an entry invalidated since is not served"
+        );
     }
 }
