@@ -523,8 +523,8 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
-    fn answer(body: &'static str) -> impl Future<Output = (&'static str, Option<CachedResponse>)> {
-        async move { (body, Some(CachedResponse::ok(body))) }
+    async fn answer(body: &'static str) -> (&'static str, Option<CachedResponse>) {
+        (body, Some(CachedResponse::ok(body)))
     }
 
     fn served_body<T, Fut>(resolved: &Resolved<T, Fut>) -> Option<&[u8]> {
