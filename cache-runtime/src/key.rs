@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::scope::CacheScope;
 
 mod generation_keys;
+pub(crate) mod memo;
 
 #[cfg(feature = "testing")]
 pub use generation_keys::GenerationKeyIter;

@@ -5,6 +5,7 @@
 //! `X-Cache-Age`, `ETag`, `304` and `Cache-Control`. The caching itself is the engine's
 //! (`cache/`); a cache fault never turns into an error response here.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use response::{
 
 use crate::cache::{BypassReason, Cache, Lookup, Resolved, Staleness};
 use crate::entry::Entry;
-use crate::key::{CacheKey, Tenant};
+use crate::key::{memo, CacheKey, Tenant};
 use crate::scope::CacheScope;
 use crate::spec::{RouteSpec, ScopeArg, VaryPart};
 use crate::stats::{Event, Outcome};
@@ -220,7 +221,7 @@ where
         // Boxed: the shadow path's state stays out of every request's future.
         return Box::pin(shadow::serve_shadowed(
             &cache,
-            key,
+            Arc::unwrap_or_clone(key),
             ctx.uri.path(),
             spec,
             handler,
@@ -355,13 +356,15 @@ fn serve_entry(
     response
 }
 
+/// The request's key, from the memo when this thread built it for the same inputs
+/// recently (`key/memo.rs`): on a hit, building it would be SHA-256 and two buffers.
 fn build_key(
     cache: &Cache,
     ctx: &mut RequestContext,
     headers: Option<&HeaderMap>,
     spec: &'static RouteSpec,
     scope: ScopeArg,
-) -> Result<CacheKey, BypassReason> {
+) -> Result<Arc<CacheKey>, BypassReason> {
     if spec.skip_cache {
         return Err(BypassReason::SkipCache);
     }
@@ -370,38 +373,75 @@ fn build_key(
     }
     let scope = RequestScope::resolve(scope, ctx.scope.take())?;
     let tenant = scope.tenant();
-    // Resource and tag names were validated at compile time; an error here would be a
-    // macro bug, and the safe answer is to serve uncached.
-    let mut builder = cache
-        .key_builder(tenant, spec.resource)
-        .map_err(|_| BypassReason::SkipCache)?;
-    for tag in spec.tags {
-        builder.add_tag(tag).map_err(|_| BypassReason::SkipCache)?;
+    let vary = vary_parts(&scope, headers, spec)?;
+    let (method, path, query) = (ctx.method.as_str(), ctx.uri.path(), ctx.uri.query());
+    // Everything the key is built from below. The route's spec, named by its address,
+    // stands for its resource, tags, `vary` names and fingerprint: two specs at one
+    // address (identical constants merged) build identical keys.
+    let mut inputs = memo::Inputs::new(cache.memo_id(), std::ptr::from_ref(spec) as usize);
+    inputs.optional(match tenant {
+        Tenant::Scoped(id) => Some(id.as_bytes()),
+        Tenant::Global => None,
+    });
+    inputs.part(method.as_bytes());
+    inputs.part(path.as_bytes());
+    inputs.optional(query.map(str::as_bytes));
+    for (name, value) in &vary {
+        inputs.part(name.as_bytes());
+        inputs.part(value);
     }
-    builder.add_request(ctx.method.as_str(), ctx.uri.path(), ctx.uri.query());
+    memo::memoized(&inputs, || {
+        // Resource and tag names were validated at compile time; an error here would be
+        // a macro bug, and the safe answer is to serve uncached.
+        let mut builder = cache
+            .key_builder(tenant, spec.resource)
+            .map_err(|_| BypassReason::SkipCache)?;
+        for tag in spec.tags {
+            builder.add_tag(tag).map_err(|_| BypassReason::SkipCache)?;
+        }
+        builder.add_request(method, path, query);
+        for (name, value) in &vary {
+            builder.add_part(name, value);
+        }
+        builder.add_part("fingerprint", spec.fingerprint.as_bytes());
+        Ok(builder.build())
+    })
+}
+
+/// One `vary` part of a request's key: its name in the key, and its bytes.
+type VaryValue<'a> = (&'static str, Cow<'a, [u8]>);
+
+/// The route's `vary` parts for this request, named as the key names them.
+fn vary_parts<'a>(
+    scope: &'a RequestScope,
+    headers: Option<&HeaderMap>,
+    spec: &'static RouteSpec,
+) -> Result<Vec<VaryValue<'a>>, BypassReason> {
+    let mut parts = Vec::new();
     for part in spec.vary {
         match part {
             VaryPart::User => {
                 let user = scope.user().ok_or(BypassReason::NoUser)?;
-                match &scope {
-                    RequestScope::Tenant(_) => builder.add_part("vary:user", user.as_bytes()),
+                match scope {
+                    RequestScope::Tenant(_) => {
+                        parts.push(("vary:user", Cow::Borrowed(user.as_bytes())));
+                    }
                     // Global data keyed per user: user ids are unique within a tenant,
-                    // not across tenants, so the user's tenant is part of the key. The
-                    // builder length-prefixes each part, so the pair is unambiguous.
+                    // not across tenants, so the user's tenant is part of the key. Each
+                    // part is length-prefixed, so the pair is unambiguous.
                     RequestScope::Global(request) => {
                         let user_tenant = request.as_ref().map_or("", CacheScope::tenant);
-                        builder.add_part("vary:user-tenant", user_tenant.as_bytes());
-                        builder.add_part("vary:user", user.as_bytes());
+                        parts.push(("vary:user-tenant", Cow::Borrowed(user_tenant.as_bytes())));
+                        parts.push(("vary:user", Cow::Borrowed(user.as_bytes())));
                     }
                 }
             }
             VaryPart::Header(name) => {
-                builder.add_part(name, &header_values(headers, name));
+                parts.push((name, Cow::Owned(header_values(headers, name))));
             }
         }
     }
-    builder.add_part("fingerprint", spec.fingerprint.as_bytes());
-    Ok(builder.build())
+    Ok(parts)
 }
 
 /// Every line of header `name`, each length-prefixed: one line `a,b` and two lines `a`

@@ -74,6 +74,8 @@ struct Inner {
     pending: Pending,
     flights: Arc<Flights>,
     redelivery_running: AtomicBool,
+    /// Names this cache in the per-thread memo of keys (`key/memo.rs`).
+    memo_id: u64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -193,6 +195,7 @@ impl Cache {
                 pending: Pending::default(),
                 flights: Arc::new(Flights::default()),
                 redelivery_running: AtomicBool::new(false),
+                memo_id: crate::key::memo::next_cache_id(),
                 backend,
                 near,
                 config,
@@ -302,6 +305,11 @@ impl Cache {
         resource: &str,
     ) -> Result<KeyBuilder, InvalidResource> {
         KeyBuilder::new(&self.inner.config.prefix, tenant, resource)
+    }
+
+    /// This cache's name in the per-thread memo of keys.
+    pub(crate) fn memo_id(&self) -> u64 {
+        self.inner.memo_id
     }
 
     /// Turns caching on or off for every resource at run time. Invalidations are
