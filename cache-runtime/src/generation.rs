@@ -30,9 +30,11 @@ impl Generation {
     }
 
     /// A token read from the store, kept as the (shared, zero-copy) bytes it came in:
-    /// a lookup only compares tokens. `None` for anything that is not a token of ours.
+    /// a lookup only compares tokens. `None` for anything that is not a token of ours
+    /// (ours are hex digits and a dot: ASCII, checked a word at a time, where a UTF-8
+    /// check cost a Redis hit about 650 instructions for its three tokens).
     pub(crate) fn from_bytes(bytes: Bytes) -> Option<Self> {
-        let valid = !bytes.is_empty() && bytes.len() <= 64 && std::str::from_utf8(&bytes).is_ok();
+        let valid = !bytes.is_empty() && bytes.len() <= 64 && bytes.is_ascii();
         valid.then_some(Generation(bytes))
     }
 
@@ -43,7 +45,8 @@ impl Generation {
 
     /// The token as text.
     pub fn as_str(&self) -> &str {
-        // Every token is checked to be UTF-8 when made or read, so this never falls back.
+        // Every token is checked to be ASCII when read, and made of hex digits and a dot,
+        // so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
