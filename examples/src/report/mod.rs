@@ -1095,6 +1095,22 @@ impl Report {
             "Why the cache-on run's lookups were not fresh hits, per resource (server counters, all instances, warm-up included)"
         );
         out.push_str(&miss_table(on));
+        let stat = |pointer: &str| -> u64 {
+            on.instances
+                .iter()
+                .filter_map(|i| i.cache_stats.pointer(pointer).and_then(Value::as_u64))
+                .sum()
+        };
+        // A read-your-writes violation across instances is expected only after a cache
+        // fault (an invalidation that timed out stays pending on its own instance): say
+        // whether there was one.
+        let _ = writeln!(
+            out,
+            "  cache faults: {} errors (Redis calls failed or timed out), circuit opened {} times, {} invalidations pending at the end",
+            shadow_total(on, "errors"),
+            stat("/circuit_opened"),
+            stat("/pending_invalidations"),
+        );
         if self.config.instances > 1 {
             let share = |p: &PhaseReport| p.instances.iter().map(|i| i.share).collect::<Vec<_>>();
             let _ = writeln!(out);
