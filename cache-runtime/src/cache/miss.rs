@@ -534,6 +534,17 @@ mod tests {
         }
     }
 
+    /// Two lookups of `key` that miss: a late request's and a leader's.
+    async fn two_misses(cache: &Cache, key: &CacheKey) -> (Lookup, Lookup) {
+        let late = cache.lookup_uncounted(key).await;
+        let leader = cache.lookup_uncounted(key).await;
+        assert!(matches!(
+            (&late, &leader),
+            (Lookup::Miss(_), Lookup::Miss(_))
+        ));
+        (late, leader)
+    }
+
     /// A request whose lookup missed before another request's computation was stored,
     /// and that joins the flight only after it ended (its thread preempted in between),
     /// is answered with the stored entry, not by running its handler again; after an
@@ -546,14 +557,9 @@ mod tests {
             .unwrap()
             .request("GET", "/contacts", None)
             .build();
-        let Lookup::Miss(late) = cache.lookup_uncounted(&key).await else {
-            panic!("a cold key misses");
-        };
-        let Lookup::Miss(leader) = cache.lookup_uncounted(&key).await else {
-            panic!("a cold key misses");
-        };
+        let (late, leader) = two_misses(&cache, &key).await;
         let led = cache
-            .resolve_lookup(&key, TTL, Lookup::Miss(leader), answer("first"))
+            .resolve_lookup(&key, TTL, leader, answer("first"))
             .await;
         assert!(matches!(
             led,
@@ -569,7 +575,7 @@ mod tests {
         );
 
         let resolved = cache
-            .resolve_lookup(&key, TTL, Lookup::Miss(late), answer("second"))
+            .resolve_lookup(&key, TTL, late, answer("second"))
             .await;
         assert_eq!(served_body(&resolved), Some(&b"first"[..]));
         let totals = cache.stats().totals;
@@ -578,18 +584,13 @@ mod tests {
         // The control: the entry stored meanwhile was invalidated before the late
         // request joined, so it is not current and the late request computes.
         cache.invalidate("org_1", &["contacts"]).await.unwrap();
-        let Lookup::Miss(late) = cache.lookup_uncounted(&key).await else {
-            panic!("an invalidated key misses");
-        };
-        let Lookup::Miss(leader) = cache.lookup_uncounted(&key).await else {
-            panic!("an invalidated key misses");
-        };
+        let (late, leader) = two_misses(&cache, &key).await;
         let _ = cache
-            .resolve_lookup(&key, TTL, Lookup::Miss(leader), answer("third"))
+            .resolve_lookup(&key, TTL, leader, answer("third"))
             .await;
         cache.invalidate("org_1", &["contacts"]).await.unwrap();
         let resolved = cache
-            .resolve_lookup(&key, TTL, Lookup::Miss(late), answer("fourth"))
+            .resolve_lookup(&key, TTL, late, answer("fourth"))
             .await;
         assert!(
             matches!(
