@@ -418,3 +418,38 @@ proptest! {
         check_through_the_attributes(&a, &a)?;
     }
 }
+
+/// The per-thread memo of request keys (`key/memo.rs`) belongs to one cache: the same
+/// request to the same route through two caches on one Redis, with other prefixes, in
+/// turns on one worker thread, is looked up under each cache's own prefix. Were the memo
+/// to hand cache `b` the key cache `a` built, `b`'s first request would hit `a`'s entry.
+#[test]
+fn two_caches_on_one_thread_never_share_a_memoized_key() {
+    let redis = cache_tests::RedisServer::start();
+    runtime().block_on(async {
+        let config = |prefix: &str| {
+            CacheConfig::default()
+                .with_redis_url(redis.url())
+                .with_prefix(prefix)
+        };
+        let a = Cache::new(config("a")).await.unwrap();
+        let b = Cache::new(config("b")).await.unwrap();
+        let app_a = Router::new().fallback(echo).layer(a.extension());
+        let app_b = Router::new().fallback(echo).layer(b.extension());
+        let req = Req {
+            tenant: "org_1".into(),
+            user: Some("user_1".into()),
+            path: "/contacts".into(),
+            query: BTreeMap::new(),
+        };
+        let mut outcomes = Vec::new();
+        for app in [&app_a, &app_b, &app_a, &app_b] {
+            // A second request finds its cache's entry in Redis, or its flight while the
+            // store is under way: a hit either way.
+            let reply = send_as(app, &req, false).await;
+            assert_eq!(reply.json(), expected_echo(&req));
+            outcomes.push(reply.x_cache().to_owned());
+        }
+        assert_eq!(outcomes, ["MISS", "MISS", "HIT", "HIT"]);
+    });
+}
