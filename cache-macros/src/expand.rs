@@ -213,7 +213,8 @@ fn handler(
         #vis #sig {
             #(#inner_attrs)*
             #declarations
-            let __cache_handler = async move {
+            // A closure: a cached hit never makes the handler's future.
+            let __cache_handler = move || async move {
                 let __cache_output = #body.await;
                 #to_output
             };

@@ -6,6 +6,8 @@
 //! - `/uncached`: the route's handler (a simulated 2 ms database query, then the bytes);
 //! - `/cached-memory`, `/cached-redis`: the same handler under `#[cached]`, on the
 //!   in-memory backend and on Redis, measured on hits;
+//! - `/cached-memory-large`: a memory hit of a handler whose future is 4 KB larger
+//!   (`hit_profile` only: what a large handler adds to a hit);
 //! - `/peer`: the same handler behind axum-response-cache 0.5's `CacheLayer` (in memory,
 //!   keyed by method and URI), the peer a user compares us with, measured on hits;
 //! - `/redis-get`: the bytes by one raw redis-rs GET per request, the floor of a route
@@ -71,6 +73,17 @@ async fn cached_page() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body())
 }
 
+/// `cached_page` with a handler whose future holds 4 KB across its await, as one holding
+/// a database query's state does: what a hit costs when the handler is large
+/// (`hit_profile` only).
+#[cached(resource = "templates", ttl = 3600)]
+async fn cached_large_page() -> impl IntoResponse {
+    let scratch = [7u8; 4096];
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let _ = std::hint::black_box(&scratch);
+    ([(header::CONTENT_TYPE, "application/json")], body())
+}
+
 /// Every route, with `redis_url` as the Redis of `/cached-redis` and `/redis-get`
 /// (which it fills with the page).
 pub async fn app(redis_url: &str) -> Router {
@@ -94,6 +107,7 @@ pub async fn app(redis_url: &str) -> Router {
         .unwrap();
     let memory = Router::new()
         .route("/cached-memory", get(cached_page))
+        .route("/cached-memory-large", get(cached_large_page))
         .layer(memory_cache.extension());
     let redis = Router::new()
         .route("/cached-redis", get(cached_page))

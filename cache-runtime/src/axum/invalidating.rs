@@ -23,15 +23,19 @@ use crate::spec::{InvalidationSpec, ScopeArg};
 /// still there: if this future is dropped (hyper drops it when the client disconnects,
 /// a timeout layer when it fires, a panic while unwinding), a guard hands the
 /// invalidation to the background.
-pub async fn serve_invalidating<F>(
+pub async fn serve_invalidating<H, F>(
     mut ctx: RequestContext,
     spec: &'static InvalidationSpec,
     scope: ScopeArg,
-    handler: F,
+    handler: H,
 ) -> Response
 where
+    H: FnOnce() -> F,
     F: Future<Output = HandlerOutput>,
 {
+    // A mutation always runs its handler: made at once (the same closure form as
+    // `serve_cached`'s, whose hits never make it).
+    let handler = handler();
     let Some(cache) = ctx.take_cache_or_warn(spec.function) else {
         return handler.await.response;
     };

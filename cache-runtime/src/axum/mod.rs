@@ -179,20 +179,27 @@ impl RequestScope {
 
 /// The body of every `#[cached]` handler: see the crate docs for the semantics.
 ///
-/// The handler's future is `Send + 'static` (as every axum handler's is): a `STALE`
-/// answer recomputes the entry on a spawned task, without making the request wait.
-pub async fn serve_cached<F>(
+/// `handler` makes the handler's future, called only when the handler is to run: a hit
+/// never builds it, so what a hit moves around does not grow with the handler's own
+/// state (a database query's future can be kilobytes). The future is `Send + 'static`
+/// (as every axum handler's is): a `STALE` answer recomputes the entry on a spawned
+/// task, without making the request wait.
+pub async fn serve_cached<H, F>(
     mut ctx: RequestContext,
     headers: Option<HeaderMap>,
     spec: &'static RouteSpec,
     scope: ScopeArg,
-    handler: F,
+    handler: H,
 ) -> Response
 where
+    H: FnOnce() -> F + Send + 'static,
     F: Future<Output = HandlerOutput> + Send + 'static,
 {
+    // Every path that runs the handler boxes its future in a statement of its own, so
+    // that the handler's state is never part of this future (see `serve_miss`).
     let Some(cache) = ctx.take_cache_or_warn(spec.function) else {
-        return with_outcome(handler.await.response, Outcome::Bypass);
+        let run = Box::pin(handler());
+        return with_outcome(run.await.response, Outcome::Bypass);
     };
     // Only the lookup's tracing event reads it: a clock read saved on every request
     // when the event is off (the lookup's own duration is timed for the stats anyway).
@@ -202,7 +209,7 @@ where
         Err(reason) => {
             cache.note_ttl(spec.resource, spec.ttl_secs);
             // Cached plain functions the handler calls use this request's cache.
-            let handler = cache.run_with(handler);
+            let handler = Box::pin(cache.run_with(handler()));
             let (response, handler_time) = bypass(&cache, spec.resource, handler).await;
             log_lookup(
                 spec,
@@ -219,14 +226,14 @@ where
     };
     if cache.is_shadowed(spec.resource) {
         // Boxed: the shadow path's state stays out of every request's future.
-        return Box::pin(shadow::serve_shadowed(
+        let shadowed = Box::pin(shadow::serve_shadowed(
             &cache,
             Arc::unwrap_or_clone(key),
             ctx.uri.path(),
             spec,
-            handler,
-        ))
-        .await;
+            handler(),
+        ));
+        return shadowed.await;
     }
     let if_none_match = ctx.if_none_match.take();
     // A hit is answered here, before anything of the handler is set up to run.
@@ -235,16 +242,56 @@ where
     if let Lookup::Hit(entry) = looked_up {
         cache.record_hit(spec.resource, spec.ttl_secs);
         if spec.verify && cache.draw_verification(spec.resource) {
-            shadow::spawn_verification(&cache, &key, ctx.uri.path(), spec, entry.clone(), handler);
+            shadow::spawn_verification(
+                &cache,
+                &key,
+                ctx.uri.path(),
+                spec,
+                entry.clone(),
+                handler(),
+            );
         }
         return serve_entry(spec, &entry, started, if_none_match.as_ref(), Outcome::Hit);
     }
+    // The miss path, with the handler, boxed once and made in a statement of its own:
+    // unboxed, or kept as a temporary of the `await`, its state (the handler's future,
+    // the engine's state across its await points) would be part of this future, which
+    // is moved into place on every request, hits included (and deep stacks in debug
+    // builds of handlers that await several cached calls).
+    let miss = Box::pin(serve_miss(
+        cache,
+        key,
+        looked_up,
+        spec,
+        started,
+        if_none_match,
+        handler,
+    ));
+    miss.await
+}
+
+/// [`serve_cached`] past its lookup, for anything but a hit: a stale answer (its
+/// recomputation spawned), or the handler run under the key's single flight.
+async fn serve_miss<H, F>(
+    cache: Cache,
+    key: Arc<CacheKey>,
+    looked_up: Lookup,
+    spec: &'static RouteSpec,
+    started: Option<Instant>,
+    if_none_match: Option<HeaderValue>,
+    handler: H,
+) -> Response
+where
+    H: FnOnce() -> F,
+    F: Future<Output = HandlerOutput> + Send + 'static,
+{
+    let policy = Staleness::of(spec);
     cache.note_ttl(spec.resource, spec.ttl_secs);
     let ttl = Duration::from_secs(u64::from(spec.ttl_secs));
     let max_bytes = cache.config().max_entry_bytes;
     let entry_key = key.entry_key.clone();
     // Cached plain functions the handler calls use this request's cache.
-    let handler = cache.run_with(handler);
+    let handler = cache.run_with(handler());
     let compute = async move {
         let handler_started = Instant::now();
         let output = handler.await;
@@ -275,11 +322,10 @@ where
         },
         other => other,
     };
-    // The miss path, with the handler, boxed once: unboxed, the engine's state across
-    // its await points would be part of this future, which is moved into place on every
-    // request, hits included (and deep stacks in debug builds of handlers that await
-    // several cached calls).
-    match Box::pin(cache.resolve_lookup_with(&key, ttl, policy, looked_up, compute)).await {
+    match cache
+        .resolve_lookup_with(&key, ttl, policy, looked_up, compute)
+        .await
+    {
         Resolved::Served { entry, .. } => {
             serve_entry(spec, &entry, started, if_none_match.as_ref(), Outcome::Hit)
         }
