@@ -16,7 +16,6 @@ use tracing::Instrument;
 
 use super::read::{BypassReason, Lookup, MissCause, MissTicket, Staleness};
 use super::Cache;
-use crate::backend::Backend;
 use crate::entry::{now_ms, CachedResponse, Entry};
 use crate::error::BackendError;
 use crate::flight::{FlightGuard, FlightState, Join};
@@ -222,8 +221,12 @@ impl Cache {
             return Decision::LookupFailed;
         };
         let flight = match self.inner.flights.join(flight_key(key, generations)) {
+            // A memory miss that leads looks once more (no round trip): a leader that
+            // finished between this request's lookup and its join (the thread can be
+            // preempted between them, with no await) stored before its flight ended.
+            // With Redis a finished flight stays visible for `FLIGHT_GRACE` instead.
             Join::Leader(flight) if ticket.refreshing.is_none() => {
-                if let Some(entry) = self.stored_since_lookup(key) {
+                if let Some(entry) = self.memory_current(key, Instant::now(), now_ms()) {
                     flight.publish(Some(entry.clone()));
                     return Decision::Coalesced(entry);
                 }
@@ -257,21 +260,6 @@ impl Cache {
             }
         }
         Decision::Lead { ticket, flight }
-    }
-
-    /// The memory backend's entry for `key` stored by a leader that finished between this
-    /// request's lookup and its joining the flight. In process the lookup and the join
-    /// follow without an await, but the thread can still be preempted between them; the
-    /// leader stores before its flight ends, so a second look (no round trip) finds what
-    /// the late joiner would otherwise compute again. With Redis the finished flight
-    /// stays visible for [`FLIGHT_GRACE`] instead, which costs no second round trip.
-    fn stored_since_lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        let Backend::Memory(memory) = &self.inner.backend else {
-            return None;
-        };
-        memory
-            .current_entry(key, Instant::now())
-            .filter(|entry| entry.digest == key.digest && !entry.is_expired(now_ms()))
     }
 
     /// The one place a request's outcome is counted.

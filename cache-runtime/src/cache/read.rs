@@ -242,12 +242,7 @@ impl Cache {
     /// draws on it as on any fresh entry. `started` and `started_ms` are the lookup's
     /// clock reads.
     fn memory_hit(&self, key: &CacheKey, started: Instant, started_ms: u64) -> Option<Lookup> {
-        let Backend::Memory(memory) = &self.inner.backend else {
-            return None;
-        };
-        let entry = memory
-            .current_entry(key, started)
-            .filter(|entry| entry.digest == key.digest && !entry.is_expired(started_ms))?;
+        let entry = self.memory_current(key, started, started_ms)?;
         self.inner
             .stats
             .record_lookup_time(key.resource(), started.elapsed());
@@ -263,6 +258,23 @@ impl Cache {
             }));
         }
         Some(Lookup::Hit(entry))
+    }
+
+    /// The memory backend's entry for `key` that a hit may serve at `now` / `now_ms`:
+    /// its generations all current, this key's digest, within its TTL. `None` when there
+    /// is none, or on Redis.
+    pub(super) fn memory_current(
+        &self,
+        key: &CacheKey,
+        now: Instant,
+        now_ms: u64,
+    ) -> Option<Arc<Entry>> {
+        let Backend::Memory(memory) = &self.inner.backend else {
+            return None;
+        };
+        memory
+            .current_entry(key, now)
+            .filter(|entry| entry.digest == key.digest && !entry.is_expired(now_ms))
     }
 
     /// [`lookup_uncounted`](Self::lookup_uncounted) once the switches have been passed:

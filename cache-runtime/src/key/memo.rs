@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use super::CacheKey;
 
-/// Slots per thread. A slot holds one key (about 250 bytes with its inputs), so the
-/// memo of a thread stays under 100 KB.
-const SLOTS: usize = 256;
+/// Slots per thread, `1 << SLOT_BITS`. A slot holds one key (about 250 bytes with its
+/// inputs), so the memo of a thread stays under 100 KB.
+const SLOT_BITS: u32 = 8;
+const SLOTS: usize = 1 << SLOT_BITS;
 
 /// Bytes of inputs a memoized request may have: longer ones are built every time.
 pub(crate) const MAX_INPUT_BYTES: usize = 256;
@@ -103,7 +104,7 @@ fn slot_of(encoded: &[u8]) -> usize {
         hash = (hash.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
     }
     // The high bits are the well-mixed ones.
-    (hash >> 56) as usize % SLOTS
+    (hash >> (u64::BITS - SLOT_BITS)) as usize
 }
 
 struct Slot {
