@@ -253,6 +253,19 @@ pub struct CacheKey {
     /// `[all, resource, tags...]`, in that order.
     pub(crate) generation_keys: GenerationKeys,
     pub(crate) digest: [u8; 16],
+    /// The entry key's hash for the in-process stores ([`table_hash`]): made once with
+    /// the key, so that a hit on a memoized key hashes nothing.
+    pub(crate) table_hash: u64,
+}
+
+/// The hash the in-process stores file an entry key under: SipHash, keyed once per
+/// process. The key carries a tenant's id and a request's path, so which entries share
+/// a bucket must not be predictable from outside.
+pub(crate) fn table_hash(entry_key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default).hash_one(entry_key)
 }
 
 /// The digest's length in the entry key, in hex.
@@ -446,6 +459,7 @@ impl KeyBuilder {
         push_hex(&mut entry_key, &digest);
         CacheKey {
             scope_len,
+            table_hash: table_hash(&entry_key),
             entry_key,
             generation_keys,
             digest,

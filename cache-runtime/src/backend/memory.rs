@@ -1,31 +1,26 @@
 //! The in-process backend: the embedded default when no `REDIS_URL` is set, so nothing
-//! needs installing to try the project. Bounded by bytes (W-TinyLFU eviction through
-//! `moka`), with per-entry TTL, and the same generation semantics as Redis, generation
-//! lifetime included. Of `memory_max_bytes`, one eighth is for generations and the rest
-//! for entries: both count, so that a request-derived scope cannot grow either without
-//! bound. It must never grow without bound and never block on I/O.
+//! needs installing to try the project. Bounded by bytes, with per-entry TTL, and the
+//! same generation semantics as Redis, generation lifetime included. Of
+//! `memory_max_bytes`, one eighth is for generations and the rest for entries: both
+//! count, so that a request-derived scope cannot grow either without bound. It must
+//! never grow without bound and never block on I/O.
 //!
-//! Generations are not in moka: a hit reads two or three of them, and a moka read (which
-//! also records the access for its eviction policy and reads the clock) cost as much as
-//! the rest of the lookup. They live in a sharded map read under a shared lock
-//! ([`GenerationTable`]); when a shard is past its share of the bound it drops
-//! generations, which only turns the entries they guarded into misses.
+//! Entries live in an [`EntryStore`] (shared with the local tier). Generations live in a
+//! sharded map read under a shared lock ([`GenerationTable`]): a hit reads two or three
+//! of them, and checks them without copying a token; when a shard is past its share of
+//! the bound it drops generations, which only turns the entries they guarded into
+//! misses.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use moka::sync::Cache as MokaCache;
-use moka::Expiry;
-
+use super::store::EntryStore;
 use super::EntrySlot;
-use crate::entry::{Entry, GenerationMemo};
+use crate::entry::{now_ms, Entry, GenerationMemo};
 use crate::generation::Generation;
 use crate::key::{hash_tag, CacheKey, GenerationKeys, KeyList};
-
-/// Resident bytes an entry costs besides its key, body and headers (measured).
-const ENTRY_OVERHEAD_BYTES: usize = 770;
 
 /// Resident bytes a generation costs besides its key and token: its map slot (key,
 /// token, write time, control byte), the key's and token's allocations and allocator
@@ -40,7 +35,7 @@ const GENERATION_SHARE: u64 = 8;
 
 #[derive(Debug)]
 pub(crate) struct MemoryBackend {
-    entries: MokaCache<String, (Arc<Entry>, Duration)>,
+    entries: EntryStore,
     generations: GenerationTable,
 }
 
@@ -237,9 +232,6 @@ impl GenerationTable {
         }
     }
 
-    /// Nothing to run: kept so that callers read like moka's (its maintenance is lazy).
-    fn run_pending_tasks(&self) {}
-
     /// Bytes held, as weighed for the bound.
     fn weighted_size(&self) -> u64 {
         self.shards
@@ -261,49 +253,12 @@ fn shard_index(key: &str) -> usize {
     spread % GENERATION_SHARDS
 }
 
-/// Each entry lives the duration stored beside it (its remaining lifetime when written),
-/// in this backend and in the local tier in front of Redis.
-pub(super) struct EntryExpiry;
-
-impl Expiry<String, (Arc<Entry>, Duration)> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &(Arc<Entry>, Duration),
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &(Arc<Entry>, Duration),
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-}
-
 impl MemoryBackend {
     /// A store of at most `max_bytes` (entries and generations together), whose
     /// generations live `generation_ttl` at most.
     pub(crate) fn new(max_bytes: u64, generation_ttl: Duration) -> Self {
         let generation_bytes = max_bytes / GENERATION_SHARE;
-        let entries = MokaCache::builder()
-            .max_capacity(max_bytes - generation_bytes)
-            .weigher(|key: &String, value: &(Arc<Entry>, Duration)| {
-                // The constant is what an entry costs besides its key, body and headers
-                // (the Entry and its Arc, vectors, moka's node, deques and timer,
-                // allocator overhead): measured at 774 bytes per entry
-                // (BENCHMARKS.md, memory), so the configured bound is an honest one.
-                // `weight()` counts the hit headers an entry keeps once served.
-                let weight = key.len() + value.0.response.weight() + ENTRY_OVERHEAD_BYTES;
-                u32::try_from(weight).unwrap_or(u32::MAX)
-            })
-            .expire_after(EntryExpiry)
-            .build();
+        let entries = EntryStore::new(max_bytes - generation_bytes);
         let generations = GenerationTable::new(generation_bytes, generation_ttl);
         MemoryBackend {
             entries,
@@ -320,8 +275,8 @@ impl MemoryBackend {
             .iter()
             .map(|k| self.generations.current(k, now))
             .collect();
-        let entry = match self.entries.get(&key.entry_key) {
-            Some((entry, _)) => EntrySlot::Present(entry),
+        let entry = match self.entries.get(key, now_ms()) {
+            Some(entry) => EntrySlot::Present(entry),
             None => EntrySlot::Absent,
         };
         (generations, entry)
@@ -331,9 +286,15 @@ impl MemoryBackend {
     /// copies no token and allocates nothing. `None` sends the caller to
     /// [`read`](Self::read), which also creates missing generations. The entry's own
     /// checks (digest, expiry) are the caller's, as after `read`.
-    /// Generations are judged at `now` (the lookup's start).
-    pub(crate) fn current_entry(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
-        let (entry, _) = self.entries.get(&key.entry_key)?;
+    /// Generations are judged at `now` (the lookup's start), the entry's lifetime in the
+    /// store at `now_ms` (the same instant on the wall clock).
+    pub(crate) fn current_entry(
+        &self,
+        key: &CacheKey,
+        now: Instant,
+        now_ms: u64,
+    ) -> Option<Arc<Entry>> {
+        let entry = self.entries.get(key, now_ms)?;
         self.generations
             .all_current(
                 &key.generation_keys,
@@ -345,7 +306,7 @@ impl MemoryBackend {
     }
 
     pub(crate) fn store(&self, key: &CacheKey, entry: Arc<Entry>, ttl: Duration) {
-        self.entries.insert(key.entry_key.clone(), (entry, ttl));
+        self.entries.insert(key, entry, ttl);
     }
 
     pub(crate) fn bump(&self, generation_keys: &(impl KeyList + ?Sized)) {
@@ -355,16 +316,13 @@ impl MemoryBackend {
         }
     }
 
-    /// Entries currently held (approximate until pending maintenance runs).
+    /// Entries currently held (expired ones not yet dropped included).
     pub(crate) fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
         self.entries.entry_count()
     }
 
     /// Bytes currently held, as weighed for the bound (entries and generations).
     pub(crate) fn weighted_size(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.generations.run_pending_tasks();
         self.entries.weighted_size() + self.generations.weighted_size()
     }
 }
@@ -390,7 +348,6 @@ mod tests {
         for i in 0..5_000 {
             memory.read(&key(&format!("org_{i}")));
         }
-        memory.generations.run_pending_tasks();
         let generations = memory.generations.weighted_size();
         assert!(generations > 0);
         assert!(
@@ -432,7 +389,7 @@ mod tests {
         let memory = MemoryBackend::new(1024 * 1024, Duration::from_secs(600));
         let k = key("org_1");
         assert!(
-            memory.current_entry(&k, Instant::now()).is_none(),
+            memory.current_entry(&k, Instant::now(), now_ms()).is_none(),
             "nothing stored yet"
         );
         let (generations, _) = memory.read(&k);
@@ -441,18 +398,18 @@ mod tests {
             entry_for(&k, generations.clone()),
             Duration::from_secs(60),
         );
-        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        assert!(memory.current_entry(&k, Instant::now(), now_ms()).is_some());
         // Another tenant's bump changes nothing here, nor does a bump of another
         // resource of this tenant (same shard: the entry's note goes stale and it is
         // checked again); this resource's does, noted or not.
         memory.bump(&key("org_2").generation_keys);
-        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        assert!(memory.current_entry(&k, Instant::now(), now_ms()).is_some());
         memory.bump(&["t:{t.org_1}:g:deals".to_owned()]);
-        assert!(memory.current_entry(&k, Instant::now()).is_some());
-        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        assert!(memory.current_entry(&k, Instant::now(), now_ms()).is_some());
+        assert!(memory.current_entry(&k, Instant::now(), now_ms()).is_some());
         memory.bump(&[&k.generation_keys[1]]);
         assert!(
-            memory.current_entry(&k, Instant::now()).is_none(),
+            memory.current_entry(&k, Instant::now(), now_ms()).is_none(),
             "served after a bump"
         );
         // An entry carrying fewer generations than the key reads is not current either.
@@ -462,9 +419,9 @@ mod tests {
             entry_for(&k, now[..1].to_vec()),
             Duration::from_secs(60),
         );
-        assert!(memory.current_entry(&k, Instant::now()).is_none());
+        assert!(memory.current_entry(&k, Instant::now(), now_ms()).is_none());
         memory.store(&k, entry_for(&k, now.clone()), Duration::from_secs(60));
-        assert!(memory.current_entry(&k, Instant::now()).is_some());
+        assert!(memory.current_entry(&k, Instant::now(), now_ms()).is_some());
         // Past the generations' lifetime (from their write) they are not current.
         let table = &memory.generations;
         let later = Instant::now() + table.ttl;

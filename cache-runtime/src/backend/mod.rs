@@ -7,6 +7,7 @@ mod connection;
 pub(crate) mod memory;
 pub(crate) mod near;
 pub(crate) mod redis;
+mod store;
 mod tracking;
 mod tracking_cluster;
 

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
-use moka::sync::Cache as MokaCache;
-
+use super::store::EntryStore;
 use super::tracking::TrackingConnection;
 use super::tracking_cluster::ClusterTracking;
 use super::RawLookup;
@@ -20,10 +19,6 @@ use crate::entry::{now_ms, Entry, GenerationMemo};
 use crate::error::BackendError;
 use crate::generation::Generation;
 use crate::key::{CacheKey, KeyList};
-
-/// Resident bytes an entry costs besides its key, body and headers: the memory
-/// backend's measured figure (BENCHMARKS.md, memory), the same structure.
-const ENTRY_OVERHEAD_BYTES: usize = 770;
 
 /// Resident bytes a known generation costs besides its key and token: its map slot
 /// (a `String` and a `Bytes`, 56 bytes, over the map's load factor, plus a control
@@ -37,7 +32,7 @@ const VIEW_SHARE_DIVISOR: u64 = 8;
 /// The local tier of one cache handle.
 pub(crate) struct NearTier {
     pub(crate) mode: LocalTier,
-    entries: MokaCache<String, (Arc<Entry>, Duration)>,
+    entries: EntryStore,
     /// The generations this instance knows to be current (tracking mode).
     pub(crate) view: Arc<GenerationView>,
     /// The connection(s) generations are read through with tracking on (tracking mode).
@@ -135,14 +130,7 @@ impl NearTier {
                 config.response_timeout,
             ));
         }
-        let entries = MokaCache::builder()
-            .max_capacity(config.local_tier_max_bytes - view_budget)
-            .weigher(|key: &String, value: &(Arc<Entry>, Duration)| {
-                let weight = key.len() + value.0.response.weight() + ENTRY_OVERHEAD_BYTES;
-                u32::try_from(weight).unwrap_or(u32::MAX)
-            })
-            .expire_after(super::memory::EntryExpiry)
-            .build();
+        let entries = EntryStore::new(config.local_tier_max_bytes - view_budget);
         Ok(Some(NearTier {
             mode,
             entries,
@@ -154,7 +142,7 @@ impl NearTier {
     /// The local entry for `key` when it is this key's (digest) and not expired at
     /// `now_ms`; its generations are not checked here.
     pub(crate) fn entry(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
-        let (entry, _) = self.entries.get(&key.entry_key)?;
+        let entry = self.entries.get(key, now_ms)?;
         (entry.digest == key.digest && !entry.is_expired(now_ms)).then_some(entry)
     }
 
@@ -177,13 +165,12 @@ impl NearTier {
         if left == 0 {
             return;
         }
-        self.entries
-            .insert(key.entry_key.clone(), (entry, Duration::from_millis(left)));
+        self.entries.insert(key, entry, Duration::from_millis(left));
     }
 
     /// Drops the local entry of `key` (found stale).
     pub(crate) fn drop_entry(&self, key: &CacheKey) {
-        self.entries.invalidate(&key.entry_key);
+        self.entries.remove(key);
     }
 
     pub(crate) fn entry_count(&self) -> u64 {
@@ -193,11 +180,6 @@ impl NearTier {
     /// The bytes held, as weighed for the bound: entries and known generations.
     pub(crate) fn weighted_size(&self) -> u64 {
         self.entries.weighted_size() + self.view.bytes() as u64
-    }
-
-    /// Runs moka's pending maintenance so that counts are exact (tests, stats).
-    pub(crate) fn sync(&self) {
-        self.entries.run_pending_tasks();
     }
 }
 

@@ -113,7 +113,6 @@ impl Cache {
     /// The local tier's figures, `None` when it is off.
     pub(super) fn local_tier_snapshot(&self) -> Option<crate::stats::LocalTierSnapshot> {
         let near = self.near()?;
-        near.sync();
         Some(crate::stats::LocalTierSnapshot {
             mode: near.mode.as_str(),
             entries: near.entry_count(),

@@ -273,7 +273,7 @@ impl Cache {
             return None;
         };
         memory
-            .current_entry(key, now)
+            .current_entry(key, now, now_ms)
             .filter(|entry| entry.digest == key.digest && !entry.is_expired(now_ms))
     }
 
