@@ -246,9 +246,18 @@ pub(super) fn hit_response(entry: &Arc<Entry>, age: Duration, spec: &RouteSpec) 
     let headers = match kept {
         Some(kept) => {
             let mut headers = kept.clone();
-            // Both are in the map already: replaced in place, the map does not grow.
-            headers.insert(X_CACHE_AGE, age.clone());
-            headers.insert(header::AGE, age);
+            // Both are in the map already, first (`hit_headers`): their values are
+            // replaced where they are, without hashing a name.
+            let mut left = 2;
+            for (name, value) in headers.iter_mut() {
+                if name == X_CACHE_AGE || name == header::AGE {
+                    *value = age.clone();
+                    left -= 1;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
             headers
         }
         None => hit_headers(stored, spec, &age),
@@ -265,14 +274,21 @@ pub(super) fn hit_response(entry: &Arc<Entry>, age: Duration, spec: &RouteSpec) 
 fn hit_headers(stored: &CachedResponse, spec: &RouteSpec, age: &HeaderValue) -> HeaderMap {
     // Sized once: grown header by header, the map was reallocated twice.
     let mut headers = HeaderMap::with_capacity(stored.headers.len() + 5);
+    // The age first: a hit on kept headers finds it at once (`hit_response`).
+    headers.insert(X_CACHE_AGE, age.clone());
+    headers.insert(header::AGE, age.clone());
     let mut handler_cache_control = false;
-    for (name, value) in &stored.headers {
+    // Only what `cacheable` stores: an entry written otherwise (another version, the
+    // plain API) neither adds a second age nor replays a cookie.
+    for (name, value) in stored
+        .headers
+        .iter()
+        .filter(|(name, _)| is_stored_header(name))
+    {
         handler_cache_control |= name == header::CACHE_CONTROL;
         headers.append(name.clone(), value.clone());
     }
     headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
-    headers.insert(X_CACHE_AGE, age.clone());
-    headers.insert(header::AGE, age.clone());
     if !handler_cache_control {
         headers.insert(header::CACHE_CONTROL, spec.cache_control.clone());
     }
