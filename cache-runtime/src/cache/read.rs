@@ -467,14 +467,31 @@ impl Cache {
 
     /// [`refresh_early`](Self::refresh_early) at `now_ms` (a clock read of the lookup's).
     fn refresh_early_at(&self, entry: &Entry, now_ms: u64) -> bool {
-        let beta = self.inner.config.early_refresh_beta;
-        if beta <= 0.0 || entry.compute_ms == 0 {
-            return false;
-        }
-        let random = self.inner.config.early_refresh_random.draw();
-        let head_start_ms = f64::from(entry.compute_ms) * beta * -random.ln();
-        now_ms as f64 + head_start_ms >= entry.expires_at_ms() as f64
+        let config = &self.inner.config;
+        xfetch(entry, now_ms, config.early_refresh_beta, || {
+            config.early_refresh_random.draw()
+        })
     }
+}
+
+/// The largest `-ln(draw)` XFetch can draw: a draw is at least `f64::MIN_POSITIVE`,
+/// whose logarithm is -708.396 (`RandomSource::draw`).
+const XFETCH_MAX_FACTOR: f64 = 708.4;
+
+/// XFetch's verdict on `entry` at `now_ms`: refresh once `now + compute * beta *
+/// -ln(draw)` reaches its expiry. An entry further from expiry than the largest head
+/// start is not refreshed whatever is drawn, so nothing is drawn: most hits of most
+/// entries.
+fn xfetch(entry: &Entry, now_ms: u64, beta: f64, draw: impl FnOnce() -> f64) -> bool {
+    if beta <= 0.0 || entry.compute_ms == 0 {
+        return false;
+    }
+    let compute_ms = f64::from(entry.compute_ms) * beta;
+    let expires_ms = entry.expires_at_ms() as f64;
+    if now_ms as f64 + compute_ms * XFETCH_MAX_FACTOR < expires_ms {
+        return false;
+    }
+    now_ms as f64 + compute_ms * -draw().ln() >= expires_ms
 }
 
 #[cfg(test)]
@@ -504,6 +521,32 @@ mod tests {
             grace_ms,
             after_invalidation_ms,
         }
+    }
+
+    /// Nothing is drawn further from expiry than the largest head start, and that skips
+    /// no refresh: the smallest draw still refreshes just inside it.
+    #[test]
+    fn xfetch_draws_only_where_a_draw_can_refresh() {
+        let e = entry(vec![Generation::fresh()], STORED_AT);
+        let expires = STORED_AT + TTL;
+        // compute 5 ms, beta 2: the largest head start is 10 * 708.396 = 7,083.96 ms.
+        let smallest = crate::early_refresh::RandomSource::new(|| 0.0);
+        let draws = std::cell::Cell::new(0);
+        let draw = || {
+            draws.set(draws.get() + 1);
+            smallest.draw()
+        };
+        assert!(!xfetch(&e, expires - 7_100, 2.0, draw));
+        assert_eq!(draws.get(), 0, "drew where no draw can refresh");
+        assert!(xfetch(&e, expires - 7_083, 2.0, draw));
+        assert_eq!(draws.get(), 1);
+        // Near expiry an ordinary draw decides: -ln(0.5) * 10 = 6.9 ms of head start.
+        assert!(!xfetch(&e, expires - 7, 2.0, || 0.5));
+        assert!(xfetch(&e, expires - 6, 2.0, || 0.5));
+        assert!(
+            !xfetch(&e, expires - 1, 0.0, || 0.0),
+            "beta 0 never refreshes"
+        );
     }
 
     #[test]
