@@ -91,6 +91,15 @@ pub(crate) fn hash_tag(key: &[u8]) -> &[u8] {
         .unwrap_or(key)
 }
 
+/// A fold of `key`'s [`hash_tag`]: keys that share a tag share it, so the in-process
+/// tables that group a tenant's keys shard by it. Not a secret hash: it only spreads
+/// keys over locks.
+pub(crate) fn tag_spread(key: &[u8]) -> usize {
+    hash_tag(key).iter().fold(0usize, |h, &b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    })
+}
+
 /// Appends [`tenant_tag`] to `out`, escaping in place: a key is built in one buffer.
 fn push_tenant_tag(out: &mut String, tenant: Tenant<'_>) {
     const MAX_READABLE: usize = 64;

@@ -20,7 +20,7 @@ use super::store::EntryStore;
 use super::EntrySlot;
 use crate::entry::{now_ms, Entry, GenerationMemo};
 use crate::generation::Generation;
-use crate::key::{hash_tag, CacheKey, GenerationKeys, KeyList};
+use crate::key::{tag_spread, CacheKey, GenerationKeys, KeyList};
 
 /// Resident bytes a generation costs besides its key and token: its map slot (key,
 /// token, write time, control byte), the key's and token's allocations and allocator
@@ -116,8 +116,10 @@ impl GenerationTable {
         if keys.len() != expected.len() {
             return false;
         }
-        let index = shard_index(first);
-        let one_shard = keys.iter().skip(1).all(|key| shard_index(key) == index);
+        let (index, one_shard) = match keys.shared_spread() {
+            Some(spread) => (spread % GENERATION_SHARDS, true),
+            None => (shard_index(first), false),
+        };
         let epoch = self.epochs[index].load(Ordering::Acquire);
         let now_secs = now.saturating_duration_since(self.born).as_secs();
         if one_shard && memo.holds(epoch, now_secs) {
@@ -243,14 +245,11 @@ impl GenerationTable {
 
 /// The shard of a generation key. It only spreads keys over the locks (the map inside
 /// hashes with SipHash, so a crafted tenant id can at worst crowd one shard, not degrade
-/// its map), and it spreads by the key's [`hash_tag`] (`t.<tenant>`), as Redis Cluster
-/// does: one tenant's generations share a shard, so that a hit checks them all under
-/// one lock.
+/// its map), and it spreads by the key's hash tag (`t.<tenant>`, [`tag_spread`]), as
+/// Redis Cluster does: one tenant's generations share a shard, so that a hit checks
+/// them all under one lock.
 fn shard_index(key: &str) -> usize {
-    let spread = hash_tag(key.as_bytes()).iter().fold(0usize, |h, &b| {
-        h.wrapping_mul(31).wrapping_add(usize::from(b))
-    });
-    spread % GENERATION_SHARDS
+    tag_spread(key.as_bytes()) % GENERATION_SHARDS
 }
 
 impl MemoryBackend {

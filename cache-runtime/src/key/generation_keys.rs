@@ -1,5 +1,6 @@
 //! A key's generation keys in one buffer, and the lists of keys the backends take.
 
+use super::tag_spread;
 #[cfg(doc)]
 use super::CacheKey;
 
@@ -38,6 +39,10 @@ pub struct GenerationKeys {
     /// Where each further key ends (a route with more than two tags).
     more_ends: Vec<u32>,
     count: usize,
+    /// The [`tag_spread`] of every key, when they all have the same one (a key's own
+    /// always do: one tenant's tag): kept as keys are added, so that a hit finds its
+    /// shard of the memory backend's generations without reading a key.
+    shared_spread: Option<usize>,
 }
 
 /// What separates a generation key's scope from its name.
@@ -78,6 +83,15 @@ impl GenerationKeys {
 
     /// Ends the key written last at the end of `text`.
     fn end_key(&mut self) {
+        let start = match self.count {
+            0 => 0,
+            n => self.end(n - 1).unwrap_or(0),
+        };
+        let spread = tag_spread(self.text.as_bytes().get(start..).unwrap_or_default());
+        self.shared_spread = match self.count {
+            0 => Some(spread),
+            _ => self.shared_spread.filter(|shared| *shared == spread),
+        };
         // Keys are short (a prefix of at most 64 bytes, a tag of at most 70, a name of
         // at most 64): `u32` overflows only past millions of them.
         let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
@@ -131,6 +145,11 @@ impl GenerationKeys {
             None => *self.more_ends.get(index - INLINE_KEYS)?,
         };
         Some(end as usize)
+    }
+
+    /// The [`tag_spread`] all the keys share, if they share one.
+    pub(crate) fn shared_spread(&self) -> Option<usize> {
+        self.shared_spread
     }
 
     /// The keys' bytes in all (what a command carries).
@@ -237,5 +256,38 @@ impl<S: AsRef<str>, const N: usize> KeyList for [S; N] {
 impl<S: AsRef<str>> KeyList for Vec<S> {
     fn key_iter(&self) -> impl Iterator<Item = &str> {
         self.iter().map(AsRef::as_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_tag_share_its_spread_and_others_do_not() {
+        let one = [
+            "p:{t.org_1}:g:*",
+            "p:{t.org_1}:g:contacts",
+            "p:{t.org_1}:g:x",
+        ];
+        let keys: GenerationKeys = one.iter().copied().collect();
+        assert_eq!(keys.shared_spread(), Some(tag_spread(b"p:{t.org_1}:g:*")));
+        let mixed: GenerationKeys = ["p:{t.org_1}:g:*", "p:{t.org_2}:g:contacts"]
+            .into_iter()
+            .collect();
+        assert_eq!(mixed.shared_spread(), None);
+        // Once lost, not found again by a later key of the first tag.
+        let mut mixed = mixed;
+        mixed.push("p:{t.org_1}:g:deals");
+        assert_eq!(mixed.shared_spread(), None);
+        assert_eq!(GenerationKeys::default().shared_spread(), None);
+        // Five keys: past the inline ends.
+        let many: GenerationKeys = (0..5)
+            .map(|i| format!("p:{{t.org_1}}:g:r{i}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(many.shared_spread(), keys.shared_spread());
     }
 }
