@@ -38,12 +38,17 @@ pub struct GenerationKeys {
     ends: [u32; INLINE_KEYS],
     /// Where each further key ends (a route with more than two tags).
     more_ends: Vec<u32>,
-    count: usize,
-    /// The [`tag_spread`] of every key, when they all have the same one (a key's own
-    /// always do: one tenant's tag): kept as keys are added, so that a hit finds its
-    /// shard of the memory backend's generations without reading a key.
-    shared_spread: Option<usize>,
+    /// How many keys (a `u32`, as the ends: the key is part of every miss's state).
+    count: u32,
+    /// The [`tag_spread`] of every key (its low 32 bits), when they all have the same
+    /// one (a key's own always do: one tenant's tag), else [`NO_SHARED_SPREAD`]: kept as
+    /// keys are added, so that a hit finds its shard of the memory backend's
+    /// generations without reading a key.
+    shared_spread: u32,
 }
+
+/// `shared_spread` when the keys have no spread in common (or there are none).
+const NO_SHARED_SPREAD: u32 = u32::MAX;
 
 /// What separates a generation key's scope from its name.
 pub(crate) const GENERATION_INFIX: &str = ":g:";
@@ -83,19 +88,23 @@ impl GenerationKeys {
 
     /// Ends the key written last at the end of `text`.
     fn end_key(&mut self) {
-        let start = match self.count {
+        let start = match self.len() {
             0 => 0,
             n => self.end(n - 1).unwrap_or(0),
         };
-        let spread = tag_spread(self.text.as_bytes().get(start..).unwrap_or_default());
-        self.shared_spread = match self.count {
-            0 => Some(spread),
-            _ => self.shared_spread.filter(|shared| *shared == spread),
-        };
+        // Spreads are only ever taken modulo a few shards: the low bits do.
+        let spread = tag_spread(self.text.as_bytes().get(start..).unwrap_or_default()) as u32
+            % NO_SHARED_SPREAD;
+        if self.count == 0 {
+            self.shared_spread = spread;
+        } else if self.shared_spread != spread {
+            self.shared_spread = NO_SHARED_SPREAD;
+        }
         // Keys are short (a prefix of at most 64 bytes, a tag of at most 70, a name of
         // at most 64): `u32` overflows only past millions of them.
         let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
-        match self.ends.get_mut(self.count) {
+        let index = self.len();
+        match self.ends.get_mut(index) {
             Some(slot) => *slot = end,
             None => self.more_ends.push(end),
         }
@@ -113,7 +122,7 @@ impl GenerationKeys {
 
     /// How many keys.
     pub fn len(&self) -> usize {
-        self.count
+        self.count as usize
     }
 
     /// True when there is no key.
@@ -137,7 +146,7 @@ impl GenerationKeys {
 
     /// Where key `index` ends in `text`.
     fn end(&self, index: usize) -> Option<usize> {
-        if index >= self.count {
+        if index >= self.len() {
             return None;
         }
         let end = match self.ends.get(index) {
@@ -149,7 +158,8 @@ impl GenerationKeys {
 
     /// The [`tag_spread`] all the keys share, if they share one.
     pub(crate) fn shared_spread(&self) -> Option<usize> {
-        self.shared_spread
+        (self.shared_spread != NO_SHARED_SPREAD && self.count > 0)
+            .then_some(self.shared_spread as usize)
     }
 
     /// The keys' bytes in all (what a command carries).
@@ -171,14 +181,14 @@ impl std::ops::Index<usize> for GenerationKeys {
     fn index(&self, index: usize) -> &str {
         match self.get(index) {
             Some(key) => key,
-            None => panic!("generation key {index} of {}", self.count),
+            None => panic!("generation key {index} of {}", self.len()),
         }
     }
 }
 
 impl<const N: usize> PartialEq<[&str; N]> for GenerationKeys {
     fn eq(&self, other: &[&str; N]) -> bool {
-        self.count == N && self.iter().eq(other.iter().copied())
+        self.len() == N && self.iter().eq(other.iter().copied())
     }
 }
 
@@ -221,7 +231,7 @@ impl<'a> Iterator for GenerationKeyIter<'a> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.keys.count.saturating_sub(self.next);
+        let left = self.keys.len().saturating_sub(self.next);
         (left, Some(left))
     }
 }
@@ -271,7 +281,8 @@ mod tests {
             "p:{t.org_1}:g:x",
         ];
         let keys: GenerationKeys = one.iter().copied().collect();
-        assert_eq!(keys.shared_spread(), Some(tag_spread(b"p:{t.org_1}:g:*")));
+        let spread = tag_spread(b"p:{t.org_1}:g:*") as u32 % NO_SHARED_SPREAD;
+        assert_eq!(keys.shared_spread(), Some(spread as usize));
         let mixed: GenerationKeys = ["p:{t.org_1}:g:*", "p:{t.org_2}:g:contacts"]
             .into_iter()
             .collect();
