@@ -175,7 +175,12 @@ impl Entry {
 
     /// How long ago the entry was stored.
     pub fn age(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.stored_at_ms))
+        self.age_at(now_ms())
+    }
+
+    /// Its age at `now_ms` (epoch ms).
+    pub(crate) fn age_at(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
     }
 
     /// Its time to live.

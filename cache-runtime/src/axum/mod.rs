@@ -27,7 +27,7 @@ use response::{
 };
 
 use crate::cache::{BypassReason, Cache, Lookup, Resolved, Staleness};
-use crate::entry::Entry;
+use crate::entry::{now_ms, Entry};
 use crate::key::{memo, CacheKey, Tenant};
 use crate::scope::CacheScope;
 use crate::spec::{RouteSpec, ScopeArg, VaryPart};
@@ -238,7 +238,9 @@ where
     let if_none_match = ctx.if_none_match.take();
     // A hit is answered here, before anything of the handler is set up to run.
     let policy = Staleness::of(spec);
-    let looked_up = cache.lookup_with(&key, policy).await;
+    // One pair of clock reads for the lookup, and the wall clock's for a hit's age too.
+    let (at, at_ms) = (Instant::now(), now_ms());
+    let looked_up = cache.lookup_at(&key, policy, at, at_ms).await;
     if let Lookup::Hit(entry) = looked_up {
         cache.record_hit(spec.resource, spec.ttl_secs);
         if spec.verify && cache.draw_verification(spec.resource) {
@@ -251,7 +253,15 @@ where
                 handler(),
             );
         }
-        return serve_entry(spec, &entry, started, if_none_match.as_ref(), Outcome::Hit);
+        let age = entry.age_at(at_ms);
+        return serve_entry(
+            spec,
+            &entry,
+            age,
+            started,
+            if_none_match.as_ref(),
+            Outcome::Hit,
+        );
     }
     // The miss path, with the handler, boxed once and made in a statement of its own:
     // unboxed, or kept as a temporary of the `await`, its state (the handler's future,
@@ -313,6 +323,7 @@ where
                 return serve_entry(
                     spec,
                     &stale,
+                    stale.age(),
                     started,
                     if_none_match.as_ref(),
                     Outcome::Stale,
@@ -326,9 +337,14 @@ where
         .resolve_lookup_with(&key, ttl, policy, looked_up, compute)
         .await
     {
-        Resolved::Served { entry, .. } => {
-            serve_entry(spec, &entry, started, if_none_match.as_ref(), Outcome::Hit)
-        }
+        Resolved::Served { entry, .. } => serve_entry(
+            spec,
+            &entry,
+            entry.age(),
+            started,
+            if_none_match.as_ref(),
+            Outcome::Hit,
+        ),
         Resolved::Computed {
             value: (value, etag, handler_started, handler_time),
             how,
@@ -368,15 +384,15 @@ where
 }
 
 /// A hit (or a stale answer): the stored response (or a 304 when the browser holds it
-/// already), its headers, and the lookup's event.
+/// already), its headers with its `age`, and the lookup's event.
 fn serve_entry(
     spec: &RouteSpec,
     entry: &Arc<Entry>,
+    age: Duration,
     started: Option<Instant>,
     if_none_match: Option<&HeaderValue>,
     outcome: Outcome,
 ) -> Response {
-    let age = entry.age();
     // Checked here, not only by the macro: the clock read would run on every hit.
     if lookup_logged() {
         log_lookup(

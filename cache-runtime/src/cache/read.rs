@@ -217,13 +217,25 @@ impl Cache {
     /// [`Cache::lookup_uncounted`] for a route that may serve entries that are no longer
     /// fresh: such an entry comes back as a miss carrying it (`MissTicket::stale`).
     pub(crate) async fn lookup_with(&self, key: &CacheKey, policy: Staleness) -> Lookup {
+        self.lookup_at(key, policy, Instant::now(), now_ms()).await
+    }
+
+    /// [`lookup_with`](Self::lookup_with) with its clock reads given: `started` and
+    /// `started_ms` are now, on the monotonic and the wall clock (a hit's age is
+    /// reckoned from the same read).
+    pub(crate) async fn lookup_at(
+        &self,
+        key: &CacheKey,
+        policy: Staleness,
+        started: Instant,
+        started_ms: u64,
+    ) -> Lookup {
         if let Some(reason) = self.bypass_reason(key) {
             return Lookup::Bypass(reason);
         }
         // Hits in process (the memory backend's, the local tier's) are answered here,
         // before the rest of the lookup's future is made and moved into place: they pay
         // for no Redis read's state. One pair of clock reads serves the whole lookup.
-        let (started, started_ms) = (Instant::now(), now_ms());
         if let Some(hit) = self.memory_hit(key, started, started_ms) {
             return hit;
         }
