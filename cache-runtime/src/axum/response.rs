@@ -229,7 +229,9 @@ pub(super) async fn buffer_body(body: Body, max_bytes: usize) -> Result<Bytes, B
 /// A hit's response: the entry's status and body, the headers of [`hit_headers`] with
 /// this hit's age. An entry held in process (others hold it too: the memory backend, the
 /// local tier) keeps its headers for the next hits (`Entry::hit_headers`), which copy
-/// them and set the age in place; an entry decoded for this one request builds them.
+/// them and set the age in place; an entry decoded for this one request copies them
+/// from its thread's last ones for the same stored headers ([`decoded`]), or builds
+/// them.
 pub(super) fn hit_response(entry: &Arc<Entry>, age: Duration, spec: &RouteSpec) -> Response {
     let stored = entry.response();
     let age = decimal_value(age.as_secs());
@@ -244,28 +246,106 @@ pub(super) fn hit_response(entry: &Arc<Entry>, age: Duration, spec: &RouteSpec) 
         None
     };
     let headers = match kept {
+        None => decoded::hit_headers(entry, spec, &age),
         Some(kept) => {
             let mut headers = kept.clone();
-            // Both are in the map already, first (`hit_headers`): their values are
-            // replaced where they are, without hashing a name.
-            let mut left = 2;
-            for (name, value) in headers.iter_mut() {
-                if name == X_CACHE_AGE || name == header::AGE {
-                    *value = age.clone();
-                    left -= 1;
-                    if left == 0 {
-                        break;
-                    }
-                }
-            }
+            set_age(&mut headers, &age);
             headers
         }
-        None => hit_headers(stored, spec, &age),
     };
     let mut response = Response::new(Body::from(stored.body.clone()));
     *response.status_mut() = stored.status;
     *response.headers_mut() = headers;
     response
+}
+
+/// Sets the age in `headers`, a copy of kept hit headers (`hit_headers`, where the age
+/// comes first): the values are replaced where they are, without hashing a name.
+fn set_age(headers: &mut HeaderMap, age: &HeaderValue) {
+    let mut left = 2;
+    for (name, value) in headers.iter_mut() {
+        if name == X_CACHE_AGE || name == header::AGE {
+            *value = age.clone();
+            left -= 1;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// The hit headers of entries decoded for one request (a Redis hit, where each hit
+/// decodes its own copy of the entry): a worker thread keeps the last ones it built in
+/// a few slots, and a hit whose entry has the same stored headers and body length, on
+/// a route with the same `Cache-Control`, copies them instead of building a map.
+///
+/// What is compared is everything [`hit_headers`] reads but the age, whole: a slot can
+/// only give the headers the entry would have been given (a hash, here the request's
+/// digest, picks the slot and nothing else). One memo per thread: no lock.
+mod decoded {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    /// Slots per thread; each holds one header list and its map (under 1 KB).
+    const SLOTS: usize = 64;
+
+    struct Slot {
+        stored: Vec<(HeaderName, HeaderValue)>,
+        cache_control: HeaderValue,
+        body_len: usize,
+        headers: HeaderMap,
+    }
+
+    thread_local! {
+        static SLOTS_OF_THREAD: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// The hit headers of `entry` with `age`, from this thread's slot when it holds them.
+    pub(super) fn hit_headers(entry: &Entry, spec: &RouteSpec, age: &HeaderValue) -> HeaderMap {
+        let stored = entry.response();
+        let index = usize::from(entry.digest[0]) % SLOTS;
+        let found = SLOTS_OF_THREAD.try_with(|slots| {
+            let slots = slots.try_borrow().ok()?;
+            let slot = slots.get(index)?.as_ref()?;
+            let same = slot.body_len == stored.body.len()
+                && slot.cache_control == spec.cache_control
+                && slot.stored == stored.headers;
+            same.then(|| slot.headers.clone())
+        });
+        if let Ok(Some(mut headers)) = found {
+            set_age(&mut headers, age);
+            return headers;
+        }
+        let headers = super::hit_headers(stored, spec, age);
+        let _ = SLOTS_OF_THREAD.try_with(|slots| {
+            let Ok(mut slots) = slots.try_borrow_mut() else {
+                return;
+            };
+            if slots.is_empty() {
+                slots.resize_with(SLOTS, || None);
+            }
+            if let Some(place) = slots.get_mut(index) {
+                *place = Some(Slot {
+                    stored: stored.headers.clone(),
+                    cache_control: spec.cache_control.clone(),
+                    body_len: stored.body.len(),
+                    headers: headers.clone(),
+                });
+            }
+        });
+        headers
+    }
+
+    /// The stored headers this thread's slot for `digest_byte` holds (tests).
+    #[cfg(test)]
+    pub(super) fn held(digest_byte: u8) -> Option<Vec<(HeaderName, HeaderValue)>> {
+        SLOTS_OF_THREAD.with(|slots| {
+            let slots = slots.borrow();
+            let slot = slots.get(usize::from(digest_byte) % SLOTS)?.as_ref()?;
+            Some(slot.stored.clone())
+        })
+    }
 }
 
 /// The headers of a hit on `stored` whose age is `age`: the stored ones, ours, the
@@ -451,6 +531,63 @@ mod tests {
             assert_eq!(header(&hit, &header::CACHE_CONTROL), ["no-cache"]);
         }
         drop(holder);
+    }
+
+    /// Entries decoded for one request each (a Redis hit), all in one slot of the
+    /// thread's memo: each gets the headers built from scratch for it, whichever came
+    /// before, with its own age.
+    #[test]
+    fn decoded_entries_get_their_own_hit_headers_whatever_the_slot_held() {
+        let json = (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let etag = |tag: &'static str| (header::ETAG, HeaderValue::from_static(tag));
+        let with_body = |headers: Vec<(HeaderName, HeaderValue)>, body: &'static [u8]| {
+            let mut decoded = entry(headers);
+            Arc::get_mut(&mut decoded).unwrap().response.body = Bytes::from_static(body);
+            decoded
+        };
+        let cases = [
+            (
+                entry(vec![json.clone(), etag("\"a\"")]),
+                spec("private, no-cache"),
+            ),
+            (
+                entry(vec![json.clone(), etag("\"a\"")]),
+                spec("private, no-cache"),
+            ),
+            (
+                entry(vec![json.clone(), etag("\"b\"")]),
+                spec("private, no-cache"),
+            ),
+            (
+                entry(vec![json.clone(), etag("\"b\"")]),
+                spec("private, max-age=9"),
+            ),
+            (
+                with_body(vec![json.clone(), etag("\"b\"")], b"[]"),
+                spec("private, no-cache"),
+            ),
+            (entry(vec![etag("\"b\"")]), spec("private, no-cache")),
+            // Written by something else than `cacheable`: its age is not replayed.
+            (
+                entry(vec![(header::AGE, HeaderValue::from_static("50"))]),
+                spec("x"),
+            ),
+        ];
+        for (round, (decoded, route)) in cases.iter().enumerate() {
+            assert_eq!(Arc::strong_count(decoded), 1);
+            let age = HeaderValue::from(round as u64);
+            let expected = hit_headers(decoded.response(), route, &age);
+            let hit = hit_response(decoded, Duration::from_secs(round as u64), route);
+            assert_eq!(hit.headers(), &expected, "case {round}");
+            assert_eq!(header(&hit, &header::AGE), [round.to_string()]);
+            // Every case shares one slot, which now holds this case's list: the second
+            // case (the first one's twin) was answered from it.
+            let held = decoded::held(decoded.digest[0]);
+            assert_eq!(held.as_ref(), Some(&decoded.response().headers));
+        }
     }
 
     #[test]
