@@ -25,8 +25,9 @@ use crate::key::CacheKey;
 /// Resident bytes an entry costs besides its key, body and headers: the `Entry` and its
 /// `Arc`, its generation and header vectors, its slot in the store (table slot, key
 /// allocation, place in the eviction ring) and allocator overhead. Measured by
-/// `cargo bench -p cache-runtime --bench memory` (BENCHMARKS.md §7).
-pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 770;
+/// `cargo bench -p cache-runtime --bench memory` (BENCHMARKS.md §7): 679 bytes over the
+/// body, of which about 60 are the key and 30 the `content-type` header.
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 600;
 
 /// A shard's share of the bound is at least this, so that one entry of the default
 /// size bound (1 MiB) always fits: a small store has fewer shards.
