@@ -5,8 +5,9 @@
 //! the same stored bytes on the same kind of connection (a `ConnectionManager`: the
 //! floor), a raw MGET of the same three keys (what Redis itself charges for the extra
 //! keys), and the `cached` crate's `AsyncRedisCache::cache_get` of the same body (the
-//! peer). Memory: our lookup against a raw `get` from a moka map built like the
-//! backend's. On a local Redis Cluster (§1b), the same lookup against a raw GET through
+//! peer). Memory: our lookup against a raw `get` from a moka map (moka's `sync::Cache`
+//! with a per-entry expiry, as the backend once used: the floor of a concurrent bounded
+//! map read; the backend's own store is `backend/store.rs`). On a local Redis Cluster (§1b), the same lookup against a raw GET through
 //! the cluster client. The contenders run interleaved, round after round, so a change in the
 //! machine's load hits all of them alike; criterion then measures each one alone.
 
