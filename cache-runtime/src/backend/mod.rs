@@ -4,6 +4,7 @@
 //! cache layer above applies uniformly.
 
 mod connection;
+mod decoded;
 pub(crate) mod memory;
 pub(crate) mod near;
 pub(crate) mod redis;

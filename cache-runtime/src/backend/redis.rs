@@ -11,7 +11,6 @@
 //! since: see `send`.)
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -363,8 +362,8 @@ pub(super) fn parse_lookup(key: &CacheKey, values: Vec<Value>) -> Result<RawLook
         .collect();
     let entry = match values.next().map(bulk_or_nil) {
         Some(Ok(None)) | None => EntrySlot::Absent,
-        Some(Ok(Some(raw))) => match Entry::decode(raw) {
-            Ok(entry) => EntrySlot::Present(Arc::new(entry)),
+        Some(Ok(Some(raw))) => match super::decoded::decode(key.table_hash, raw) {
+            Ok(entry) => EntrySlot::Present(entry),
             Err(_) => EntrySlot::Corrupt,
         },
         Some(Err(())) => EntrySlot::Corrupt,
