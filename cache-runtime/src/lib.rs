@@ -126,6 +126,7 @@ pub mod stats;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+mod thread_memo;
 mod verify;
 
 #[doc(hidden)]

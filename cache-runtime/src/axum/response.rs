@@ -286,6 +286,7 @@ mod decoded {
     use std::cell::RefCell;
 
     use super::*;
+    use crate::thread_memo::{self, Slots};
 
     /// Slots per thread; each holds one header list and its map (under 1 KB).
     const SLOTS: usize = 64;
@@ -298,53 +299,39 @@ mod decoded {
     }
 
     thread_local! {
-        static SLOTS_OF_THREAD: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+        static HEADERS: Slots<Slot> = const { RefCell::new(Vec::new()) };
     }
 
     /// The hit headers of `entry` with `age`, from this thread's slot when it holds them.
     pub(super) fn hit_headers(entry: &Entry, spec: &RouteSpec, age: &HeaderValue) -> HeaderMap {
         let stored = entry.response();
         let index = usize::from(entry.digest[0]) % SLOTS;
-        let found = SLOTS_OF_THREAD.try_with(|slots| {
-            let slots = slots.try_borrow().ok()?;
-            let slot = slots.get(index)?.as_ref()?;
+        let found = thread_memo::find(&HEADERS, index, |slot| {
             let same = slot.body_len == stored.body.len()
                 && slot.cache_control == spec.cache_control
                 && slot.stored == stored.headers;
             same.then(|| slot.headers.clone())
         });
-        if let Ok(Some(mut headers)) = found {
+        if let Some(mut headers) = found {
             set_age(&mut headers, age);
             return headers;
         }
         let headers = super::hit_headers(stored, spec, age);
-        let _ = SLOTS_OF_THREAD.try_with(|slots| {
-            let Ok(mut slots) = slots.try_borrow_mut() else {
-                return;
-            };
-            if slots.is_empty() {
-                slots.resize_with(SLOTS, || None);
-            }
-            if let Some(place) = slots.get_mut(index) {
-                *place = Some(Slot {
-                    stored: stored.headers.clone(),
-                    cache_control: spec.cache_control.clone(),
-                    body_len: stored.body.len(),
-                    headers: headers.clone(),
-                });
-            }
-        });
+        let slot = Slot {
+            stored: stored.headers.clone(),
+            cache_control: spec.cache_control.clone(),
+            body_len: stored.body.len(),
+            headers: headers.clone(),
+        };
+        thread_memo::keep(&HEADERS, SLOTS, index, slot);
         headers
     }
 
     /// The stored headers this thread's slot for `digest_byte` holds (tests).
     #[cfg(test)]
     pub(super) fn held(digest_byte: u8) -> Option<Vec<(HeaderName, HeaderValue)>> {
-        SLOTS_OF_THREAD.with(|slots| {
-            let slots = slots.borrow();
-            let slot = slots.get(usize::from(digest_byte) % SLOTS)?.as_ref()?;
-            Some(slot.stored.clone())
-        })
+        let index = usize::from(digest_byte) % SLOTS;
+        thread_memo::find(&HEADERS, index, |slot| Some(slot.stored.clone()))
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::entry::{Corrupt, Entry};
+use crate::thread_memo::{self, Slots};
 
 /// Slots per thread.
 const SLOTS: usize = 16;
@@ -31,7 +32,7 @@ struct Slot {
 }
 
 thread_local! {
-    static SLOTS_OF_THREAD: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+    static DECODED: Slots<Slot> = const { RefCell::new(Vec::new()) };
 }
 
 /// The entry `raw` (read for the key whose `table_hash` is `hash`) encodes.
@@ -40,29 +41,18 @@ pub(crate) fn decode(hash: u64, raw: Bytes) -> Result<Arc<Entry>, Corrupt> {
         return Entry::decode(raw).map(Arc::new);
     }
     let index = (hash % SLOTS as u64) as usize;
-    let found = SLOTS_OF_THREAD.try_with(|slots| {
-        let slots = slots.try_borrow().ok()?;
-        let slot = slots.get(index)?.as_ref()?;
+    let found = thread_memo::find(&DECODED, index, |slot| {
         (slot.raw == raw).then(|| slot.entry.clone())
     });
-    if let Ok(Some(entry)) = found {
+    if let Some(entry) = found {
         return Ok(entry);
     }
     let entry = Arc::new(Entry::decode(raw.clone())?);
-    let _ = SLOTS_OF_THREAD.try_with(|slots| {
-        let Ok(mut slots) = slots.try_borrow_mut() else {
-            return;
-        };
-        if slots.is_empty() {
-            slots.resize_with(SLOTS, || None);
-        }
-        if let Some(place) = slots.get_mut(index) {
-            *place = Some(Slot {
-                raw,
-                entry: entry.clone(),
-            });
-        }
-    });
+    let slot = Slot {
+        raw,
+        entry: entry.clone(),
+    };
+    thread_memo::keep(&DECODED, SLOTS, index, slot);
     Ok(entry)
 }
 

@@ -407,37 +407,25 @@ fn mget(keys: &GenerationKeys, last: Option<&str>) -> redis::Cmd {
 /// is the same every time, and building it is two allocations and a copy of every key
 /// (about 450 instructions). A slot is used only for the very keys it was built from.
 fn lookup_command(key: &CacheKey) -> std::sync::Arc<redis::Cmd> {
+    use crate::thread_memo::{self, Slots};
     use std::cell::RefCell;
     use std::sync::Arc;
 
     const SLOTS: usize = 16;
-    type Slot = (CacheKey, Arc<redis::Cmd>);
     thread_local! {
-        static COMMANDS: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+        static COMMANDS: Slots<(CacheKey, Arc<redis::Cmd>)> = const { RefCell::new(Vec::new()) };
     }
     let index = (key.table_hash % SLOTS as u64) as usize;
-    let found = COMMANDS.try_with(|slots| {
-        let slots = slots.try_borrow().ok()?;
-        let (built_for, cmd) = slots.get(index)?.as_ref()?;
+    let found = thread_memo::find(&COMMANDS, index, |(built_for, cmd)| {
         let same = built_for.entry_key == key.entry_key
             && built_for.generation_keys == key.generation_keys;
         same.then(|| cmd.clone())
     });
-    if let Ok(Some(cmd)) = found {
+    if let Some(cmd) = found {
         return cmd;
     }
     let cmd = Arc::new(mget(&key.generation_keys, Some(&key.entry_key)));
-    let _ = COMMANDS.try_with(|slots| {
-        let Ok(mut slots) = slots.try_borrow_mut() else {
-            return;
-        };
-        if slots.is_empty() {
-            slots.resize_with(SLOTS, || None);
-        }
-        if let Some(place) = slots.get_mut(index) {
-            *place = Some((key.clone(), cmd.clone()));
-        }
-    });
+    thread_memo::keep(&COMMANDS, SLOTS, index, (key.clone(), cmd.clone()));
     cmd
 }
 

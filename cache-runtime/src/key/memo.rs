@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::CacheKey;
+use crate::thread_memo::{self, Slots};
 
 /// Slots per thread, `1 << SLOT_BITS`. A slot holds one key (about 250 bytes with its
 /// inputs), so the memo of a thread stays under 100 KB.
@@ -113,7 +114,7 @@ struct Slot {
 }
 
 thread_local! {
-    static MEMO: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+    static MEMO: Slots<Slot> = const { RefCell::new(Vec::new()) };
 }
 
 /// The key built from exactly `inputs` on this thread, if it is still in the memo; else
@@ -126,29 +127,18 @@ pub(crate) fn memoized<E>(
         return build().map(Arc::new);
     };
     let index = slot_of(encoded);
-    let found = MEMO.try_with(|memo| {
-        let memo = memo.try_borrow().ok()?;
-        match memo.get(index) {
-            Some(Some(slot)) if *slot.encoded == *encoded => Some(slot.key.clone()),
-            _ => None,
-        }
+    let found = thread_memo::find(&MEMO, index, |slot| {
+        (*slot.encoded == *encoded).then(|| slot.key.clone())
     });
-    if let Ok(Some(key)) = found {
+    if let Some(key) = found {
         return Ok(key);
     }
     let key = Arc::new(build()?);
-    let _ = MEMO.try_with(|memo| {
-        let Ok(mut memo) = memo.try_borrow_mut() else {
-            return;
-        };
-        if memo.is_empty() {
-            memo.resize_with(SLOTS, || None);
-        }
-        memo[index] = Some(Slot {
-            encoded: encoded.into(),
-            key: key.clone(),
-        });
-    });
+    let slot = Slot {
+        encoded: encoded.into(),
+        key: key.clone(),
+    };
+    thread_memo::keep(&MEMO, SLOTS, index, slot);
     Ok(key)
 }
 
