@@ -1,5 +1,5 @@
 //! The slots of a worker thread's memos: values a thread keeps for its next requests
-//! (request keys, lookup commands, decoded entries, hit headers), each memo a
+//! (request keys, lookup commands, decoded entries), each memo a
 //! `thread_local!` of [`Slots`] picked by a hash. A memo never trusts its slot: the
 //! caller's `find` compares what the value was made from, whole, and a slot taken by
 //! another value is only a miss. No lock: a thread reads and writes its own. A slot in

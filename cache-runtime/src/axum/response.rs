@@ -228,10 +228,9 @@ pub(super) async fn buffer_body(body: Body, max_bytes: usize) -> Result<Bytes, B
 
 /// A hit's response: the entry's status and body, the headers of [`hit_headers`] with
 /// this hit's age. An entry held in process (others hold it too: the memory backend, the
-/// local tier) keeps its headers for the next hits (`Entry::hit_headers`), which copy
-/// them and set the age in place; an entry decoded for this one request copies them
-/// from its thread's last ones for the same stored headers ([`decoded`]), or builds
-/// them.
+/// local tier, a worker thread's last decoded Redis entries) keeps its headers for the
+/// next hits (`Entry::hit_headers`), which copy them and set the age in place; an entry
+/// decoded for this one request builds them.
 pub(super) fn hit_response(entry: &Arc<Entry>, age: Duration, spec: &RouteSpec) -> Response {
     let stored = entry.response();
     let age = decimal_value(age.as_secs());
@@ -246,7 +245,7 @@ pub(super) fn hit_response(entry: &Arc<Entry>, age: Duration, spec: &RouteSpec) 
         None
     };
     let headers = match kept {
-        None => decoded::hit_headers(entry, spec, &age),
+        None => hit_headers(stored, spec, &age),
         Some(kept) => {
             let mut headers = kept.clone();
             set_age(&mut headers, &age);
@@ -271,67 +270,6 @@ fn set_age(headers: &mut HeaderMap, age: &HeaderValue) {
                 break;
             }
         }
-    }
-}
-
-/// The hit headers of entries decoded for one request (a Redis hit, where each hit
-/// decodes its own copy of the entry): a worker thread keeps the last ones it built in
-/// a few slots, and a hit whose entry has the same stored headers and body length, on
-/// a route with the same `Cache-Control`, copies them instead of building a map.
-///
-/// What is compared is everything [`hit_headers`] reads but the age, whole: a slot can
-/// only give the headers the entry would have been given (a hash, here the request's
-/// digest, picks the slot and nothing else). One memo per thread: no lock.
-mod decoded {
-    use std::cell::RefCell;
-
-    use super::*;
-    use crate::thread_memo::{self, Slots};
-
-    /// Slots per thread; each holds one header list and its map (under 1 KB).
-    const SLOTS: usize = 64;
-
-    struct Slot {
-        stored: Vec<(HeaderName, HeaderValue)>,
-        cache_control: HeaderValue,
-        body_len: usize,
-        headers: HeaderMap,
-    }
-
-    thread_local! {
-        static HEADERS: Slots<Slot> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// The hit headers of `entry` with `age`, from this thread's slot when it holds them.
-    pub(super) fn hit_headers(entry: &Entry, spec: &RouteSpec, age: &HeaderValue) -> HeaderMap {
-        let stored = entry.response();
-        let index = usize::from(entry.digest[0]) % SLOTS;
-        let found = thread_memo::find(&HEADERS, index, |slot| {
-            let same = slot.body_len == stored.body.len()
-                && slot.cache_control == spec.cache_control
-                && slot.stored == stored.headers;
-            same.then(|| slot.headers.clone())
-        });
-        if let Some(mut headers) = found {
-            set_age(&mut headers, age);
-            return headers;
-        }
-        let headers = super::hit_headers(stored, spec, age);
-        let slot = Slot {
-            stored: stored.headers.clone(),
-            cache_control: spec.cache_control.clone(),
-            body_len: stored.body.len(),
-            headers: headers.clone(),
-        };
-        thread_memo::keep(&HEADERS, SLOTS, index, slot);
-        headers
-    }
-
-    /// The stored headers this thread's slot for `digest_byte` holds (tests).
-    #[cfg(test)]
-    pub(super) fn held(digest_byte: u8) -> Option<Vec<(HeaderName, HeaderValue)>> {
-        let index = usize::from(digest_byte) % SLOTS;
-        thread_memo::find(&HEADERS, index, |slot| Some(slot.stored.clone()))
     }
 }
 
@@ -520,60 +458,24 @@ mod tests {
         drop(holder);
     }
 
-    /// Entries decoded for one request each (a Redis hit), all in one slot of the
-    /// thread's memo: each gets the headers built from scratch for it, whichever came
-    /// before, with its own age.
+    /// An entry written by something other than `cacheable` (another version, the plain
+    /// API) that holds an age: a hit sends its own age once, kept headers or built.
     #[test]
-    fn decoded_entries_get_their_own_hit_headers_whatever_the_slot_held() {
-        let json = (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let etag = |tag: &'static str| (header::ETAG, HeaderValue::from_static(tag));
-        let with_body = |headers: Vec<(HeaderName, HeaderValue)>, body: &'static [u8]| {
-            let mut decoded = entry(headers);
-            Arc::get_mut(&mut decoded).unwrap().response.body = Bytes::from_static(body);
-            decoded
-        };
-        let cases = [
-            (
-                entry(vec![json.clone(), etag("\"a\"")]),
-                spec("private, no-cache"),
-            ),
-            (
-                entry(vec![json.clone(), etag("\"a\"")]),
-                spec("private, no-cache"),
-            ),
-            (
-                entry(vec![json.clone(), etag("\"b\"")]),
-                spec("private, no-cache"),
-            ),
-            (
-                entry(vec![json.clone(), etag("\"b\"")]),
-                spec("private, max-age=9"),
-            ),
-            (
-                with_body(vec![json.clone(), etag("\"b\"")], b"[]"),
-                spec("private, no-cache"),
-            ),
-            (entry(vec![etag("\"b\"")]), spec("private, no-cache")),
-            // Written by something else than `cacheable`: its age is not replayed.
-            (
-                entry(vec![(header::AGE, HeaderValue::from_static("50"))]),
-                spec("x"),
-            ),
+    fn a_stored_age_is_never_replayed() {
+        let route = spec("private, no-cache");
+        let stored = vec![
+            (header::AGE, HeaderValue::from_static("50")),
+            (header::ETAG, HeaderValue::from_static("\"a\"")),
         ];
-        for (round, (decoded, route)) in cases.iter().enumerate() {
-            assert_eq!(Arc::strong_count(decoded), 1);
-            let age = HeaderValue::from(round as u64);
-            let expected = hit_headers(decoded.response(), route, &age);
-            let hit = hit_response(decoded, Duration::from_secs(round as u64), route);
-            assert_eq!(hit.headers(), &expected, "case {round}");
-            assert_eq!(header(&hit, &header::AGE), [round.to_string()]);
-            // Every case shares one slot, which now holds this case's list: the second
-            // case (the first one's twin) was answered from it.
-            let held = decoded::held(decoded.digest[0]);
-            assert_eq!(held.as_ref(), Some(&decoded.response().headers));
+        let held = entry(stored.clone());
+        let _holder = Arc::clone(&held);
+        for decoded in [entry(stored), held] {
+            for age in [3, 4] {
+                let hit = hit_response(&decoded, Duration::from_secs(age), &route);
+                assert_eq!(header(&hit, &header::AGE), [age.to_string()]);
+                assert_eq!(header(&hit, &X_CACHE_AGE), [age.to_string()]);
+                assert_eq!(header(&hit, &header::ETAG), ["\"a\""]);
+            }
         }
     }
 
