@@ -40,15 +40,20 @@ pub struct GenerationKeys {
     more_ends: Vec<u32>,
     /// How many keys (a `u32`, as the ends: the key is part of every miss's state).
     count: u32,
-    /// The [`tag_spread`] of every key (its low 32 bits), when they all have the same
+    /// The [`tag_spread`] of every key (its low 31 bits), when they all have the same
     /// one (a key's own always do: one tenant's tag), else [`NO_SHARED_SPREAD`]: kept as
     /// keys are added, so that a hit finds its shard of the memory backend's
     /// generations without reading a key.
     shared_spread: u32,
 }
 
-/// `shared_spread` when the keys have no spread in common (or there are none).
+/// `shared_spread` when the keys have no spread in common (or there are none): no 31-bit
+/// spread is this.
 const NO_SHARED_SPREAD: u32 = u32::MAX;
+
+/// The low 31 bits of a spread: a spread is only ever taken modulo a power of two no
+/// larger than that (the shard count), which these bits decide alike.
+const SPREAD_BITS: usize = (1 << 31) - 1;
 
 /// What separates a generation key's scope from its name.
 pub(crate) const GENERATION_INFIX: &str = ":g:";
@@ -92,9 +97,9 @@ impl GenerationKeys {
             0 => 0,
             n => self.end(n - 1).unwrap_or(0),
         };
-        // Spreads are only ever taken modulo a few shards: the low bits do.
-        let spread = tag_spread(self.text.as_bytes().get(start..).unwrap_or_default()) as u32
-            % NO_SHARED_SPREAD;
+        let spread = tag_spread(self.text.as_bytes().get(start..).unwrap_or_default());
+        // Fits: masked to 31 bits.
+        let spread = (spread & SPREAD_BITS) as u32;
         if self.count == 0 {
             self.shared_spread = spread;
         } else if self.shared_spread != spread {
@@ -281,8 +286,8 @@ mod tests {
             "p:{t.org_1}:g:x",
         ];
         let keys: GenerationKeys = one.iter().copied().collect();
-        let spread = tag_spread(b"p:{t.org_1}:g:*") as u32 % NO_SHARED_SPREAD;
-        assert_eq!(keys.shared_spread(), Some(spread as usize));
+        let spread = tag_spread(b"p:{t.org_1}:g:*") & SPREAD_BITS;
+        assert_eq!(keys.shared_spread(), Some(spread));
         let mixed: GenerationKeys = ["p:{t.org_1}:g:*", "p:{t.org_2}:g:contacts"]
             .into_iter()
             .collect();
@@ -300,5 +305,33 @@ mod tests {
             .map(String::as_str)
             .collect();
         assert_eq!(many.shared_spread(), keys.shared_spread());
+    }
+
+    /// A tag whose spread's low 32 bits are all ones (what the "none shared" marker once
+    /// took the place of): its keys still share it, modulo any shard count.
+    #[test]
+    fn a_spread_of_all_ones_is_still_shared() {
+        // The fold is h * 31 + byte: write the target in base 31 with digits offset by
+        // '0', so every byte is printable and neither brace.
+        let target: u32 = u32::MAX;
+        let digits = 8;
+        let ones = (0..digits).fold(0u32, |h, _| h.wrapping_mul(31).wrapping_add(1));
+        let mut rest = target.wrapping_sub(ones.wrapping_mul(u32::from(b'0')));
+        let mut tag = vec![0u8; digits];
+        for place in tag.iter_mut().rev() {
+            *place = b'0' + (rest % 31) as u8;
+            rest /= 31;
+        }
+        assert_eq!(rest, 0, "the target fits in {digits} digits");
+        let tag = String::from_utf8(tag).unwrap();
+        let key = format!("p:{{{tag}}}:g:*");
+        assert_eq!(tag_spread(key.as_bytes()) as u32, u32::MAX);
+        let keys: GenerationKeys = [key.as_str(), &format!("p:{{{tag}}}:g:contacts")]
+            .into_iter()
+            .collect();
+        let spread = keys.shared_spread().expect("one tag, one spread");
+        for shards in [1, 2, 16, 64] {
+            assert_eq!(spread % shards, tag_spread(key.as_bytes()) % shards);
+        }
     }
 }
