@@ -743,27 +743,24 @@ const DEMO_RESOURCES: [&str; 7] = [
     "profiles",
 ];
 
-/// A counter of the phase's cache, summed over its instances (`totals.<name>`).
-fn shadow_total(phase: &PhaseReport, name: &str) -> u64 {
+/// The number at `pointer` (JSON pointer) in the phase's `/cache/stats`, summed over its
+/// instances (0 where one has none).
+fn stats_sum(phase: &PhaseReport, pointer: &str) -> u64 {
     phase
         .instances
         .iter()
-        .filter_map(|i| i.cache_stats.pointer(&format!("/totals/{name}")))
-        .filter_map(Value::as_u64)
+        .filter_map(|i| i.cache_stats.pointer(pointer).and_then(Value::as_u64))
         .sum()
+}
+
+/// A counter of the phase's cache, summed over its instances (`totals.<name>`).
+fn shadow_total(phase: &PhaseReport, name: &str) -> u64 {
+    stats_sum(phase, &format!("/totals/{name}"))
 }
 
 /// One resource's counter in a phase, summed over its instances.
 fn resource_total(phase: &PhaseReport, resource: &str, name: &str) -> u64 {
-    phase
-        .instances
-        .iter()
-        .filter_map(|i| {
-            i.cache_stats
-                .pointer(&format!("/resources/{resource}/{name}"))
-        })
-        .filter_map(Value::as_u64)
-        .sum()
+    stats_sum(phase, &format!("/resources/{resource}/{name}"))
 }
 
 /// `part` as a percentage of `whole`, or "–".
@@ -1095,12 +1092,6 @@ impl Report {
             "Why the cache-on run's lookups were not fresh hits, per resource (server counters, all instances, warm-up included)"
         );
         out.push_str(&miss_table(on));
-        let stat = |pointer: &str| -> u64 {
-            on.instances
-                .iter()
-                .filter_map(|i| i.cache_stats.pointer(pointer).and_then(Value::as_u64))
-                .sum()
-        };
         // A read-your-writes violation across instances is expected only after a cache
         // fault (an invalidation that timed out stays pending on its own instance): say
         // whether there was one.
@@ -1108,8 +1099,8 @@ impl Report {
             out,
             "  cache faults: {} errors (Redis calls failed or timed out), circuit opened {} times, {} invalidations pending at the end",
             shadow_total(on, "errors"),
-            stat("/circuit_opened"),
-            stat("/pending_invalidations"),
+            stats_sum(on, "/circuit_opened"),
+            stats_sum(on, "/pending_invalidations"),
         );
         if self.config.instances > 1 {
             let share = |p: &PhaseReport| p.instances.iter().map(|i| i.share).collect::<Vec<_>>();
@@ -1247,17 +1238,7 @@ impl Report {
                 summary::ms(fault.during.p99_ms),
                 summary::ms(off.figures.all.p99_ms)
             );
-            let stat = |path: &str| {
-                on.instances
-                    .iter()
-                    .map(|i| {
-                        i.cache_stats
-                            .pointer(path)
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0)
-                    })
-                    .sum::<u64>()
-            };
+            let stat = |path: &str| stats_sum(on, path);
             let _ = writeln!(
                 out,
                 "  cache: {} errors, circuit opened {} time(s), {} bypasses, {} invalidations pending at the end",
