@@ -98,6 +98,71 @@ fn time_key_and_digest(count: u64) {
     );
 }
 
+/// `--parallel`: the route's native time per request with one worker thread, then with
+/// one per CPU, every worker asking for the same route at once. The difference is what
+/// the workers cost each other (shared cache lines written on every request: locks,
+/// reference counts, counters), which callgrind, on one thread, cannot show.
+fn time_parallel(path: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let redis = cache_tests::RedisServer::start();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for workers in [1, cpus, 1, cpus] {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ns = runtime.block_on(async {
+            let app = routes::app(&redis.url()).await;
+            let path: &'static str = Box::leak(path.to_owned().into_boxed_str());
+            let request = move || {
+                Request::get(path)
+                    .header(header::HOST, "127.0.0.1")
+                    .body(Body::empty())
+                    .unwrap()
+            };
+            // Warm up until the route answers from its cache.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let response = app.clone().oneshot(request()).await.unwrap();
+                let x_cache = response.headers().get("x-cache").cloned();
+                response.into_body().collect().await.unwrap();
+                if !path.starts_with("/cached") || x_cache.is_some_and(|v| v == "HIT") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{path} never became a hit");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Each task stops at the deadline itself: a route that never waits never yields
+            // its worker, so no timer could stop it.
+            let window = Duration::from_secs(2);
+            let deadline = Instant::now() + window;
+            let done = Arc::new(AtomicU64::new(0));
+            // Two tasks a worker, so that a worker waiting on Redis has another to run.
+            let tasks: Vec<_> = (0..workers * 2)
+                .map(|_| {
+                    let (app, done) = (app.clone(), done.clone());
+                    tokio::spawn(async move {
+                        let mut count = 0;
+                        while Instant::now() < deadline {
+                            let response = app.clone().oneshot(request()).await.unwrap();
+                            response.into_body().collect().await.unwrap();
+                            count += 1;
+                        }
+                        done.fetch_add(count, Ordering::Relaxed);
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            window.as_nanos() as f64 * workers as f64 / done.load(Ordering::Relaxed) as f64
+        });
+        println!("{path}: {workers} worker(s), {ns:.0} ns of a worker per request");
+    }
+}
+
 fn main() {
     let timed = std::env::args().any(|a| a == "--time");
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
@@ -105,6 +170,9 @@ fn main() {
     let count: u64 = args.next().map_or(10_000, |n| n.parse().unwrap());
     if path == "key" || path == "digest" {
         return time_key_and_digest(count);
+    }
+    if std::env::args().any(|a| a == "--parallel") {
+        return time_parallel(&path);
     }
     let redis = cache_tests::RedisServer::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
