@@ -208,6 +208,44 @@ impl Entry {
         now_ms < self.expires_at_ms().saturating_add(grace_ms)
     }
 
+    /// An equal entry that shares no reference count with this one: its body and header
+    /// bytes are copied (a static name stays static), and it starts with no kept hit
+    /// headers and no generation note, which it makes for itself. A worker thread keeps
+    /// such a copy of a hot entry (`backend/store.rs`), so that serving it writes no
+    /// cache line another thread's hits write too.
+    pub(crate) fn unshared_copy(&self) -> Entry {
+        let headers = self
+            .response
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                // Standard names are static and come back so; a custom one is copied.
+                let name = HeaderName::from_bytes(name.as_str().as_bytes())
+                    .unwrap_or_else(|_| name.clone());
+                let copied =
+                    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()));
+                let mut copied = copied.unwrap_or_else(|_| value.clone());
+                copied.set_sensitive(value.is_sensitive());
+                (name, copied)
+            })
+            .collect();
+        Entry {
+            digest: self.digest,
+            generations: self.generations.clone(),
+            stored_at_ms: self.stored_at_ms,
+            ttl_ms: self.ttl_ms,
+            compute_ms: self.compute_ms,
+            based_on_ms: self.based_on_ms,
+            response: CachedResponse {
+                status: self.response.status,
+                headers,
+                body: Bytes::copy_from_slice(&self.response.body),
+            },
+            hit_headers: HitHeaders::default(),
+            generations_checked: GenerationMemo::default(),
+        }
+    }
+
     pub(crate) fn encode(&self) -> Bytes {
         let response = &self.response;
         let mut out = BytesMut::with_capacity(64 + response.wire_weight());
@@ -314,6 +352,53 @@ fn take_array<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], Corrupt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unshared_copy_is_equal_and_shares_no_bytes() {
+        let mut custom = HeaderValue::from_static("secret");
+        custom.set_sensitive(true);
+        let original = Entry {
+            digest: [7; 16],
+            generations: vec![Generation::fresh()],
+            stored_at_ms: 1_000,
+            ttl_ms: 60_000,
+            compute_ms: 12,
+            based_on_ms: 900,
+            response: CachedResponse {
+                status: StatusCode::CREATED,
+                headers: vec![
+                    (
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_maybe_shared(Bytes::from("application/json")).unwrap(),
+                    ),
+                    (HeaderName::from_static("x-custom"), custom),
+                ],
+                body: Bytes::from(vec![b'x'; 100]),
+            },
+            hit_headers: Default::default(),
+            generations_checked: Default::default(),
+        };
+        let copy = original.unshared_copy();
+        assert_eq!(copy.response, original.response);
+        assert_eq!(copy.generations, original.generations);
+        assert_eq!(
+            (
+                copy.digest,
+                copy.stored_at_ms,
+                copy.ttl_ms,
+                copy.compute_ms,
+                copy.based_on_ms
+            ),
+            (original.digest, 1_000, 60_000, 12, 900)
+        );
+        assert_ne!(copy.response.body.as_ptr(), original.response.body.as_ptr());
+        for ((_, copied), (_, value)) in
+            copy.response.headers.iter().zip(&original.response.headers)
+        {
+            assert_ne!(copied.as_bytes().as_ptr(), value.as_bytes().as_ptr());
+            assert_eq!(copied.is_sensitive(), value.is_sensitive());
+        }
+    }
 
     fn sample() -> Entry {
         Entry {

@@ -293,7 +293,7 @@ impl MemoryBackend {
         now: Instant,
         now_ms: u64,
     ) -> Option<Arc<Entry>> {
-        let entry = self.entries.get(key, now_ms)?;
+        let entry = self.entries.get_unshared(key, now_ms)?;
         self.generations
             .all_current(
                 &key.generation_keys,

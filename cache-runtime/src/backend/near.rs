@@ -142,7 +142,7 @@ impl NearTier {
     /// The local entry for `key` when it is this key's (digest) and not expired at
     /// `now_ms`; its generations are not checked here.
     pub(crate) fn entry(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
-        let entry = self.entries.get(key, now_ms)?;
+        let entry = self.entries.get_unshared(key, now_ms)?;
         (entry.digest == key.digest && !entry.is_expired(now_ms)).then_some(entry)
     }
 

@@ -11,16 +11,28 @@
 //! replayed later, and no clock is read: the caller passes the time of its lookup.
 //! Writes (a miss's store, a stale local entry dropped) take the shard's lock alone and
 //! do the eviction they make necessary on the spot.
+//!
+//! On several cores that read is still a write to lines every core shares: the lock's
+//! word, the entry's reference count, and the counts of the body's and headers' bytes,
+//! each taken and given back once per hit. [`get_unshared`](EntryStore::get_unshared)
+//! answers a hot entry with a copy the worker thread keeps (`thread_memo`), sharing no
+//! count with other threads, for as long as the entry's shard has not been written:
+//! every write counts itself in the shard's `writes` before it changes anything, so an
+//! unchanged count means the table still holds that entry, for the lifetime it had, and
+//! still flagged as read. A copy is made at an entry's second read on a thread, so keys
+//! read once cost no copy; bodies over [`MAX_COPIED_BYTES`] are never copied.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use hashbrown::HashTable;
 
 use crate::entry::{now_ms, Entry};
 use crate::key::CacheKey;
+use crate::thread_memo::{self, Slots};
 
 /// Resident bytes an entry costs besides its key, body and headers: the `Entry` and its
 /// `Arc`, its generation and header vectors, its slot in the store (table slot, key
@@ -37,10 +49,50 @@ const MIN_SHARD_BYTES: u64 = 4 * 1024 * 1024;
 /// another's writes.
 const MAX_SHARDS: usize = 16;
 
+/// Thread copies per worker thread.
+const COPY_SLOTS: usize = 16;
+
+/// Entries weighing more than this are never copied: a thread keeps at most
+/// [`COPY_SLOTS`] of them, 256 KB, and holds as many stored ones between their first read
+/// and their second.
+const MAX_COPIED_BYTES: usize = 16 * 1024;
+
 pub(crate) struct EntryStore {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[ShardCell]>,
     /// Each shard's share of the bound, in weighed bytes.
     shard_bytes: u64,
+    /// Tells this store's thread copies from another store's.
+    id: u64,
+}
+
+/// A shard and its write count, alone on their cache lines (128 bytes: the adjacent-line
+/// prefetcher pairs 64-byte lines), so that a write to one shard leaves the others'
+/// lines where they are.
+#[repr(align(128))]
+#[derive(Default)]
+struct ShardCell {
+    shard: RwLock<Shard>,
+    /// Write locks taken, each counted before its write changes anything.
+    writes: AtomicU64,
+}
+
+/// What a thread keeps of an entry it read, in its slot of [`COPIES`].
+struct ThreadCopy {
+    store: u64,
+    hash: u64,
+    key: Box<str>,
+    /// The shard's write count when the entry was read: while it is unchanged, the store
+    /// holds the same entry, until `expires_ms`.
+    writes: u64,
+    expires_ms: u64,
+    /// The stored entry after its first read (the copy is made at the second), then the
+    /// thread's copy.
+    entry: Arc<Entry>,
+    copied: bool,
+}
+
+thread_local! {
+    static COPIES: Slots<ThreadCopy> = const { RefCell::new(Vec::new()) };
 }
 
 #[derive(Default)]
@@ -88,26 +140,41 @@ impl EntryStore {
         let wanted = usize::try_from(max_bytes / MIN_SHARD_BYTES).unwrap_or(MAX_SHARDS);
         // A power of two, so that a key's shard is a mask of its hash.
         let count = 1usize << wanted.clamp(1, MAX_SHARDS).ilog2();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         EntryStore {
-            shards: (0..count).map(|_| RwLock::default()).collect(),
+            shards: (0..count).map(|_| ShardCell::default()).collect(),
             shard_bytes: max_bytes / count as u64,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// The shard of a key's hash: bits from its middle. The table inside picks a bucket
     /// by the low bits and tags it by the top seven; bits they share with the shard's
     /// would be the same for every key of a shard (fewer buckets used, more tags alike).
-    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+    fn shard(&self, hash: u64) -> &ShardCell {
         &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+    }
+
+    /// The shard of `hash`, locked for writing and its write counted: a thread copy of
+    /// any of its entries stops being served from here on.
+    fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Shard> {
+        let cell = self.shard(hash);
+        let shard = cell.shard.write().unwrap_or_else(PoisonError::into_inner);
+        cell.writes.fetch_add(1, Ordering::SeqCst);
+        shard
     }
 
     /// The entry stored under `key`, unless its lifetime ended by `now_ms`.
     pub(crate) fn get(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
+        self.get_counted(key, now_ms).map(|(entry, _, _)| entry)
+    }
+
+    /// [`get`](Self::get), with the shard's write count and the entry's end of life in
+    /// the store, both as they were while it was read.
+    fn get_counted(&self, key: &CacheKey, now_ms: u64) -> Option<(Arc<Entry>, u64, u64)> {
         let hash = key.table_hash;
-        let shard = self
-            .shard(hash)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let cell = self.shard(hash);
+        let shard = cell.shard.read().unwrap_or_else(PoisonError::into_inner);
         let slot = shard.slots.find(hash, |slot| *slot.key == *key.entry_key)?;
         if now_ms >= slot.expires_ms {
             return None;
@@ -117,7 +184,62 @@ impl EntryStore {
         if !slot.visited.load(Ordering::Relaxed) {
             slot.visited.store(true, Ordering::Relaxed);
         }
-        Some(slot.entry.clone())
+        // Stable while the read lock is held: writes are counted under the write lock.
+        let writes = cell.writes.load(Ordering::SeqCst);
+        Some((slot.entry.clone(), writes, slot.expires_ms))
+    }
+
+    /// What [`get`](Self::get) answers, or an equal copy of it that this thread keeps and
+    /// no other thread touches: the hit path's read (see the module's documentation).
+    pub(crate) fn get_unshared(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
+        let hash = key.table_hash;
+        let index = (hash % COPY_SLOTS as u64) as usize;
+        let writes = self.shard(hash).writes.load(Ordering::SeqCst);
+        let kept = thread_memo::find(&COPIES, index, |copy| {
+            let same = copy.store == self.id
+                && copy.hash == hash
+                && copy.writes == writes
+                && *copy.key == *key.entry_key;
+            same.then(|| (copy.copied, copy.expires_ms, copy.entry.clone()))
+        });
+        if let Some((copied, expires_ms, entry)) = kept {
+            if now_ms >= expires_ms {
+                return None;
+            }
+            if copied {
+                return Some(entry);
+            }
+            // Its second read on this thread: worth a copy.
+            let copy = Arc::new(entry.unshared_copy());
+            self.keep_copy(index, key, writes, expires_ms, copy.clone(), true);
+            return Some(copy);
+        }
+        let (entry, writes, expires_ms) = self.get_counted(key, now_ms)?;
+        if entry.response.weight() <= MAX_COPIED_BYTES {
+            self.keep_copy(index, key, writes, expires_ms, entry.clone(), false);
+        }
+        Some(entry)
+    }
+
+    fn keep_copy(
+        &self,
+        index: usize,
+        key: &CacheKey,
+        writes: u64,
+        expires_ms: u64,
+        entry: Arc<Entry>,
+        copied: bool,
+    ) {
+        let copy = ThreadCopy {
+            store: self.id,
+            hash: key.table_hash,
+            key: key.entry_key.as_str().into(),
+            writes,
+            expires_ms,
+            entry,
+            copied,
+        };
+        thread_memo::keep(&COPIES, COPY_SLOTS, index, copy);
     }
 
     /// Stores `entry` under `key` for `lifetime`, in place of what was there, evicting
@@ -135,10 +257,7 @@ impl EntryStore {
         let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
         let expires_ms = now_ms.saturating_add(lifetime_ms);
         let hash = key.table_hash;
-        let mut shard = self
-            .shard(hash)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.write(hash);
         let shard = &mut *shard;
         match shard
             .slots
@@ -179,10 +298,7 @@ impl EntryStore {
     /// Drops the entry of `key`, if any.
     pub(crate) fn remove(&self, key: &CacheKey) {
         let hash = key.table_hash;
-        let mut shard = self
-            .shard(hash)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.write(hash);
         let found = shard
             .slots
             .find_entry(hash, |slot| *slot.key == *key.entry_key);
@@ -198,7 +314,10 @@ impl EntryStore {
     pub(crate) fn entry_count(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).slots.len() as u64)
+            .map(|s| {
+                let shard = s.shard.read().unwrap_or_else(PoisonError::into_inner);
+                shard.slots.len() as u64
+            })
             .sum()
     }
 
@@ -206,7 +325,7 @@ impl EntryStore {
     pub(crate) fn weighted_size(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).bytes)
+            .map(|s| s.shard.read().unwrap_or_else(PoisonError::into_inner).bytes)
             .sum()
     }
 }
@@ -312,7 +431,7 @@ mod tests {
         store
             .shards
             .iter()
-            .map(|s| s.read().unwrap().ring.len())
+            .map(|s| s.shard.read().unwrap().ring.len())
             .sum()
     }
 
@@ -442,7 +561,7 @@ mod tests {
             store.insert_at(&key(&format!("/contacts/{i}")), entry(10), MINUTE, NOW);
         }
         for shard in store.shards.iter() {
-            let shard = shard.read().unwrap();
+            let shard = shard.shard.read().unwrap();
             let held = shard.slots.len();
             assert!((50..=150).contains(&held), "a shard holds {held} of 1,600");
             // The table's tags (a hash's top seven bits) still differ within a shard:
@@ -483,5 +602,185 @@ mod tests {
         let hits: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert!(hits > 0, "no read found an entry");
         assert!(store.entry_count() <= 50);
+    }
+
+    fn entry_with_body(body: String) -> Arc<Entry> {
+        let mut made = entry(0);
+        Arc::make_mut(&mut made).response = CachedResponse::ok(body);
+        made
+    }
+
+    #[test]
+    fn a_hot_entry_is_answered_by_a_thread_copy_until_its_shard_is_written() {
+        let store = store_for(4);
+        let stored = entry(100);
+        store.insert_at(&key("a"), stored.clone(), MINUTE, NOW);
+
+        let first = store.get_unshared(&key("a"), NOW).expect("stored");
+        assert!(Arc::ptr_eq(&first, &stored), "a first read is not copied");
+        let second = store.get_unshared(&key("a"), NOW).expect("stored");
+        assert!(!Arc::ptr_eq(&second, &stored), "the second read is a copy");
+        assert_eq!(second.response, stored.response);
+        assert_ne!(
+            second.response.body.as_ptr(),
+            stored.response.body.as_ptr(),
+            "the copy shares the stored body"
+        );
+        let third = store.get_unshared(&key("a"), NOW).expect("stored");
+        assert!(Arc::ptr_eq(&third, &second), "the copy is kept");
+
+        // Any write to the shard ends the copy: the next read is the store's.
+        store.insert_at(&key("b"), entry(10), MINUTE, NOW);
+        let after_write = store.get_unshared(&key("a"), NOW).expect("stored");
+        assert!(Arc::ptr_eq(&after_write, &stored));
+
+        let replaced = entry(200);
+        store.get_unshared(&key("a"), NOW);
+        store.insert_at(&key("a"), replaced.clone(), MINUTE, NOW);
+        let got = store.get_unshared(&key("a"), NOW).expect("replaced");
+        assert!(
+            Arc::ptr_eq(&got, &replaced),
+            "a copy outlived its replacement"
+        );
+
+        store.get_unshared(&key("a"), NOW);
+        store.remove(&key("a"));
+        assert!(
+            store.get_unshared(&key("a"), NOW).is_none(),
+            "a copy outlived its removal"
+        );
+    }
+
+    #[test]
+    fn a_thread_copy_ends_with_the_entrys_lifetime() {
+        let store = store_for(4);
+        store.insert_at(&key("a"), entry(10), Duration::from_millis(500), NOW);
+        store.get_unshared(&key("a"), NOW);
+        let copy = store
+            .get_unshared(&key("a"), NOW + 1)
+            .expect("in its lifetime");
+        assert!(Arc::ptr_eq(
+            &copy,
+            &store
+                .get_unshared(&key("a"), NOW + 499)
+                .expect("in its lifetime")
+        ));
+        assert!(store.get_unshared(&key("a"), NOW + 500).is_none());
+    }
+
+    #[test]
+    fn a_large_entry_is_never_copied() {
+        let store = EntryStore::new(8 * 1024 * 1024);
+        let large = entry(MAX_COPIED_BYTES);
+        store.insert_at(&key("a"), large.clone(), MINUTE, NOW);
+        for _ in 0..3 {
+            let got = store.get_unshared(&key("a"), NOW).expect("stored");
+            assert!(Arc::ptr_eq(&got, &large));
+        }
+    }
+
+    #[test]
+    fn two_stores_on_one_thread_never_answer_each_others_copies() {
+        let (one, two) = (store_for(4), store_for(4));
+        one.insert_at(&key("a"), entry_with_body("one".into()), MINUTE, NOW);
+        two.insert_at(&key("a"), entry_with_body("two".into()), MINUTE, NOW);
+        for _ in 0..3 {
+            let from_one = one.get_unshared(&key("a"), NOW).expect("stored");
+            let from_two = two.get_unshared(&key("a"), NOW).expect("stored");
+            assert_eq!(from_one.response.body, "one");
+            assert_eq!(from_two.response.body, "two");
+        }
+    }
+
+    #[test]
+    fn a_thread_copy_is_answered_to_its_thread_alone() {
+        let store = store_for(4);
+        let stored = entry(10);
+        store.insert_at(&key("a"), stored.clone(), MINUTE, NOW);
+        store.get_unshared(&key("a"), NOW);
+        let copy = store.get_unshared(&key("a"), NOW).expect("stored");
+        assert!(!Arc::ptr_eq(&copy, &stored));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let got = store.get_unshared(&key("a"), NOW).expect("stored");
+                assert!(Arc::ptr_eq(&got, &stored), "another thread's copy");
+            });
+        });
+    }
+
+    #[test]
+    fn an_entry_read_through_its_copy_keeps_its_second_chance() {
+        let store = store_for(2);
+        store.insert_at(&key("a"), entry(1000), MINUTE, NOW);
+        store.insert_at(&key("b"), entry(1000), MINUTE, NOW);
+        store.get_unshared(&key("a"), NOW);
+        store.get_unshared(&key("a"), NOW);
+        // The hand passes `a` (read: it goes round, its flag cleared) and evicts `b`.
+        store.insert_at(&key("c"), entry(1000), MINUTE, NOW);
+        assert!(store.get(&key("b"), NOW).is_none());
+        // Read again on this thread: the write ended the copy, so the read reached the
+        // store and flagged `a` again; the next eviction takes `c`, not `a`.
+        store.get_unshared(&key("a"), NOW).expect("kept");
+        store.insert_at(&key("d"), entry(1000), MINUTE, NOW);
+        assert!(
+            store.get(&key("a"), NOW).is_some(),
+            "a read entry was evicted"
+        );
+        assert!(store.get(&key("c"), NOW).is_none());
+    }
+
+    /// Threads reading through their copies while another replaces the entry: once a
+    /// replacement has returned, no read that starts after it answers an older one.
+    #[test]
+    fn a_read_after_a_replacement_never_answers_an_older_copy() {
+        use std::sync::atomic::AtomicBool;
+        let store = Arc::new(store_for(4));
+        let published = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let version = |v: u64| entry_with_body(format!("{v:08}"));
+        store.insert_at(&key("a"), version(0), MINUTE, NOW);
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, published, done) = (store.clone(), published.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let (mut reads, mut copies) = (0u64, 0u64);
+                    let mut last: Option<Arc<Entry>> = None;
+                    while !done.load(Ordering::Acquire) {
+                        let floor = published.load(Ordering::Acquire);
+                        let got = store.get_unshared(&key("a"), NOW).expect("always stored");
+                        let read: u64 = std::str::from_utf8(&got.response.body)
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        assert!(
+                            read >= floor,
+                            "read version {read} after {floor} was stored"
+                        );
+                        copies += u64::from(last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &got)));
+                        last = Some(got);
+                        reads += 1;
+                    }
+                    (reads, copies)
+                })
+            })
+            .collect();
+        for v in 1..=2_000 {
+            store.insert_at(&key("a"), version(v), MINUTE, NOW);
+            published.store(v, Ordering::Release);
+            if v % 100 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        done.store(true, Ordering::Release);
+        let (mut reads, mut copies) = (0, 0);
+        for reader in readers {
+            let (r, c) = reader.join().unwrap();
+            reads += r;
+            copies += c;
+        }
+        assert!(
+            reads > 0 && copies > 0,
+            "{reads} reads, {copies} through a copy"
+        );
     }
 }
