@@ -1,6 +1,14 @@
 //! HTTP end to end over loopback (BENCHMARKS.md §6): an axum server (its own tokio
-//! runtime) and a load generator (hyper HTTP/1.1 clients, keep-alive, one request in
-//! flight per connection, on a second runtime) in one process; Redis in its own.
+//! runtime) and a load generator (HTTP/1.1 clients, keep-alive, one request in flight
+//! per connection, on a second runtime) in one process; Redis in its own.
+//!
+//! The clients work as wrk's do (the issue's measurement was `wrk -t1 -c32`): a request
+//! written as fixed bytes, the response's head scanned for its status, `Content-Length`
+//! and `X-Cache`, the body counted, nothing parsed into a header map. The load generator
+//! shares the machine's CPUs with the server, so a client that spent a microsecond on
+//! each header would charge the routes that send more headers for the client's work.
+//! `API_CACHE_BENCH_CLIENT=hyper` loads with hyper's client instead (a `HeaderMap` per
+//! response), as this bench did before.
 //!
 //! The routes (`http/routes.rs`) all answer the same 2 KB of JSON: the static floor, our
 //! `#[cached]` hits on memory and on Redis, the peer axum-response-cache's hits, one raw
@@ -129,6 +137,99 @@ async fn connection(
     (samples, wrong)
 }
 
+/// Whether the connections use hyper's client (`API_CACHE_BENCH_CLIENT=hyper`).
+fn hyper_client() -> bool {
+    std::env::var("API_CACHE_BENCH_CLIENT").is_ok_and(|v| v == "hyper")
+}
+
+/// What the head of one response says: its length, the body's, and whether it was a hit.
+struct Head {
+    head_len: usize,
+    content_length: usize,
+    hit: bool,
+}
+
+/// Scans a complete response head (`buf[..end]`, `end` past its blank line), as wrk's
+/// parser does: the status must be 200; `Content-Length` and `X-Cache` are read.
+fn scan_head(buf: &[u8], end: usize) -> Head {
+    let mut lines = buf[..end].split(|&b| b == b'\n');
+    let status = lines.next().unwrap_or_default();
+    assert!(
+        status.starts_with(b"HTTP/1.1 200 "),
+        "status line {status:?}"
+    );
+    let (mut content_length, mut hit) = (None, false);
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"x-cache") {
+            hit = value == b"HIT";
+        }
+    }
+    Head {
+        head_len: end,
+        content_length: content_length.expect("every route sends Content-Length"),
+        hit,
+    }
+}
+
+/// One connection as wrk makes it (see the module's documentation): requests `path`
+/// until `stop`, recording latencies while `measuring`.
+async fn raw_connection(
+    addr: SocketAddr,
+    path: &'static str,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> (Samples, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes();
+    let expect_hit = path.starts_with("/cached");
+    let (mut samples, mut wrong) = (Samples::default(), 0u64);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        stream.write_all(&request).await.unwrap();
+        buf.clear();
+        let mut scanned: usize = 0;
+        let head = loop {
+            assert!(
+                stream.read_buf(&mut buf).await.unwrap() > 0,
+                "connection closed"
+            );
+            // The blank line may straddle two reads: look again from 3 bytes back.
+            let from = scanned.saturating_sub(3);
+            if let Some(at) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                break scan_head(&buf, from + at + 4);
+            }
+            scanned = buf.len();
+        };
+        let total = head.head_len + head.content_length;
+        while buf.len() < total {
+            assert!(
+                stream.read_buf(&mut buf).await.unwrap() > 0,
+                "connection closed"
+            );
+        }
+        // One request in flight: nothing may follow this response.
+        assert_eq!(buf.len(), total, "bytes after the response");
+        let elapsed = started.elapsed();
+        if measuring.load(Ordering::Relaxed) {
+            samples.push(elapsed);
+            if head.content_length != 2048 || (expect_hit && !head.hit) {
+                wrong += 1;
+            }
+        }
+    }
+    (samples, wrong)
+}
+
 struct Window {
     rps: f64,
     samples: Samples,
@@ -149,7 +250,14 @@ async fn load(
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(connection(addr, path, measuring.clone(), stop.clone())))
+        .map(|_| {
+            let (measuring, stop) = (measuring.clone(), stop.clone());
+            if hyper_client() {
+                tokio::spawn(connection(addr, path, measuring, stop))
+            } else {
+                tokio::spawn(raw_connection(addr, path, measuring, stop))
+            }
+        })
         .collect();
     tokio::time::sleep(pick(Duration::from_millis(500), Duration::from_millis(250))).await;
     let (server_before, loadgen_before) = (thread_cpu_ticks("server"), thread_cpu_ticks("loadgen"));
@@ -298,8 +406,9 @@ fn main() {
     });
 
     println!(
-        "\n== §6 HTTP over loopback, {connections} connections, {rounds} round(s) of {} s per route",
-        duration.as_secs()
+        "\n== §6 HTTP over loopback, {connections} connections, {rounds} round(s) of {} s per route, {} client",
+        duration.as_secs(),
+        if hyper_client() { "hyper's" } else { "a wrk-like" }
     );
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     if !ROUTES.iter().all(|path| selected(path)) {
