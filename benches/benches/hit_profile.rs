@@ -7,6 +7,7 @@
 //! cargo bench -p cache-benches --bench hit_profile --no-run
 //! valgrind --tool=callgrind target/release/deps/hit_profile-* /cached-memory 20000
 //! target/release/deps/hit_profile-* /cached-memory 200000 --time
+//! target/release/deps/hit_profile-* /cached-memory --parallel
 //! ```
 //!
 //! With `--time` it times the route natively instead: nanoseconds per request, the
@@ -17,6 +18,11 @@
 //! (`#[cached]`, measured on hits), `/redis-get` (one raw GET). The instructions of one
 //! request are the difference between two runs with different `N`, divided by the
 //! difference in `N`: start-up and the first miss cancel out.
+//!
+//! With `--parallel` it times the route natively with one worker thread and then with one
+//! per CPU, all asking for the same route: what the workers cost each other through
+//! cache lines every request writes (locks, reference counts), which callgrind, on one
+//! thread, does not see.
 //!
 //! `key` and `digest` instead time, natively, the building of one request's key and the
 //! SHA-256 of its parts (valgrind hides the CPU's SHA extensions, so under callgrind the
