@@ -104,6 +104,30 @@ fn time_key_and_digest(count: u64) {
     );
 }
 
+/// A GET of `path`, as every request of this driver is.
+fn get(path: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::HOST, "127.0.0.1")
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Sends requests to `path` until it answers from its cache (the Redis store lands off
+/// the request path).
+async fn warm_up(app: &axum::Router, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = app.clone().oneshot(get(path)).await.unwrap();
+        let x_cache = response.headers().get("x-cache").cloned();
+        response.into_body().collect().await.unwrap();
+        if !path.starts_with("/cached") || x_cache.is_some_and(|v| v == "HIT") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} never became a hit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// `--parallel`: the route's native time per request with one worker thread, then with
 /// one per CPU, every worker asking for the same route at once. The difference is what
 /// the workers cost each other (shared cache lines written on every request: locks,
@@ -122,24 +146,8 @@ fn time_parallel(path: &str) {
         let ns = runtime.block_on(async {
             let app = routes::app(&redis.url()).await;
             let path: &'static str = Box::leak(path.to_owned().into_boxed_str());
-            let request = move || {
-                Request::get(path)
-                    .header(header::HOST, "127.0.0.1")
-                    .body(Body::empty())
-                    .unwrap()
-            };
-            // Warm up until the route answers from its cache.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let response = app.clone().oneshot(request()).await.unwrap();
-                let x_cache = response.headers().get("x-cache").cloned();
-                response.into_body().collect().await.unwrap();
-                if !path.starts_with("/cached") || x_cache.is_some_and(|v| v == "HIT") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{path} never became a hit");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let request = move || get(path);
+            warm_up(&app, path).await;
             // Each task stops at the deadline itself: a route that never waits never yields
             // its worker, so no timer could stop it.
             let window = Duration::from_secs(2);
@@ -187,25 +195,8 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let app = routes::app(&redis.url()).await;
-        let request = || {
-            Request::get(path.as_str())
-                .header(header::HOST, "127.0.0.1")
-                .body(Body::empty())
-                .unwrap()
-        };
-        // Warm up until the route answers from its cache (the Redis store lands off the
-        // request path).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let response = app.clone().oneshot(request()).await.unwrap();
-            let x_cache = response.headers().get("x-cache").cloned();
-            response.into_body().collect().await.unwrap();
-            if !path.starts_with("/cached") || x_cache.is_some_and(|v| v == "HIT") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{path} never became a hit");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let request = || get(&path);
+        warm_up(&app, &path).await;
         if timed {
             // Native time per request: the minimum over 50 batches, as `key` does.
             let batch = (count / 50).max(1);
