@@ -12,6 +12,10 @@
 //!   keyed by method and URI), the peer a user compares us with, measured on hits;
 //! - `/redis-get`: the bytes by one raw redis-rs GET per request, the floor of a route
 //!   that reads Redis;
+//! - `/redis-mget`: the bytes by one raw redis-rs `MGET` of what a Redis hit reads (two
+//!   generation tokens and the page), the floor of a route that reads those three
+//!   values: what a hit costs over it is our code's, what it costs over `/redis-get` is
+//!   also redis-rs reading a reply of three values instead of one;
 //! - `/cached-local`: the cached handler on Redis with the local tier in `tracking` mode
 //!   (BENCHMARKS.md §8), measured on local hits.
 
@@ -61,6 +65,20 @@ async fn redis_get_page(Extension(conn): Extension<ConnectionManager>) -> impl I
     ([(header::CONTENT_TYPE, "application/json")], bytes)
 }
 
+/// The keys `/redis-mget` reads: two tokens the size of a hit's generations, then the page.
+const MGET_KEYS: [&str; 3] = ["page:generation:all", "page:generation:templates", "page"];
+
+/// The bytes from Redis by one raw `MGET` of the three values a Redis hit reads, the page
+/// last: the floor of any route that reads those values once per request.
+async fn redis_mget_page(Extension(conn): Extension<ConnectionManager>) -> impl IntoResponse {
+    let (_all, _resource, bytes): (Vec<u8>, Vec<u8>, Vec<u8>) = redis::cmd("MGET")
+        .arg(&MGET_KEYS)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    ([(header::CONTENT_TYPE, "application/json")], bytes)
+}
+
 /// The route's work: a database query (simulated) and the page.
 async fn page() -> impl IntoResponse {
     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -84,8 +102,8 @@ async fn cached_large_page() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body())
 }
 
-/// Every route, with `redis_url` as the Redis of `/cached-redis` and `/redis-get`
-/// (which it fills with the page).
+/// Every route, with `redis_url` as the Redis of `/cached-redis`, `/redis-get` and
+/// `/redis-mget` (which it fills with the page and two tokens).
 pub async fn app(redis_url: &str) -> Router {
     let memory_cache = Cache::new(CacheConfig::default()).await.unwrap();
     let redis_cache = Cache::new(support::redis_config(redis_url)).await.unwrap();
@@ -105,6 +123,15 @@ pub async fn app(redis_url: &str) -> Router {
         .query_async(&mut redis_conn)
         .await
         .unwrap();
+    // Tokens shaped as the runtime's generations are (`<micros hex>.<16 hex digits>`).
+    for key in &MGET_KEYS[..2] {
+        let _: () = redis::cmd("SET")
+            .arg(*key)
+            .arg("63a1f0c2b4d5e.8f3a2c1d4e5b6a79")
+            .query_async(&mut redis_conn)
+            .await
+            .unwrap();
+    }
     let memory = Router::new()
         .route("/cached-memory", get(cached_page))
         .route("/cached-memory-large", get(cached_large_page))
@@ -123,6 +150,7 @@ pub async fn app(redis_url: &str) -> Router {
         .route("/static-hit-headers", get(static_page_hit_headers))
         .route("/uncached", get(page))
         .route("/redis-get", get(redis_get_page))
+        .route("/redis-mget", get(redis_mget_page))
         .layer(Extension(redis_conn))
         .merge(memory)
         .merge(redis)
