@@ -15,9 +15,10 @@
 //!
 //! Routes, all answering the same 2 KB of JSON: `/static` (no cache), `/peer`
 //! (axum-response-cache's `CacheLayer`, in memory), `/cached-memory` and `/cached-redis`
-//! (`#[cached]`, measured on hits), `/redis-get` (one raw GET). The instructions of one
-//! request are the difference between two runs with different `N`, divided by the
-//! difference in `N`: start-up and the first miss cancel out.
+//! (`#[cached]`, measured on hits), `/redis-get` (one raw GET), `/redis-mget` (one raw
+//! `MGET` of the three values a Redis hit reads), and the others of `http/routes.rs`.
+//! The instructions of one request are the difference between two runs with different
+//! `N`, divided by the difference in `N`: start-up and the first miss cancel out.
 //!
 //! With `--parallel` it times the route natively with one worker thread and then with one
 //! per CPU, all asking for the same route: what the workers cost each other through
