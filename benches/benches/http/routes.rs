@@ -58,15 +58,21 @@ async fn static_page_hit_headers() -> impl IntoResponse {
 /// that reads Redis once per request.
 async fn redis_get_page(Extension(conn): Extension<ConnectionManager>) -> impl IntoResponse {
     let bytes: Vec<u8> = redis::cmd("GET")
-        .arg("page")
+        .arg(PAGE_KEY)
         .query_async(&mut conn.clone())
         .await
         .unwrap();
     ([(header::CONTENT_TYPE, "application/json")], bytes)
 }
 
+/// Where `app` puts the page for the raw routes.
+const PAGE_KEY: &str = "page";
+
 /// The keys `/redis-mget` reads: two tokens the size of a hit's generations, then the page.
-const MGET_KEYS: [&str; 3] = ["page:generation:all", "page:generation:templates", "page"];
+const MGET_KEYS: [&str; 3] = ["page:generation:all", "page:generation:templates", PAGE_KEY];
+
+/// A token shaped as the runtime's generations are (`<micros hex>.<16 hex digits>`).
+const TOKEN: &str = "63a1f0c2b4d5e.8f3a2c1d4e5b6a79";
 
 /// The bytes from Redis by one raw `MGET` of the three values a Redis hit reads, the page
 /// last: the floor of any route that reads those values once per request.
@@ -117,21 +123,16 @@ pub async fn app(redis_url: &str) -> Router {
     let mut redis_conn = ConnectionManager::new(redis::Client::open(redis_url).unwrap())
         .await
         .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("page")
+    let _: () = redis::cmd("MSET")
+        .arg(PAGE_KEY)
         .arg(body().as_ref())
+        .arg(MGET_KEYS[0])
+        .arg(TOKEN)
+        .arg(MGET_KEYS[1])
+        .arg(TOKEN)
         .query_async(&mut redis_conn)
         .await
         .unwrap();
-    // Tokens shaped as the runtime's generations are (`<micros hex>.<16 hex digits>`).
-    for key in &MGET_KEYS[..2] {
-        let _: () = redis::cmd("SET")
-            .arg(*key)
-            .arg("63a1f0c2b4d5e.8f3a2c1d4e5b6a79")
-            .query_async(&mut redis_conn)
-            .await
-            .unwrap();
-    }
     let memory = Router::new()
         .route("/cached-memory", get(cached_page))
         .route("/cached-memory-large", get(cached_large_page))
