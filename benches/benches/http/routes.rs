@@ -146,13 +146,17 @@ pub async fn app(redis_url: &str) -> Router {
     let peer = Router::new()
         .route("/peer", get(page))
         .layer(CacheLayer::with_lifespan(Duration::from_secs(3600)));
+    // The connection is the raw routes' own middleware, as the cache's extension is
+    // ours: `/static` carries only what every route does, like `/peer`.
+    let raw = Router::new()
+        .route("/redis-get", get(redis_get_page))
+        .route("/redis-mget", get(redis_mget_page))
+        .layer(Extension(redis_conn));
     Router::new()
         .route("/static", get(static_page))
         .route("/static-hit-headers", get(static_page_hit_headers))
         .route("/uncached", get(page))
-        .route("/redis-get", get(redis_get_page))
-        .route("/redis-mget", get(redis_mget_page))
-        .layer(Extension(redis_conn))
+        .merge(raw)
         .merge(memory)
         .merge(redis)
         .merge(local)
