@@ -51,10 +51,12 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// Slots of a [`Histogram`]: the buckets, then the count and the sum of nanoseconds.
-const HISTOGRAM_SLOTS: usize = LATENCY_BUCKETS.len() + 3;
-const COUNT_SLOT: usize = LATENCY_BUCKETS.len() + 1;
-const SUM_SLOT: usize = LATENCY_BUCKETS.len() + 2;
+/// Slots of a [`Histogram`]: the buckets (the last one +Inf), then the sum of
+/// nanoseconds. The count is the buckets' sum: a slot of its own was one more add per
+/// observation, on every hit.
+const HISTOGRAM_SLOTS: usize = BUCKET_SLOTS + 1;
+const BUCKET_SLOTS: usize = LATENCY_BUCKETS.len() + 1;
+const SUM_SLOT: usize = BUCKET_SLOTS;
 
 #[derive(Debug, Default)]
 struct Histogram {
@@ -69,7 +71,6 @@ impl Histogram {
             .position(|bound| seconds <= *bound)
             .unwrap_or(LATENCY_BUCKETS.len());
         self.slots.add(index, 1);
-        self.slots.add(COUNT_SLOT, 1);
         self.slots.add(
             SUM_SLOT,
             elapsed.as_nanos().min(u128::from(u64::MAX)) as u64,
@@ -78,7 +79,7 @@ impl Histogram {
 
     fn snapshot(&self) -> LatencySnapshot {
         let slots = self.slots.sums();
-        let counts: Vec<u64> = slots[..COUNT_SLOT].to_vec();
+        let counts: Vec<u64> = slots[..BUCKET_SLOTS].to_vec();
         let count = counts.iter().sum::<u64>();
         let quantile = |q: f64| -> f64 {
             if count == 0 {
