@@ -10,6 +10,9 @@
 //! target/release/deps/hit_profile-* /cached-memory --parallel
 //! ```
 //!
+//! With `--headers` it prints the route's response headers instead (a hit's, for the
+//! cached routes): what each route sends besides the page.
+//!
 //! With `--time` it times the route natively instead: nanoseconds per request, the
 //! minimum over 50 batches (the in-process cost, without sockets or hyper).
 //!
@@ -198,6 +201,15 @@ fn main() {
         let app = routes::app(&redis.url()).await;
         let request = || get(&path);
         warm_up(&app, &path).await;
+        if std::env::args().any(|a| a == "--headers") {
+            // What the route answers with, as a client receives it (before hyper's `Date`).
+            let response = app.clone().oneshot(request()).await.unwrap();
+            println!("{path}: {}", response.status());
+            for (name, value) in response.headers() {
+                println!("  {name}: {}", value.to_str().unwrap_or("<bytes>"));
+            }
+            return;
+        }
         if timed {
             // Native time per request: the minimum over 50 batches, as `key` does.
             let batch = (count / 50).max(1);
