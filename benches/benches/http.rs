@@ -18,6 +18,13 @@
 //! Each route is loaded in turn for a few seconds, round after round; the figure is
 //! requests per second and the latency percentiles of the measured window.
 //! `API_CACHE_BENCH_CONNECTIONS` sets the number of connections (default 32).
+//!
+//! `API_CACHE_BENCH_RATE=N` loads every route at the same N requests per second instead
+//! (each connection sends its next request on a schedule of its own, one every
+//! `connections / N` seconds, or at once when behind it) and compares the server's CPU
+//! time per request. At full load a slower route's server batches more requests into
+//! each wake-up and system call, which lowers its CPU per request: only at one rate is
+//! the difference between two routes what one request costs more on the other.
 
 // The helpers the runtime's own benchmarks share (timing rounds, table rows).
 #[path = "http/routes.rs"]
@@ -103,10 +110,51 @@ struct RouteResult {
     redis_ticks: u64,
 }
 
+/// The request rate of `API_CACHE_BENCH_RATE`, over all connections, if set.
+fn fixed_rate() -> Option<f64> {
+    std::env::var("API_CACHE_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|rate: &f64| *rate > 0.0)
+}
+
+/// A connection's schedule under a fixed rate: when its next request is due.
+struct Pace {
+    every: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(every: Option<Duration>) -> Option<Pace> {
+        every.map(|every| Pace {
+            every,
+            // Connections start spread over one period, not all at once.
+            next: tokio::time::Instant::now() + every.mul_f64(rand_fraction()),
+        })
+    }
+
+    /// Waits until the next request is due (not at all when behind the schedule).
+    async fn wait(pace: &mut Option<Pace>) {
+        if let Some(pace) = pace {
+            tokio::time::sleep_until(pace.next).await;
+            pace.next += pace.every;
+        }
+    }
+}
+
+/// A fraction in [0, 1) that differs between connections (their start offsets).
+fn rand_fraction() -> f64 {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // The golden ratio's sequence: evenly spread, whatever the number of connections.
+    (NEXT.fetch_add(1, Ordering::Relaxed) as f64 * 0.618_033_988_75).fract()
+}
+
 /// One connection: requests `path` until `stop`, recording latencies while `measuring`.
 async fn connection(
     addr: SocketAddr,
     path: &'static str,
+    every: Option<Duration>,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> (Samples, u64) {
@@ -118,7 +166,9 @@ async fn connection(
     tokio::spawn(conn);
     let expect_hit = path.starts_with("/cached");
     let (mut samples, mut wrong) = (Samples::default(), 0u64);
+    let mut pace = Pace::new(every);
     while !stop.load(Ordering::Relaxed) {
+        Pace::wait(&mut pace).await;
         let request = Request::get(path)
             .header(header::HOST, "127.0.0.1")
             .body(Empty::<Bytes>::new())
@@ -184,6 +234,7 @@ fn scan_head(buf: &[u8], end: usize) -> Head {
 async fn raw_connection(
     addr: SocketAddr,
     path: &'static str,
+    every: Option<Duration>,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> (Samples, u64) {
@@ -194,7 +245,9 @@ async fn raw_connection(
     let expect_hit = path.starts_with("/cached");
     let (mut samples, mut wrong) = (Samples::default(), 0u64);
     let mut buf = Vec::with_capacity(16 * 1024);
+    let mut pace = Pace::new(every);
     while !stop.load(Ordering::Relaxed) {
+        Pace::wait(&mut pace).await;
         let started = Instant::now();
         stream.write_all(&request).await.unwrap();
         buf.clear();
@@ -250,13 +303,14 @@ async fn load(
 ) -> Window {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let every = fixed_rate().map(|rate| Duration::from_secs_f64(connections as f64 / rate));
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let (measuring, stop) = (measuring.clone(), stop.clone());
             if hyper_client() {
-                tokio::spawn(connection(addr, path, measuring, stop))
+                tokio::spawn(connection(addr, path, every, measuring, stop))
             } else {
-                tokio::spawn(raw_connection(addr, path, measuring, stop))
+                tokio::spawn(raw_connection(addr, path, every, measuring, stop))
             }
         })
         .collect();
@@ -480,6 +534,63 @@ fn main() {
     let uncached = by_path("/uncached");
     let peer = by_path("/peer");
     let local_hit = by_path("/cached-local");
+    let cpu_us = |r: &RouteResult| r.server_ticks as f64 * TICK_US / r.requests as f64;
+    if let Some(rate) = fixed_rate() {
+        println!(
+            "  every route at {rate:.0} req/s: server CPU per request, each route over another"
+        );
+        for (path, result) in ROUTES.iter().zip(&results) {
+            let achieved = mean(&result.rps);
+            if achieved < rate * 0.95 {
+                println!("  !! {path} answered {achieved:.0} req/s, under the rate: its figure is not comparable");
+            }
+        }
+        let over = |label: &str, route: &RouteResult, floor: &RouteResult, goal: &str| {
+            println!(
+                "  -> {label}: {:+.2} us ({:.2} against {:.2}){goal}",
+                cpu_us(route) - cpu_us(floor),
+                cpu_us(route),
+                cpu_us(floor)
+            );
+        };
+        over("memory hit - static route", memory_hit, static_route, "");
+        over("memory hit - peer hit", memory_hit, peer, " (goal: <= 0)");
+        over(
+            "memory hit - static route with the hit's headers",
+            memory_hit,
+            static_headers,
+            "",
+        );
+        over(
+            "static route with the hit's headers - peer hit",
+            static_headers,
+            peer,
+            "",
+        );
+        over(
+            "Redis hit - raw GET",
+            redis_hit_route,
+            raw_get,
+            " (goal: within 3 us)",
+        );
+        over(
+            "Redis hit - raw MGET of its three values",
+            redis_hit_route,
+            raw_mget,
+            ": our code's",
+        );
+        over(
+            "raw MGET - raw GET",
+            raw_mget,
+            raw_get,
+            ": redis-rs reading three values instead of one",
+        );
+        over("local hit - static route", local_hit, static_route, "");
+        println!("  load average at the end: {}", support::load_average());
+        drop(client_rt);
+        drop(server_rt);
+        return;
+    }
     let floor = mean(&static_route.rps);
     let memory = mean(&memory_hit.rps) / floor;
     let redis_vs_static = mean(&redis_hit_route.rps) / floor;
@@ -513,7 +624,7 @@ fn main() {
         ">= 0.80",
         local >= 0.80,
     );
-    let cpu = |r: &RouteResult| r.server_ticks as f64 / r.requests as f64;
+    let cpu = |r: &RouteResult| cpu_us(r) / TICK_US;
     println!(
         "     (server CPU per request, static / memory hit = {:.3}, static with the hit's headers / memory hit = {:.3}, peer hit / memory hit = {:.3}, static / local hit = {:.3}:\n      the throughput ratios of a server with cores of its own, whatever else ran on this machine)",
         cpu(static_route) / cpu(memory_hit),
