@@ -129,7 +129,7 @@ impl Pace {
         every.map(|every| Pace {
             every,
             // Connections start spread over one period, not all at once.
-            next: tokio::time::Instant::now() + every.mul_f64(rand_fraction()),
+            next: tokio::time::Instant::now() + every.mul_f64(spread_fraction()),
         })
     }
 
@@ -143,7 +143,7 @@ impl Pace {
 }
 
 /// A fraction in [0, 1) that differs between connections (their start offsets).
-fn rand_fraction() -> f64 {
+fn spread_fraction() -> f64 {
     use std::sync::atomic::AtomicU64;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     // The golden ratio's sequence: evenly spread, whatever the number of connections.
