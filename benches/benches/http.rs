@@ -587,8 +587,6 @@ fn main() {
         );
         over("local hit - static route", local_hit, static_route, "");
         println!("  load average at the end: {}", support::load_average());
-        drop(client_rt);
-        drop(server_rt);
         return;
     }
     let floor = mean(&static_route.rps);
@@ -624,13 +622,12 @@ fn main() {
         ">= 0.80",
         local >= 0.80,
     );
-    let cpu = |r: &RouteResult| cpu_us(r) / TICK_US;
     println!(
         "     (server CPU per request, static / memory hit = {:.3}, static with the hit's headers / memory hit = {:.3}, peer hit / memory hit = {:.3}, static / local hit = {:.3}:\n      the throughput ratios of a server with cores of its own, whatever else ran on this machine)",
-        cpu(static_route) / cpu(memory_hit),
-        cpu(static_headers) / cpu(memory_hit),
-        cpu(peer) / cpu(memory_hit),
-        cpu(static_route) / cpu(local_hit)
+        cpu_us(static_route) / cpu_us(memory_hit),
+        cpu_us(static_headers) / cpu_us(memory_hit),
+        cpu_us(peer) / cpu_us(memory_hit),
+        cpu_us(static_route) / cpu_us(local_hit)
     );
     let measured_us = rounds as f64 * duration.as_secs_f64() * 1e6;
     let redis_hit = mean(&redis_hit_route.rps) / mean(&raw_get.rps);
@@ -644,12 +641,12 @@ fn main() {
         "     (during the Redis-hit windows redis-server used {:.0}% of one CPU: {:.1} us per request, against our server's {:.1} us)",
         redis_hit_route.redis_ticks as f64 * TICK_US / measured_us * 100.0,
         redis_hit_route.redis_ticks as f64 * TICK_US / redis_hit_route.requests as f64,
-        cpu(redis_hit_route) * TICK_US
+        cpu_us(redis_hit_route)
     );
     println!(
         "     (server CPU per request over the raw GET route: {:.1} us (goal: within 3 us); over one raw MGET of the hit's three values: {:.1} us, our code's;\n      Redis hit throughput / raw MGET = {:.3}, raw MGET / raw GET = {:.3}: redis-rs reading three values instead of one)",
-        (cpu(redis_hit_route) - cpu(raw_get)) * TICK_US,
-        (cpu(redis_hit_route) - cpu(raw_mget)) * TICK_US,
+        cpu_us(redis_hit_route) - cpu_us(raw_get),
+        cpu_us(redis_hit_route) - cpu_us(raw_mget),
         mean(&redis_hit_route.rps) / mean(&raw_mget.rps),
         mean(&raw_mget.rps) / mean(&raw_get.rps)
     );

@@ -28,8 +28,8 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use axum_response_cache::CacheLayer;
 use bytes::Bytes;
-use cache_runtime::{cached, Cache, CacheConfig, CacheScope};
-use http::header::{self, HeaderName, HeaderValue};
+use cache_runtime::{cached, Cache, CacheConfig, CacheScope, X_CACHE, X_CACHE_AGE};
+use http::header::{self, HeaderValue};
 use redis::aio::ConnectionManager;
 
 use crate::support;
@@ -47,8 +47,6 @@ async fn static_page() -> impl IntoResponse {
 /// same lengths (`hit_profile --headers` prints both), made without allocating: what
 /// those headers cost alone, in our server and in the client, with no cache behind them.
 async fn static_page_hit_headers() -> impl IntoResponse {
-    const X_CACHE_AGE: HeaderName = HeaderName::from_static("x-cache-age");
-    const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
     (
         [
             (X_CACHE_AGE, HeaderValue::from_static("0")),
