@@ -8,6 +8,7 @@
 //! valgrind --tool=callgrind target/release/deps/hit_profile-* /cached-memory 20000
 //! target/release/deps/hit_profile-* /cached-memory 200000 --time
 //! target/release/deps/hit_profile-* /cached-memory --parallel
+//! valgrind --tool=callgrind --separate-threads=yes target/release/deps/hit_profile-* /cached-memory 12000 --http
 //! ```
 //!
 //! With `--headers` it prints the route's response headers instead (a hit's, for the
@@ -22,6 +23,14 @@
 //! `MGET` of the three values a Redis hit reads), and the others of `http/routes.rs`.
 //! The instructions of one request are the difference between two runs with different
 //! `N`, divided by the difference in `N`: start-up and the first miss cancel out.
+//!
+//! With `--http` the requests go over loopback instead: the router is served by
+//! `axum::serve` (hyper) on the current-thread runtime, and a blocking client on a thread
+//! of its own (`client`) sends the `N` requests one after another on one keep-alive
+//! connection, the bytes the `http` bench's clients send. Run under callgrind with
+//! `--separate-threads=yes`, the main thread's count is the server's whole user-space
+//! work per request (hyper reading and writing, the router, the route, the Redis client
+//! for the Redis routes) and the client's is apart; the kernel's is in neither.
 //!
 //! With `--parallel` it times the route natively with one worker thread and then with one
 //! per CPU, all asking for the same route: what the workers cost each other through
@@ -38,6 +47,7 @@ mod routes;
 #[path = "../../cache-runtime/benches/support/mod.rs"]
 mod support;
 
+use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -181,6 +191,75 @@ fn time_parallel(path: &str) {
     }
 }
 
+/// `--http`: `count` requests to `path` over loopback, one at a time on one keep-alive
+/// connection, from a blocking client thread; the server is `app` under `axum::serve`
+/// on this (current-thread) runtime.
+async fn serve_over_loopback(app: axum::Router, path: &str, count: u64) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes();
+    let expect_hit = path.starts_with("/cached");
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("client".to_owned())
+        .spawn(move || {
+            let _ = done.send(blocking_client(addr, &request, expect_hit, count));
+        })
+        .unwrap();
+    let bytes = finished.await.unwrap();
+    assert_eq!(bytes, 2048 * count, "{path}: a response was not the page");
+    println!("{path}: {count} requests over loopback");
+}
+
+/// Sends `request` `count` times on one connection, each after the last response is
+/// read whole; returns the body bytes received. Panics on a response that is not a 200
+/// (or not a hit, when `expect_hit`).
+fn blocking_client(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    expect_hit: bool,
+    count: u64,
+) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut buf, mut bytes) = (vec![0u8; 16 * 1024], 0);
+    for _ in 0..count {
+        stream.write_all(request).unwrap();
+        let mut filled = 0;
+        let head_end = loop {
+            let read = stream.read(&mut buf[filled..]).unwrap();
+            assert!(read > 0, "connection closed");
+            filled += read;
+            if let Some(at) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = std::str::from_utf8(&buf[..head_end])
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        assert!(
+            !expect_hit || head.contains("\r\nx-cache: hit\r\n"),
+            "{head}"
+        );
+        let length: usize = head
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|value| value.parse().ok())
+            .expect("every route sends Content-Length");
+        while filled < head_end + length {
+            let read = stream.read(&mut buf[filled..]).unwrap();
+            assert!(read > 0, "connection closed");
+            filled += read;
+        }
+        assert_eq!(filled, head_end + length, "bytes after the response");
+        bytes += length as u64;
+    }
+    bytes
+}
+
 fn main() {
     let timed = std::env::args().any(|a| a == "--time");
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
@@ -209,6 +288,9 @@ fn main() {
                 println!("  {name}: {}", value.to_str().unwrap_or("<bytes>"));
             }
             return;
+        }
+        if std::env::args().any(|a| a == "--http") {
+            return serve_over_loopback(app, &path, count).await;
         }
         if timed {
             // Native time per request: the minimum over 50 batches, as `key` does.
