@@ -51,7 +51,8 @@ impl Cache {
         let Some(local) = near.entry(key, now_ms()) else {
             return Ok(Validated::NotLocal);
         };
-        let read = self.call(redis.read_generations(key)).await?;
+        // Boxed, as every read is (see `lookup_round_trip`).
+        let read = self.call(Box::pin(redis.read_generations(key))).await?;
         let current = read.len() == local.generations.len()
             && read
                 .iter()
@@ -77,7 +78,7 @@ impl Cache {
         key: &CacheKey,
     ) -> Result<crate::backend::RawLookup, BackendError> {
         if let Some(tracking) = self.near().and_then(|n| n.tracking.as_ref()) {
-            match self.call(tracking.lookup(key)).await {
+            match self.call(Box::pin(tracking.lookup(key))).await {
                 Err(err)
                     if !matches!(err, BackendError::CircuitOpen | BackendError::Timeout(_)) =>
                 {
@@ -86,7 +87,11 @@ impl Cache {
                 result => return result,
             }
         }
-        self.call(redis.lookup(key)).await
+        // Each read is boxed as it is made, so that it moves as a pointer: inline,
+        // redis-rs's future (1.5 KB) was copied whole five times on its way into `call`'s
+        // timeout and this future, and the tracked read's (a pipeline's) made every
+        // Redis lookup's future 5 KB, copied whole into its box (BENCHMARKS.md, ninth pass).
+        self.call(Box::pin(redis.lookup(key))).await
     }
 
     /// Keeps a valid entry read from Redis or just computed in the local tier.

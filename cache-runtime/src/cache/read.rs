@@ -461,8 +461,10 @@ impl Cache {
             .filter(|(_, g)| g.is_none())
             .map(|(k, _)| k)
             .collect();
+        // Boxed, as every read is (see `lookup_round_trip`): its state stays out of the
+        // lookup's.
         let mut created = self
-            .call(redis.init_generations(&missing))
+            .call(Box::pin(redis.init_generations(&missing)))
             .await?
             .into_iter();
         read.into_iter()
