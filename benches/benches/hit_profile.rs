@@ -32,6 +32,10 @@
 //! work per request (hyper reading and writing, the router, the route, the Redis client
 //! for the Redis routes) and the client's is apart; the kernel's is in neither.
 //!
+//! With `--browser` every request carries the nine headers a browser's `fetch` adds to
+//! `Host` (`User-Agent`, `Accept`, `Accept-Language`, `Cookie`, ...): what a request's
+//! headers cost a route, and what `/cached-memory-vary`'s `vary` on one of them adds.
+//!
 //! With `--parallel` it times the route natively with one worker thread and then with one
 //! per CPU, all asking for the same route: what the workers cost each other through
 //! cache lines every request writes (locks, reference counts), which callgrind, on one
@@ -118,12 +122,35 @@ fn time_key_and_digest(count: u64) {
     );
 }
 
-/// A GET of `path`, as every request of this driver is.
+/// The headers a browser sends with a page's `fetch` besides `Host` (`--browser`).
+const BROWSER_HEADERS: [(&str, &str); 9] = [
+    ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
+    ("accept", "application/json, text/plain, */*"),
+    ("accept-language", "en-US,en;q=0.9"),
+    ("accept-encoding", "gzip, deflate, br, zstd"),
+    ("referer", "https://app.example.com/templates"),
+    ("cookie", "session=8f3a2c1d4e5b6a79c0d1e2f3a4b5c6d7; theme=dark"),
+    ("sec-fetch-dest", "empty"),
+    ("sec-fetch-mode", "cors"),
+    ("sec-fetch-site", "same-origin"),
+];
+
+/// Whether every request carries [`BROWSER_HEADERS`] (`--browser`).
+fn browser() -> bool {
+    static BROWSER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BROWSER.get_or_init(|| std::env::args().any(|a| a == "--browser"))
+}
+
+/// A GET of `path`, as every request of this driver is (with a browser's headers under
+/// `--browser`).
 fn get(path: &str) -> Request<Body> {
-    Request::get(path)
-        .header(header::HOST, "127.0.0.1")
-        .body(Body::empty())
-        .unwrap()
+    let mut request = Request::get(path).header(header::HOST, "127.0.0.1");
+    if browser() {
+        for (name, value) in BROWSER_HEADERS {
+            request = request.header(name, value);
+        }
+    }
+    request.body(Body::empty()).unwrap()
 }
 
 /// Sends requests to `path` until it answers from its cache (the Redis store lands off
@@ -198,7 +225,13 @@ async fn serve_over_loopback(app: axum::Router, path: &str, count: u64) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(axum::serve(listener, app).into_future());
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    if browser() {
+        for (name, value) in BROWSER_HEADERS {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    let request = format!("{request}\r\n").into_bytes();
     let expect_hit = path.starts_with("/cached");
     let (done, finished) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

@@ -9,6 +9,9 @@
 //!   in-memory backend and on Redis, measured on hits;
 //! - `/cached-memory-large`: a memory hit of a handler whose future is 4 KB larger
 //!   (`hit_profile` only: what a large handler adds to a hit);
+//! - `/cached-memory-vary`: a memory hit of the handler keyed by its `Accept-Language`
+//!   too (`hit_profile` only, which sends a browser's headers to it: what a `vary`
+//!   header adds to a hit);
 //! - `/peer`: the same handler behind axum-response-cache 0.5's `CacheLayer` (in memory,
 //!   keyed by method and URI), the peer a user compares us with, measured on hits;
 //! - `/redis-get`: the bytes by one raw redis-rs GET per request, the floor of a route
@@ -123,6 +126,13 @@ async fn cached_large_page() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body())
 }
 
+/// `cached_page` keyed by the request's `Accept-Language` as well (`hit_profile` only).
+#[cached(resource = "templates", ttl = 3600, vary = header("accept-language"))]
+async fn cached_vary_page() -> impl IntoResponse {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    ([(header::CONTENT_TYPE, "application/json")], body())
+}
+
 /// Every route, with `redis_url` as the Redis of `/cached-redis`, `/redis-get` and
 /// `/redis-mget` (which it fills with the page and two tokens).
 pub async fn app(redis_url: &str) -> Router {
@@ -151,6 +161,7 @@ pub async fn app(redis_url: &str) -> Router {
     let memory = Router::new()
         .route("/cached-memory", get(cached_page))
         .route("/cached-memory-large", get(cached_large_page))
+        .route("/cached-memory-vary", get(cached_vary_page))
         .layer(memory_cache.extension());
     let redis = Router::new()
         .route("/cached-redis", get(cached_page))
