@@ -97,8 +97,21 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
     match &spec.key {
         Some(key) => plain_function(parts, declarations, key),
         None => {
-            let headers = if spec.varies_by_header() {
-                quote!(::core::option::Option::Some(__cache_headers))
+            // A route that varies by headers takes the lines of those alone, found by a
+            // mask of their names computed at compile time, not a copy of every header.
+            let headers_extractor = spec.varies_by_header().then(|| {
+                let varied = spec.vary.iter().filter_map(|part| match part {
+                    VaryPart::Header(header) => Some(header.as_str()),
+                    VaryPart::User => None,
+                });
+                quote! {
+                    ::cache_runtime::__private::VaryHeaders<
+                        { ::cache_runtime::__private::vary_mask(&[#(#varied),*]) }
+                    >
+                }
+            });
+            let headers = if headers_extractor.is_some() {
+                quote!(::core::option::Option::Some(__cache_headers.into_headers()))
             } else {
                 quote!(::core::option::Option::None)
             };
@@ -112,7 +125,7 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
                 )
                 .await
             };
-            handler(parts, declarations, run, spec.varies_by_header())
+            handler(parts, declarations, run, headers_extractor)
         }
     }
 }
@@ -145,7 +158,7 @@ pub(crate) fn invalidates(spec: &InvalidatesSpec, function: ItemFn) -> TokenStre
         )
         .await
     };
-    handler(FunctionParts::new(function), declarations, run, false)
+    handler(FunctionParts::new(function), declarations, run, None)
 }
 
 /// A function taken apart: what is re-emitted as written, and the body to wrap.
@@ -181,12 +194,14 @@ impl FunctionParts {
     }
 }
 
-/// The handler form: request extractors in front, `Response` out, the body run by `run`.
+/// The handler form: request extractors in front (`headers_extractor`, the type of
+/// `__cache_headers`, second when the route varies by headers), `Response` out, the body
+/// run by `run`.
 fn handler(
     parts: FunctionParts,
     declarations: TokenStream,
     run: TokenStream,
-    with_headers: bool,
+    headers_extractor: Option<TokenStream>,
 ) -> TokenStream {
     let body = parts.body_future(quote!(move));
     let to_output = handler_output(&parts.sig.output);
@@ -202,8 +217,8 @@ fn handler(
     // stay last. (`validate` has rejected `self`, which no handler can take.)
     let request: FnArg = parse_quote!(__cache_request: ::cache_runtime::__private::RequestContext);
     sig.inputs.insert(0, request);
-    if with_headers {
-        let headers: FnArg = parse_quote!(__cache_headers: ::cache_runtime::__private::HeaderMap);
+    if let Some(extractor) = headers_extractor {
+        let headers: FnArg = parse_quote!(__cache_headers: #extractor);
         sig.inputs.insert(1, headers);
     }
     sig.output = parse_quote!(-> ::cache_runtime::__private::Response);

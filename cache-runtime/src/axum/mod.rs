@@ -13,18 +13,20 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, OriginalUri};
 use axum::response::{IntoResponse, Response};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Uri};
 
 mod invalidating;
 mod response;
 mod shadow;
+mod vary;
 
 pub use invalidating::serve_invalidating;
 use response::{
     cacheable, etag_in, etag_of, hit_response, matches_if_none_match, not_modified, with_outcome,
 };
+pub use vary::{vary_mask, RequestHeaders, VaryHeaders};
 
 use crate::cache::{BypassReason, Cache, Lookup, Resolved, Staleness};
 use crate::entry::{now_ms, Entry};
@@ -186,7 +188,7 @@ impl RequestScope {
 /// task, without making the request wait.
 pub async fn serve_cached<H, F>(
     mut ctx: RequestContext,
-    headers: Option<HeaderMap>,
+    headers: Option<RequestHeaders>,
     spec: &'static RouteSpec,
     scope: ScopeArg,
     handler: H,
@@ -423,7 +425,7 @@ fn serve_entry(
 fn build_key(
     cache: &Cache,
     ctx: &mut RequestContext,
-    headers: Option<&HeaderMap>,
+    headers: Option<&RequestHeaders>,
     spec: &'static RouteSpec,
     scope: ScopeArg,
 ) -> Result<Arc<CacheKey>, BypassReason> {
@@ -476,7 +478,7 @@ type VaryValue<'a> = (&'static str, Cow<'a, [u8]>);
 /// The route's `vary` parts for this request, named as the key names them.
 fn vary_parts<'a>(
     scope: &'a RequestScope,
-    headers: Option<&HeaderMap>,
+    headers: Option<&RequestHeaders>,
     spec: &'static RouteSpec,
 ) -> Result<Vec<VaryValue<'a>>, BypassReason> {
     let mut parts = Vec::new();
@@ -509,14 +511,16 @@ fn vary_parts<'a>(
 /// Every line of header `name`, each length-prefixed: one line `a,b` and two lines `a`
 /// and `b` are different requests to the handler, and must not share a key. An absent
 /// header is empty, which no present header (even one empty line) encodes to.
-fn header_values(headers: Option<&HeaderMap>, name: &str) -> Vec<u8> {
-    let mut encoded = Vec::new();
-    if let Some(headers) = headers {
-        for value in headers.get_all(name) {
-            let bytes = value.as_bytes();
-            encoded.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            encoded.extend_from_slice(bytes);
-        }
+fn header_values(headers: Option<&RequestHeaders>, name: &str) -> Vec<u8> {
+    let Some(headers) = headers else {
+        return Vec::new();
+    };
+    // Sized first: one allocation, however many lines.
+    let mut encoded = Vec::with_capacity(headers.get_all(name).map(|v| 4 + v.len()).sum());
+    for value in headers.get_all(name) {
+        let bytes = value.as_bytes();
+        encoded.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        encoded.extend_from_slice(bytes);
     }
     encoded
 }
