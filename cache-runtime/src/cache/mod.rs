@@ -476,6 +476,10 @@ impl Cache {
     /// future that awaits a call: the lookup's call was 5,000 bytes, more than three
     /// times `op` (BENCHMARKS.md, "Redis hit, second pass"). Dropped before it is
     /// done, it hands back a half-open probe it held (the closure owns the guard).
+    /// A large `op` (a read through redis-rs, 1.5 KB) comes boxed from where it is made:
+    /// boxed in here it has been copied on its way already, and the caller's future
+    /// holds it whole (a Redis hit spent 1,100 instructions more with the box here than
+    /// with the box at the reads; BENCHMARKS.md, ninth pass).
     fn call<'a, T, F>(&'a self, op: F) -> impl Future<Output = Result<T, BackendError>> + 'a
     where
         T: 'a,
