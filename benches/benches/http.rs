@@ -31,6 +31,8 @@
 mod routes;
 #[path = "../../cache-runtime/benches/support/mod.rs"]
 mod support;
+#[path = "http/wire.rs"]
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,42 +195,6 @@ fn hyper_client() -> bool {
     std::env::var("API_CACHE_BENCH_CLIENT").is_ok_and(|v| v == "hyper")
 }
 
-/// What the head of one response says: its length, the body's, and whether it was a hit.
-struct Head {
-    head_len: usize,
-    content_length: usize,
-    hit: bool,
-}
-
-/// Scans a complete response head (`buf[..end]`, `end` past its blank line), as wrk's
-/// parser does: the status must be 200; `Content-Length` and `X-Cache` are read.
-fn scan_head(buf: &[u8], end: usize) -> Head {
-    let mut lines = buf[..end].split(|&b| b == b'\n');
-    let status = lines.next().unwrap_or_default();
-    assert!(
-        status.starts_with(b"HTTP/1.1 200 "),
-        "status line {status:?}"
-    );
-    let (mut content_length, mut hit) = (None, false);
-    for line in lines {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"content-length") {
-            content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-        } else if name.eq_ignore_ascii_case(b"x-cache") {
-            hit = value == b"HIT";
-        }
-    }
-    Head {
-        head_len: end,
-        content_length: content_length.expect("every route sends Content-Length"),
-        hit,
-    }
-}
-
 /// One connection as wrk makes it (see the module's documentation): requests `path`
 /// until `stop`, recording latencies while `measuring`.
 async fn raw_connection(
@@ -241,7 +207,7 @@ async fn raw_connection(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes();
+    let request = wire::request_bytes(path, &[]);
     let expect_hit = path.starts_with("/cached");
     let (mut samples, mut wrong) = (Samples::default(), 0u64);
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -260,7 +226,7 @@ async fn raw_connection(
             // The blank line may straddle two reads: look again from 3 bytes back.
             let from = scanned.saturating_sub(3);
             if let Some(at) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-                break scan_head(&buf, from + at + 4);
+                break wire::scan_head(&buf, from + at + 4);
             }
             scanned = buf.len();
         };
