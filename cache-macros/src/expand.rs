@@ -100,10 +100,7 @@ pub(crate) fn cached(spec: &CachedSpec, function: ItemFn, fingerprint: &str) -> 
             // A route that varies by headers takes the lines of those alone, found by a
             // mask of their names computed at compile time, not a copy of every header.
             let headers_extractor = spec.varies_by_header().then(|| {
-                let varied = spec.vary.iter().filter_map(|part| match part {
-                    VaryPart::Header(header) => Some(header.as_str()),
-                    VaryPart::User => None,
-                });
+                let varied = spec.vary_headers();
                 quote! {
                     ::cache_runtime::__private::VaryHeaders<
                         { ::cache_runtime::__private::vary_mask(&[#(#varied),*]) }

@@ -81,11 +81,17 @@ pub(crate) enum Scope {
 }
 
 impl CachedSpec {
+    /// The request headers the `vary` parts read, in their order.
+    pub(crate) fn vary_headers(&self) -> impl Iterator<Item = &str> {
+        self.vary.iter().filter_map(|part| match part {
+            VaryPart::Header(header) => Some(header.as_str()),
+            VaryPart::User => None,
+        })
+    }
+
     /// `true` when any `vary` part needs the request headers.
     pub(crate) fn varies_by_header(&self) -> bool {
-        self.vary
-            .iter()
-            .any(|part| matches!(part, VaryPart::Header(_)))
+        self.vary_headers().next().is_some()
     }
 }
 

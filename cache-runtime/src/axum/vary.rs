@@ -16,7 +16,7 @@ use http::request::Parts;
 /// The bit (0 to 63) header name `name` (lower-case, as `HeaderName` holds it) sets in
 /// a route's mask: from its length and its first and last bytes, so that a request's
 /// headers are sorted without reading their names whole.
-pub const fn name_bit(name: &[u8]) -> u32 {
+const fn name_bit(name: &[u8]) -> u32 {
     let Some((&first, _)) = name.split_first() else {
         return 0;
     };
@@ -65,7 +65,7 @@ impl<S: Send + Sync, const MASK: u64> FromRequestParts<S> for VaryHeaders<MASK> 
 }
 
 /// Header lines taken from a request ([`VaryHeaders`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestHeaders(Vec<(HeaderName, HeaderValue)>);
 
 impl RequestHeaders {
